@@ -1,0 +1,58 @@
+"""Run a pipeline over a dataset stage by stage and write the contract files.
+
+``OUT/run.<stage>.trec`` for every stage and ``OUT/metrics.json`` =
+``{"stages": {stage: {measure: value}}, "timings": {...}, ...}``, each written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from retrieval.artifacts import write_text_atomic
+from retrieval.data import Dataset, Run, format_run, read_run
+from retrieval.pipeline import Pipeline
+
+from eval.metrics import MetricSuite
+
+
+class EvalRunner:
+    """Evaluates one pipeline on one dataset; ``run`` returns what it wrote to metrics.json."""
+
+    def __init__(self, pipeline: Pipeline, dataset: Dataset, out: Path, progress: bool = True) -> None:
+        self.pipeline, self.dataset, self.out, self.progress = pipeline, dataset, Path(out), progress
+        self.suite = MetricSuite(dataset.qrels)
+
+    def run(self, first_stage_run: Path | None = None, extra_timings: dict[str, float] | None = None) -> dict[str, Any]:
+        candidates = read_run(first_stage_run) if first_stage_run else None
+        start = time.perf_counter()
+        stages = self.pipeline.run(self.dataset.queries, candidates=candidates, progress=self.progress)
+        total = time.perf_counter() - start
+        n = max(1, len(self.dataset.queries))
+        self.out.mkdir(parents=True, exist_ok=True)
+        results: dict[str, dict[str, float]] = {}
+        for stage, hits in stages.items():
+            run: Run = {q: {h.id: h.score for h in ranked} for q, ranked in hits.items()}
+            write_text_atomic(self.out / f"run.{stage}.trec", format_run(run, f"siftrank-{stage}"))
+            results[stage] = self.suite.evaluate(run)
+        timings = {**(extra_timings or {}), "pipeline_seconds": round(total, 3), "ms_per_query": round(1000 * total / n, 2)}
+        timings.update({f"{stage}_seconds": round(sec, 3) for stage, sec in self.pipeline.timings.items()})
+        metrics = {
+            "stages": results,
+            "timings": timings,
+            "dataset": str(self.dataset.root),
+            "qrels": str(self.dataset.qrels_path),
+            "queries": len(self.dataset.queries),
+            "first_stage_run": str(first_stage_run) if first_stage_run else None,
+            "encoder": self.pipeline.encoder.identity() | {"precision": self.pipeline.encoder.precision,
+                                                           "query_precision": self.pipeline.encoder.query_precision,
+                                                           "device": self.pipeline.encoder.device}
+            if self.pipeline.encoder is not None and candidates is None else None,
+            "index": self.pipeline.index.kind if self.pipeline.index is not None and candidates is None else None,
+            "machine": {"python": platform.python_version(), "processor": platform.machine()},
+        }
+        write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        return metrics

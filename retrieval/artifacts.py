@@ -1,0 +1,105 @@
+"""Artifacts on disk: manifests, atomic writes and the cache folder.
+
+Every artifact siftrank writes (an index, later a pruned model or a calibrator) is a directory with a
+``manifest.json``. It is written into a hidden temp directory next to its destination and renamed into
+place in one step, so a crash or a bad input never leaves a half-written artifact visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from retrieval.errors import SiftrankError
+
+MANIFEST = "manifest.json"
+
+
+class Manifest(BaseModel):
+    """What an artifact is, what made it, from which data, and how well it did at build time."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    version: int = 1
+    source_model: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    def write(self, directory: Path) -> None:
+        """Write ``manifest.json`` into ``directory`` (atomically)."""
+        write_text_atomic(directory / MANIFEST, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path, kind: str | None = None) -> Manifest:
+        """Read and validate ``directory/manifest.json``; with ``kind``, refuse other artifact kinds."""
+        path = Path(directory) / MANIFEST
+        if not path.is_file():
+            raise SiftrankError(f"{directory}: not a siftrank artifact (no {MANIFEST})")
+        try:
+            manifest = cls.model_validate(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise SiftrankError(f"{path}: invalid manifest ({exc.__class__.__name__}: {exc})") from None
+        if kind is not None and manifest.kind != kind:
+            raise SiftrankError(f"{directory}: is a '{manifest.kind}' artifact, expected '{kind}'")
+        return manifest
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp directory; on success it becomes ``path`` in one rename, on error it vanishes.
+
+    An existing ``path`` is refused unless ``overwrite``; then it is replaced only after the new
+    directory is complete, so readers see either the old artifact or the new one.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SiftrankError(f"{path} already exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old.{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cache_dir(sub: str = "") -> Path:
+    """siftrank's cache: ``$SIFTRANK_CACHE`` or ``~/.cache/siftrank`` (indexes, converted models)."""
+    root = Path(os.environ.get("SIFTRANK_CACHE") or Path.home() / ".cache" / "siftrank").expanduser()
+    return root / sub if sub else root

@@ -1,0 +1,66 @@
+"""The pipeline config: one TOML file naming each stage and its artifact (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from retrieval.errors import SiftrankError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EncoderSection(_Section):
+    model: str = "bundled:all-MiniLM-L6-v2"
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # documents
+    query_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, else as documents
+    batch_size: int = Field(64, ge=1)
+    max_length: int | None = Field(None, ge=8)
+
+    def build(self):
+        """The :class:`~retrieval.encoder.Encoder` this section describes (weights load lazily)."""
+        from retrieval.encoder import Encoder
+
+        return Encoder(self.model, device=self.device, precision=self.precision, batch_size=self.batch_size,
+                       max_length=self.max_length, query_precision=self.query_precision)
+
+
+class IndexSection(_Section):
+    kind: Literal["flat", "ivf", "hnsw"] = "flat"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    path: Path | None = None  # a prebuilt index directory; else built (and cached) from the dataset
+    depth: int = Field(1000, ge=1)  # first-stage candidates per query
+    params: dict[str, int] = Field(default_factory=dict)  # nlist, nprobe, M, ef_construction, ef_search
+
+
+class PipelineConfig(_Section):
+    """Validated pipeline config; unknown sections or keys are errors, not silently ignored."""
+
+    encoder: EncoderSection = Field(default_factory=EncoderSection)
+    index: IndexSection = Field(default_factory=IndexSection)
+
+    @classmethod
+    def load(cls, path: Path | None) -> PipelineConfig:
+        """Read a TOML config (``None``: the defaults: bundled MiniLM, flat index)."""
+        if path is None:
+            return cls()
+        path = Path(path)
+        if not path.is_file():
+            raise SiftrankError(f"{path}: pipeline config not found")
+        try:
+            raw: dict[str, Any] = tomllib.loads(path.read_text())
+            config = cls.model_validate(raw)
+        except tomllib.TOMLDecodeError as exc:
+            raise SiftrankError(f"{path}: invalid TOML ({exc})") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise SiftrankError(f"{path}: {problems}") from None
+        if config.index.path is not None and not config.index.path.is_absolute():
+            config.index.path = path.parent / config.index.path  # paths are relative to the config file
+        return config

@@ -1,0 +1,62 @@
+"""Encode a corpus into an :class:`~retrieval.index.Index`, with a cache keyed by corpus and encoder.
+
+The cache key is the corpus file's sha256, the encoder's fingerprint, the index kind and its
+parameters, so a second evaluation of the same dataset never re-encodes, and a changed corpus or
+model never reuses stale vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from retrieval.artifacts import cache_dir
+from retrieval.data import Dataset
+from retrieval.encoder import Encoder
+from retrieval.index import Index, default_params
+
+log = logging.getLogger(__name__)
+
+
+class Indexer:
+    """Builds indexes for datasets with one encoder; ``cached`` reuses earlier builds."""
+
+    def __init__(self, encoder: Encoder, kind: str = "flat", params: dict[str, Any] | None = None,
+                 device: str = "auto", progress: bool = True) -> None:
+        self.encoder = encoder
+        self.kind = kind
+        self.params = dict(params or {})
+        self.device = device
+        self.progress = progress
+
+    def build(self, dataset: Dataset) -> Index:
+        """Encode every passage of ``dataset`` and index the vectors (timings go in the manifest)."""
+        start = time.perf_counter()
+        vectors = self.encoder.encode_documents(dataset.doc_texts(), progress=self.progress)
+        encode_s = time.perf_counter() - start
+        index = Index.build(vectors, dataset.corpus, self.encoder.identity(), kind=self.kind, device=self.device,
+                            params=self.params, data={"corpus": str(dataset.corpus_path), "corpus_sha256": dataset.corpus_digest()})
+        index.manifest.metrics = {"encode_seconds": round(encode_s, 2), "passages_per_second": round(len(vectors) / encode_s, 1),
+                                  "build_seconds": round(time.perf_counter() - start - encode_s, 2),
+                                  "encoder_precision": self.encoder.precision, "encoder_device": self.encoder.device}
+        return index
+
+    def cache_key(self, dataset: Dataset) -> str:
+        params = {**default_params(self.kind, len(dataset.corpus)), **self.params}
+        blob = json.dumps([dataset.corpus_digest(), self.encoder.fingerprint, self.kind, params], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def cached(self, dataset: Dataset, root: Path | None = None) -> Index:
+        """The index for ``dataset`` from the cache, built and stored there atomically if missing."""
+        path = (root or cache_dir("indexes")) / f"{dataset.name}-{self.kind}-{self.cache_key(dataset)}"
+        if path.is_dir():
+            log.info("using cached index %s", path)
+            return Index.load(path, device=self.device)
+        log.info("building index %s", path)
+        index = self.build(dataset)
+        index.save(path, overwrite=True)
+        return index

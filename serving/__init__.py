@@ -1,0 +1,1 @@
+"""The product face: the ``siftrank`` CLI (and, later, the FastAPI service). Sits on top of all layers."""

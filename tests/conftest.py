@@ -1,0 +1,70 @@
+"""Tiny test collections the tests build themselves (no shared data needed, except where marked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+DOCS = {
+    "d1": ("Photosynthesis", "Plants turn sunlight, water and carbon dioxide into glucose and oxygen in chloroplasts."),
+    "d2": ("", "The chloroplast is the organelle where photosynthesis happens in plant cells."),
+    "d3": ("Volcano", "A volcano erupts when magma from the mantle rises through the crust to the surface."),
+    "d4": ("", "Lava flows and ash clouds are the main hazards of volcanic eruptions."),
+    "d5": ("Bread", "To bake bread, knead flour, water, yeast and salt, let the dough rise, then bake it."),
+    "d6": ("", "Sourdough bread uses a fermented starter instead of commercial yeast."),
+    "d7": ("Football", "A football match lasts ninety minutes, split into two halves of forty-five minutes."),
+    "d8": ("", "The offside rule in football stops attackers from waiting behind the defenders."),
+    "d9": ("Python", "Python is a programming language known for readable syntax and a large standard library."),
+    "d10": ("", "Pip installs Python packages from the Python Package Index."),
+    "d11": ("Moon", "The Moon orbits the Earth about every twenty-seven days and causes the ocean tides."),
+    "d12": ("", "Tides rise and fall twice a day because of the Moon's gravity."),
+}
+QUERIES = {"q1": "how do plants make food from sunlight", "q2": "why do volcanoes erupt", "q3": "how to bake bread at home"}
+QRELS = [("q1", "d1", 3), ("q1", "d2", 2), ("q1", "d5", 0), ("q2", "d3", 3), ("q2", "d4", 1), ("q3", "d5", 3), ("q3", "d6", 2)]
+
+
+def write_dataset(root: Path, docs=DOCS, queries=QUERIES, qrels=QRELS) -> Path:
+    """A BEIR-layout dataset directory: corpus.jsonl, queries.jsonl, qrels/test.tsv."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, (t, x) in docs.items()))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (root / "qrels").mkdir(exist_ok=True)
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, d, g in qrels))
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own siftrank cache, so no test sees another's indexes."""
+    monkeypatch.setenv("SIFTRANK_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """Run the real ``siftrank`` entry point in-process; returns (exit code, stdout, stderr)."""
+    from serving.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["siftrank", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,0 +1,1 @@
+"""Training: produces artifacts (pruned encoder, adapters, calibrator, ranker LoRA) that retrieval loads."""
