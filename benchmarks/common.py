@@ -1,0 +1,65 @@
+"""Shared plumbing for the benchmark scripts: arguments, DL19 loading, result files and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from retrieval.artifacts import write_text_atomic  # noqa: E402
+from retrieval.data import Dataset  # noqa: E402
+
+
+def arguments(description: str, **extra: tuple[type, object, str]) -> argparse.Namespace:
+    """--data (the shared data folder) and --out (where results go), plus script-specific options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    for name, (kind, default, help_text) in extra.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=help_text)
+    return parser.parse_args()
+
+
+def dl19(data: Path, with_corpus: bool = True) -> Dataset:
+    return Dataset.load(data / "msmarco-dl19", qrels="qrels.test.in_corpus.tsv", with_corpus=with_corpus)
+
+
+def machine() -> dict[str, object]:
+    import torch
+
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
+
+
+def save(out: Path, name: str, payload: dict, markdown: str) -> None:
+    """``out/name.json`` and ``out/name.md``, each written atomically; prints the Markdown."""
+    write_text_atomic(out / f"{name}.json", json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out / f"{name}.md", markdown)
+    print(markdown)
+
+
+def bar_chart(path: Path, labels: list[str], values: list[float], ylabel: str, title: str) -> None:
+    """A small labelled bar chart (PNG), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bars = ax.bar(labels, values, color=["#888888"] + ["#2a6fb0"] * (len(values) - 1))
+    ax.bar_label(bars, fmt="%.3g")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,81 @@
+"""GPU check: the same FAISS index on GPU and on CPU must give the same top-10; how fast is each?
+
+Run on a machine with a GPU and the `gpu` extra (faiss-gpu): `make FAISS=gpu install gpu-check`.
+Encodes the DL19 corpus on the GPU (fp16) and a slice on the CPU (auto precision) for the speed
+ratio; builds flat and IVF indexes through the one Index code path with device=gpu and device=cpu;
+searches the 43 DL19 queries plus `--synthetic` random unit vectors; reports top-10 agreement for flat
+(exact search: GPU fp16 storage may swap near-ties) and IVF, and QPS of each device.
+Without a GPU it says so and exits 2: nothing is measured, nothing is written.
+Results: docs/benchmarks/gpu_check.{json,md}.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+from common import arguments, dl19, machine, save
+
+from retrieval.encoder import Encoder
+from retrieval.index import Index, gpu_count
+
+
+def qps(index: Index, queries: np.ndarray, k: int, rounds: int = 5) -> tuple[float, list[list[str]]]:
+    index.search(queries[:8], k)  # warm-up (GPU clone, kernels)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        _, ids = index.search(queries, k)
+    return rounds * len(queries) / (time.perf_counter() - start), ids
+
+
+def main() -> None:
+    args = arguments(__doc__, synthetic=(int, 10000, "extra random queries"), cpu_slice=(int, 2000, "passages encoded on CPU"))
+    import torch
+
+    if gpu_count() == 0 or not torch.cuda.is_available():
+        print(f"no GPU: FAISS sees {gpu_count()} GPUs, torch.cuda.is_available()={torch.cuda.is_available()}; "
+              "the GPU path is not checked on this machine", file=sys.stderr)
+        sys.exit(2)
+    data = dl19(args.data)
+    texts = data.doc_texts()
+    gpu_encoder = Encoder(device="cuda")
+    start = time.perf_counter()
+    vectors = gpu_encoder.encode_documents(texts)
+    gpu_pps = len(texts) / (time.perf_counter() - start)
+    cpu_encoder = Encoder(device="cpu")
+    start = time.perf_counter()
+    cpu_vectors = cpu_encoder.encode_documents(texts[: args.cpu_slice])
+    cpu_pps = args.cpu_slice / (time.perf_counter() - start)
+    agreement = float((cpu_vectors * vectors[: args.cpu_slice]).sum(axis=1).min())
+
+    rng = np.random.default_rng(0)
+    synthetic = rng.normal(size=(args.synthetic, vectors.shape[1])).astype(np.float32)
+    synthetic /= np.linalg.norm(synthetic, axis=1, keepdims=True)
+    queries = np.vstack([gpu_encoder.encode_queries(list(data.queries.values())), synthetic])
+    rows = {}
+    for kind in ("flat", "ivf"):
+        per_device = {}
+        for device in ("cpu", "gpu"):
+            index = Index.build(vectors, data.corpus, gpu_encoder.identity(), kind=kind, device=device)
+            assert index.on_gpu == (device == "gpu")
+            per_device[device] = qps(index, queries, 10)
+        (cpu_qps, cpu_ids), (gpu_qps, gpu_ids) = per_device["cpu"], per_device["gpu"]
+        rows[kind] = {"cpu_qps": cpu_qps, "gpu_qps": gpu_qps, "speedup": gpu_qps / cpu_qps,
+                      "identical_top10_lists": float(np.mean([a == b for a, b in zip(cpu_ids, gpu_ids)])),
+                      "top10_set_overlap": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(cpu_ids, gpu_ids)]))}
+    device_name = torch.cuda.get_device_name(0)
+    lines = [f"# GPU check on {device_name} ({gpu_count()} GPU(s) visible to FAISS)", "",
+             f"Encoding DL19: GPU fp16 {gpu_pps:.0f} passages/s vs CPU {cpu_encoder.precision} {cpu_pps:.0f} passages/s "
+             f"({gpu_pps / cpu_pps:.1f}x); min cosine GPU vs CPU embeddings {agreement:.4f}.", "",
+             f"Search: {len(queries)} queries ({len(data.queries)} DL19 + {args.synthetic} random), k=10, {len(vectors)} passages.", "",
+             "| index | CPU QPS | GPU QPS | GPU / CPU | identical top-10 lists | top-10 overlap |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {k} | {r['cpu_qps']:.0f} | {r['gpu_qps']:.0f} | {r['speedup']:.1f}x | {r['identical_top10_lists']:.4f} | "
+              f"{r['top10_set_overlap']:.4f} |" for k, r in rows.items()]
+    lines += ["", "Reproduce: `make FAISS=gpu install gpu-check` on a GPU machine.", ""]
+    save(args.out, "gpu_check", {"device": device_name, "machine": machine(), "encode_pps": {"gpu": gpu_pps, "cpu": cpu_pps},
+                                 "embedding_min_cosine": agreement, "search": rows}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

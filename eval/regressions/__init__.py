@@ -1,0 +1,1 @@
+"""Regression files: published runs whose scores siftrank must keep reproducing."""

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import math
+
+from eval.metrics import MetricSuite
+
+
+def test_graded_qrels_use_rel_2_and_hand_computed_values() -> None:
+    qrels = {"q1": {"a": 3, "b": 1, "c": 2}, "q2": {"x": 2}}
+    suite = MetricSuite(qrels)
+    assert suite.names == ["nDCG@10", "RR(rel=2)@10", "R(rel=2)@100", "R(rel=2)@1000", "AP(rel=2)"]
+    run = {"q1": {"b": 3.0, "a": 2.0, "z": 1.0}, "q2": {"y": 1.0}}
+    got = suite.evaluate(run)
+    # q1: b (grade 1, not relevant at rel=2) then a (grade 3): RR = 1/2; q2 finds nothing.
+    assert math.isclose(got["RR(rel=2)@10"], (0.5 + 0.0) / 2)
+    # q1 retrieves a but not c: recall 1/2; q2: 0.
+    assert math.isclose(got["R(rel=2)@100"], 0.25)
+    # nDCG@10 with trec_eval's linear gains: DCG = 1/log2(2) + 3/log2(3); ideal = 3 + 2/log2(3) + 1/2.
+    ndcg_q1 = (1 + 3 / math.log2(3)) / (3 + 2 / math.log2(3) + 1 / 2)
+    assert math.isclose(got["nDCG@10"], ndcg_q1 / 2, rel_tol=1e-6)
+
+
+def test_binary_qrels_use_rel_1_and_missing_queries_score_zero() -> None:
+    suite = MetricSuite({"q1": {"a": 1}, "q2": {"b": 1}})
+    assert suite.names == ["nDCG@10", "RR@10", "R@100", "R@1000", "AP"]
+    got = suite.evaluate({"q1": {"a": 1.0}})  # q2 absent from the run: it counts as 0, not skipped
+    assert math.isclose(got["RR@10"], 0.5) and math.isclose(got["nDCG@10"], 0.5)
+    per_query = suite.per_query({"q1": {"a": 1.0}})
+    assert per_query["RR@10"] == {"q1": 1.0, "q2": 0.0}

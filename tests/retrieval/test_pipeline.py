@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retrieval.config import PipelineConfig
+from retrieval.data import Dataset
+from retrieval.errors import SiftrankError
+from retrieval.indexer import Indexer
+from retrieval.pipeline import Pipeline
+
+
+def test_dense_pipeline_ranks_the_relevant_passage_first(tiny: Path) -> None:
+    data = Dataset.load(tiny)
+    pipe = Pipeline.from_config(PipelineConfig(), data, progress=False)
+    stages = pipe.run(data.queries)
+    assert list(stages) == ["dense"]
+    hits = stages["dense"]
+    assert hits["q1"][0].id in {"d1", "d2"} and hits["q2"][0].id in {"d3", "d4"} and hits["q3"][0].id in {"d5", "d6"}
+    assert [h.rank for h in hits["q1"]] == list(range(1, 13))
+    assert all(h.cosine == h.score for h in hits["q1"])
+    top = pipe.search("magma and eruptions", k=2)
+    assert len(top) == 2 and top[0].id in {"d3", "d4"} and top[0].text and "volcan" in top[0].text.lower()
+    with pytest.raises(SiftrankError, match="the query is empty"):
+        pipe.search("   ")
+
+
+def test_index_cache_is_keyed_by_corpus_and_reused(tiny: Path, tmp_path: Path) -> None:
+    data = Dataset.load(tiny)
+    indexer = Indexer(PipelineConfig().encoder.build(), progress=False)
+    first = indexer.cached(data, root=tmp_path / "c")
+    again = indexer.cached(data, root=tmp_path / "c")
+    assert again.path == first.path and again._cpu_index is None  # loaded from disk, not rebuilt
+    with open(tiny / "corpus.jsonl", "a") as handle:
+        handle.write('{"_id": "d13", "text": "a new passage"}\n')
+    changed = indexer.cached(Dataset.load(tiny), root=tmp_path / "c")
+    assert changed.path != first.path and len(changed) == 13
+
+
+def test_bm25_and_run_first_stages(tiny: Path) -> None:
+    data = Dataset.load(tiny)
+    bm25 = Pipeline.from_config(PipelineConfig(), data, first_stage="bm25")
+    hits = bm25.run(data.queries)["bm25"]
+    assert hits["q2"][0].id in {"d3", "d4"} and hits["q2"][0].cosine is None
+    rerank_only = Pipeline(depth=2)
+    stages = rerank_only.run(data.queries, candidates={"q1": {"d9": 1.0, "d1": 3.0, "d2": 2.0}})
+    assert [h.id for h in stages["run"]["q1"]] == ["d1", "d2"] and stages["run"]["q2"] == []
+    with pytest.raises(SiftrankError, match="no first stage"):
+        rerank_only.run({"q": "text"})
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    path = tmp_path / "pipe.toml"
+    path.write_text('[encoder]\nmodel = "bundled:all-MiniLM-L6-v2"\n[index]\nkind = "hnsw"\npath = "idx"\n')
+    config = PipelineConfig.load(path)
+    assert config.index.kind == "hnsw" and config.index.path == tmp_path / "idx"  # relative to the config file
+    path.write_text('[index]\nkind = "annoy"\n')
+    with pytest.raises(SiftrankError, match="index.kind"):
+        PipelineConfig.load(path)
+    path.write_text('[encoder]\nmodle = "x"\n')
+    with pytest.raises(SiftrankError, match="encoder.modle: Extra inputs are not permitted"):
+        PipelineConfig.load(path)
+    path.write_text("[encoder\n")
+    with pytest.raises(SiftrankError, match="invalid TOML"):
+        PipelineConfig.load(path)
+    with pytest.raises(SiftrankError, match="pipeline config not found"):
+        PipelineConfig.load(tmp_path / "missing.toml")
+    with pytest.raises(SiftrankError, match="no index"):
+        Pipeline.from_config(PipelineConfig())

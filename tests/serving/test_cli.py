@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def test_index_build_search_and_eval_end_to_end(tiny: Path, tmp_path: Path, cli) -> None:
+    code, out, err = cli("index", "build", "--corpus", tiny, "--out", tmp_path / "idx", "--kind", "hnsw")
+    assert code == 0, err
+    assert "12 passages, hnsw" in out
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["kind"] == "index" and manifest["encoder"]["dim"] == 384
+
+    code, out, err = cli("search", "why do volcanoes erupt", "--index", tmp_path / "idx", "-k", "2", "--json")
+    assert code == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    assert [h["rank"] for h in hits] == [1, 2] and hits[0]["id"] in {"d3", "d4"} and hits[0]["text"]
+
+    code, out, err = cli("eval", "--dataset", tiny, "--out", tmp_path / "ev")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(metrics["stages"]["dense"]) == {"nDCG@10", "RR(rel=2)@10", "R(rel=2)@100", "R(rel=2)@1000", "AP(rel=2)"}
+    assert metrics["stages"]["dense"]["RR(rel=2)@10"] > 0.5
+    assert {"setup_seconds", "pipeline_seconds", "ms_per_query"} <= set(metrics["timings"])
+    run_lines = (tmp_path / "ev" / "run.dense.trec").read_text().splitlines()
+    assert len(run_lines) == 3 * 12 and run_lines[0].split()[3] == "1"
+
+
+def test_eval_with_first_stage_run_and_score_run(tiny: Path, tmp_path: Path, cli) -> None:
+    run = tmp_path / "given.trec"
+    run.write_text("q1 Q0 d1 1 9.0 x\nq1 Q0 d5 2 8.0 x\nq2 Q0 d3 1 5.0 x\n")
+    code, out, err = cli("eval", "--dataset", tiny, "--first-stage-run", run, "--out", tmp_path / "rr")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "rr" / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["run"]
+    assert metrics["stages"]["run"]["RR(rel=2)@10"] == pytest.approx(2 / 3)  # q1, q2 at rank 1; q3 missing
+    code, out, err = cli("eval", "--dataset", tiny, "--score-run", run, "--out", tmp_path / "sr")
+    assert code == 0, err
+    assert json.loads((tmp_path / "sr" / "metrics.json").read_text())["runs"]["given.trec"]["RR(rel=2)@10"] == pytest.approx(2 / 3)
+    assert "given.trec" in out
+
+
+BAD_INPUTS = [
+    (["eval", "--dataset", "{tmp}/nope", "--out", "{tmp}/o"], "dataset directory not found"),
+    (["eval", "--dataset", "{tiny}", "--qrels", "nope.tsv", "--out", "{tmp}/o"], "qrels file 'nope.tsv' not found"),
+    (["eval", "--dataset", "{tiny}", "--model", "{tmp}/no-model", "--out", "{tmp}/o"], "is not a local folder"),
+    (["eval", "--dataset", "{tiny}", "--kind", "annoy", "--out", "{tmp}/o"], "invalid option"),
+    (["eval", "--dataset", "{tiny}"], "--out is required"),
+    (["index", "build", "--corpus", "{tmp}/empty.jsonl", "--out", "{tmp}/idx"], "the corpus is empty"),
+    (["index", "build", "--corpus", "{tmp}/bad.jsonl", "--out", "{tmp}/idx"], "bad.jsonl:2: malformed JSON"),
+    (["index", "build", "--corpus", "{tmp}/dup.jsonl", "--out", "{tmp}/idx"], "duplicate document id 'a'"),
+    (["search", "x", "--index", "{tmp}/no-index"], "index directory not found"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_gives_one_clear_error(args: list[str], message: str, tiny: Path, tmp_path: Path, cli) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "bad.jsonl").write_text('{"_id": "a", "text": "ok"}\n{"_id": "b", "text": oops}\n')
+    (tmp_path / "dup.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
+    code, out, err = cli(*[a.format(tmp=tmp_path, tiny=tiny) for a in args])
+    assert code == 2
+    assert message in err and err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "idx").exists() and not (tmp_path / "o" / "metrics.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_index_from_another_model_is_refused(tiny: Path, tmp_path: Path, cli) -> None:
+    import shutil
+
+    from retrieval.encoder import resolve_model_path
+
+    other = tmp_path / "other-model"
+    shutil.copytree(resolve_model_path("bundled:all-MiniLM-L6-v2"), other)
+    (other / "config.json").write_text((other / "config.json").read_text().replace("}", ', "variant": "b"}', 1))
+    assert cli("index", "build", "--corpus", tiny, "--out", tmp_path / "idx")[0] == 0
+    code, _, err = cli("search", "volcano", "--index", tmp_path / "idx", "--model", other)
+    assert code == 2 and "was built with encoder 'bundled:all-MiniLM-L6-v2'" in err and "rebuild the index" in err
+    config = tmp_path / "pipe.toml"
+    config.write_text(f'[encoder]\nmodel = "{other}"\n[index]\npath = "{tmp_path / "idx"}"\n')
+    code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "o")
+    assert code == 2 and "rebuild the index" in err and not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_installed_console_script_prints_no_traceback(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "siftrank"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "serving.cli"]
+    result = subprocess.run([*command, "eval", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
