@@ -78,6 +78,7 @@ class Index:
         self._search_index = None
         self._docs = docs
         self._positions: dict[str, int] | None = None
+        self._id_array: np.ndarray | None = None
 
     # ---- building and persistence -------------------------------------------------------------
     @classmethod
@@ -194,9 +195,8 @@ class Index:
                 options = faiss.GpuMultipleClonerOptions()
                 options.shard = True
                 options.useFloat16 = True
+                # The clone copies nprobe from the CPU index (GpuIndexIVF::copyFrom), set just above.
                 index = faiss.index_cpu_to_all_gpus(index, co=options)
-                if self.kind == "ivf":
-                    faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", int(self.manifest.parameters["nprobe"]))
             self._search_index = index
         return self._search_index
 
@@ -212,7 +212,9 @@ class Index:
         if queries.shape[1] != int(self.manifest.parameters["dim"]):
             raise SiftrankError(f"query vectors have {queries.shape[1]} dimensions, the index {self.manifest.parameters['dim']}")
         scores, positions = self.search_index.search(queries, min(k, len(self)))
-        ids = self.docs["id"].to_numpy()
+        if self._id_array is None:
+            self._id_array = self.docs["id"].to_numpy()
+        ids = self._id_array
         out_ids = [[str(ids[p]) for p in row if p >= 0] for row in positions]
         return scores, out_ids
 

@@ -55,24 +55,27 @@ def test_missing_dataset_files(tmp_path: Path, tiny: Path) -> None:
         Dataset.load(tiny)
 
 
-def test_malformed_jsonl_reports_file_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "corpus.jsonl"
-    path.write_text('{"_id": "a", "text": "x"}\n\n{"_id": "b", "text": \n')
-    with pytest.raises(SiftrankError, match=r"corpus.jsonl:3: malformed JSON"):
-        read_corpus(path)
-    path.write_text('{"_id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n')
-    with pytest.raises(SiftrankError, match=r"corpus.jsonl:2: expected an object with keys _id, text"):
-        read_corpus(path)
+MALFORMED = [
+    (read_corpus, "corpus.jsonl", '{"_id": "a", "text": "x"}\n\n{"_id": "b", "text": \n', r"corpus.jsonl:3: malformed JSON"),
+    (read_corpus, "corpus.jsonl", '{"_id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n',
+     r"corpus.jsonl:2: expected an object with keys _id, text"),
+    (read_corpus, "corpus.jsonl", "\n", "the corpus is empty"),
+    (read_corpus, "corpus.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "b", "text": "y"}\n{"_id": "a", "text": "z"}\n',
+     r"corpus.jsonl:3: duplicate document id 'a' \(first at line 1\)"),
+    (read_corpus, "collection.tsv", "1\tok\n2\n", r"collection.tsv:2: expected 'id<TAB>text'"),
+    (read_qrels, "qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"qrels.tsv:2: grade 'high' is not a number"),
+    (read_qrels, "qrels.tsv", "q1 d1\n", r"qrels.tsv:1: expected"),
+    (read_queries, "queries.tsv", "1\tone\n1\tagain\n", r"queries.tsv:2: duplicate query id '1'"),
+    (read_queries, "queries.jsonl", "", "no queries"),
+]
 
 
-def test_empty_corpus_and_duplicate_ids(tmp_path: Path) -> None:
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("\n")
-    with pytest.raises(SiftrankError, match="the corpus is empty"):
-        read_corpus(path)
-    path.write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": "y"}\n{"_id": "a", "text": "z"}\n')
-    with pytest.raises(SiftrankError, match=r"corpus.jsonl:3: duplicate document id 'a' \(first at line 1\)"):
-        read_corpus(path)
+@pytest.mark.parametrize(("reader", "name", "content", "message"), MALFORMED)
+def test_malformed_files_report_file_and_line(reader, name: str, content: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(SiftrankError, match=message):
+        reader(path)
 
 
 def test_qrels_naming_unknown_queries(tiny: Path) -> None:
@@ -80,20 +83,6 @@ def test_qrels_naming_unknown_queries(tiny: Path) -> None:
         handle.write("q404\td1\t1\n")
     with pytest.raises(SiftrankError, match=r"1 judged queries are not in queries.jsonl: q404"):
         Dataset.load(tiny)
-
-
-def test_bad_qrels_and_query_lines(tmp_path: Path) -> None:
-    qrels = tmp_path / "qrels.tsv"
-    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\thigh\n")
-    with pytest.raises(SiftrankError, match=r"qrels.tsv:2: grade 'high' is not a number"):
-        read_qrels(qrels)
-    qrels.write_text("q1 d1\n")
-    with pytest.raises(SiftrankError, match=r"qrels.tsv:1: expected"):
-        read_qrels(qrels)
-    queries = tmp_path / "queries.tsv"
-    queries.write_text("1\tone\n1\tagain\n")
-    with pytest.raises(SiftrankError, match=r"queries.tsv:2: duplicate query id '1'"):
-        read_queries(queries)
 
 
 def test_run_round_trip_and_tie_breaks(tmp_path: Path) -> None:
