@@ -1,0 +1,233 @@
+"""The relevance filter: a Cosine Adapter that turns raw cosine into a relevance probability.
+
+After Rossi et al., "Relevance Filtering for Embedding-based Retrieval" (CIKM 2024). For a query q
+with top-K raw cosines c, a small network g reads the query's features (its embedding and, as our
+ablation, statistics of its top-K cosine list) and outputs the parameters of a monotone map f:
+
+    x = (c + 1) / 2                      cosine moved to [0, 1]
+    linear     f = a x + b               a = softplus(.) > 0
+    sqrt       f = a sqrt(x) + b
+    quadratic  f = a x^2 + b
+    power      f = a x^p + b             p = softplus(.) + 0.05 > 0
+    relevance  s = sigmoid(f)
+
+Parameters are a global vector plus a query-dependent correction g(features) whose last layer starts
+at zero and is weight-decayed: with too few training queries the decay shrinks it to the global map,
+and with no query part at all the linear family is exactly global Platt scaling. Every map is strictly
+increasing in c, so the ranking inside a query never changes; one global threshold on s filters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrieval.artifacts import Manifest, atomic_dir
+from retrieval.errors import SiftrankError
+
+FAMILIES: tuple[str, ...] = ("linear", "sqrt", "quadratic", "power")
+WEIGHTS_FILE = "calibrator.safetensors"
+N_STATS = 6
+
+
+def cosine_stats(cosines: np.ndarray) -> np.ndarray:
+    """Cheap statistics of one query's ranked top-K cosine list (our ablation feature set)."""
+    c = np.asarray(cosines, dtype=np.float32)
+    if c.size == 0:
+        return np.zeros(N_STATS, dtype=np.float32)
+    top10 = c[: min(10, c.size)]
+    return np.array([c[0], top10.mean(), c.mean(), c.std(), c[0] - top10[-1], top10[-1] - c[-1]], dtype=np.float32)
+
+
+def threshold_for_recall(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
+    """The highest threshold t such that keeping ``scores >= t`` keeps at least ``target`` of the positives."""
+    order = np.argsort(-scores, kind="stable")
+    found = np.cumsum(labels[order])
+    total = found[-1] if found.size else 0
+    if total == 0:
+        raise SiftrankError("no relevant pairs: cannot choose a threshold for a target recall")
+    index = int(np.searchsorted(found, np.ceil(target * total - 1e-9)))
+    return float(scores[order][min(index, len(order) - 1)])
+
+
+def threshold_for_precision(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
+    """The lowest threshold whose kept set still has precision >= ``target`` (most recall at that precision)."""
+    order = np.argsort(-scores, kind="stable")
+    precision = np.cumsum(labels[order]) / np.arange(1, len(order) + 1)
+    ok = np.nonzero(precision >= target)[0]
+    if ok.size == 0:
+        raise SiftrankError(f"no threshold reaches precision {target}")
+    return float(scores[order][ok[-1]])
+
+
+def _torch_net(family: str, in_dim: int, hidden: int):
+    """The adapter network: global raw parameters plus a zero-initialised query-dependent correction."""
+    import torch
+    from torch import nn
+
+    class CosineAdapterNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            n_params = 3 if family == "power" else 2
+            init = [float(np.log(np.expm1(10.0))), -7.0, float(np.log(np.expm1(0.95)))][:n_params]
+            self.base = nn.Parameter(torch.tensor(init, dtype=torch.float32))
+            self.delta: nn.Module | None = None
+            if in_dim > 0:
+                layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, n_params)] if hidden else \
+                    [nn.Linear(in_dim, n_params)]
+                nn.init.zeros_(layers[-1].weight)
+                nn.init.zeros_(layers[-1].bias)
+                self.delta = nn.Sequential(*layers)
+            self.register_buffer("bias", torch.zeros(()))  # intercept correction fitted after training
+
+        def params(self, features: torch.Tensor) -> torch.Tensor:
+            raw = self.base.expand(features.shape[0], -1)
+            if self.delta is not None:
+                raw = raw + self.delta(features)
+            a = nn.functional.softplus(raw[:, 0])
+            b = raw[:, 1] + self.bias
+            p = nn.functional.softplus(raw[:, 2]) + 0.05 if raw.shape[1] > 2 else torch.ones_like(a)
+            return torch.stack([a, b, p], dim=1)
+
+        def forward(self, features: torch.Tensor, cosines: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+            """Logits for pairs: ``cosines[i]`` belongs to query ``query_index[i]``."""
+            a, b, p = self.params(features)[query_index].unbind(1)
+            x = ((cosines + 1) / 2).clamp(1e-6, 1.0)
+            shaped = {"linear": x, "sqrt": x.sqrt(), "quadratic": x * x, "power": x.pow(p)}[family]
+            return a * shaped + b
+
+    return CosineAdapterNet()
+
+
+class Calibrator:
+    """Maps a query's raw cosines to relevance probabilities and filters them with one global threshold."""
+
+    def __init__(self, family: str = "power", embedding_dim: int = 384, use_embedding: bool = True,
+                 use_stats: bool = False, hidden: int = 0, k: int = 100, threshold: float = 0.5,
+                 stats_mean: Sequence[float] | None = None, stats_std: Sequence[float] | None = None,
+                 encoder: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+        if family not in FAMILIES:
+            raise SiftrankError(f"calibrator family must be one of {', '.join(FAMILIES)}, not '{family}'")
+        check_threshold(threshold)
+        self.family, self.embedding_dim, self.use_embedding, self.use_stats = family, embedding_dim, use_embedding, use_stats
+        self.hidden, self.k, self.threshold = hidden, k, float(threshold)
+        self.stats_mean = np.asarray(stats_mean if stats_mean is not None else np.zeros(N_STATS), dtype=np.float32)
+        self.stats_std = np.asarray(stats_std if stats_std is not None else np.ones(N_STATS), dtype=np.float32)
+        self.encoder = dict(encoder or {})
+        self.extra = dict(extra or {})
+        self.net = _torch_net(family, self.feature_dim, hidden)
+
+    @property
+    def feature_dim(self) -> int:
+        return (self.embedding_dim if self.use_embedding else 0) + (N_STATS if self.use_stats else 0)
+
+    @property
+    def query_dependent(self) -> bool:
+        return self.feature_dim > 0
+
+    def features(self, query_vectors: np.ndarray, cosine_lists: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-query features: the query embedding and/or standardised top-K cosine statistics."""
+        parts = []
+        if self.use_embedding:
+            parts.append(np.asarray(query_vectors, dtype=np.float32).reshape(len(cosine_lists), -1))
+        if self.use_stats:
+            stats = np.stack([cosine_stats(c[: self.k]) for c in cosine_lists]) if len(cosine_lists) else np.zeros((0, N_STATS))
+            parts.append((stats - self.stats_mean) / self.stats_std)
+        out = np.concatenate(parts, axis=1) if parts else np.zeros((len(cosine_lists), 0), dtype=np.float32)
+        if not np.all(np.isfinite(out)):
+            raise SiftrankError("calibrator features contain NaN or infinite values")
+        return out.astype(np.float32)
+
+    def logits(self, features: np.ndarray, cosine_lists: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        lengths = [len(c) for c in cosine_lists]
+        flat = np.concatenate([np.asarray(c, dtype=np.float32) for c in cosine_lists]) if lengths else np.zeros(0, np.float32)
+        if not np.all(np.isfinite(flat)):
+            raise SiftrankError("cosine scores contain NaN or infinite values")
+        index = np.repeat(np.arange(len(lengths)), lengths)
+        with torch.no_grad():
+            out = self.net(torch.from_numpy(features), torch.from_numpy(flat), torch.from_numpy(index)).numpy()
+        return np.split(out, np.cumsum(lengths)[:-1]) if lengths else []
+
+    def relevance(self, query_vectors: np.ndarray, cosine_lists: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Relevance probability of every candidate, per query (same order as ``cosine_lists``)."""
+        logits = self.logits(self.features(query_vectors, cosine_lists), cosine_lists)
+        return [1.0 / (1.0 + np.exp(-z)) for z in logits]
+
+    def map_parameters(self, query_vectors: np.ndarray, cosine_lists: Sequence[np.ndarray]) -> np.ndarray:
+        """(a, b, p) of each query's map: what makes a score interpretable and debuggable."""
+        import torch
+
+        with torch.no_grad():
+            return self.net.params(torch.from_numpy(self.features(query_vectors, cosine_lists))).numpy()
+
+    def check_encoder(self, identity: dict[str, Any]) -> None:
+        """Refuse to calibrate cosines from another model than the one the calibrator was trained on."""
+        if self.encoder and self.encoder.get("fingerprint") != identity.get("fingerprint"):
+            raise SiftrankError(f"calibrator was trained for encoder '{self.encoder.get('model')}' (fingerprint "
+                                f"{self.encoder.get('fingerprint')}) but the pipeline's encoder is '{identity.get('model')}' "
+                                f"(fingerprint {identity.get('fingerprint')}): retrain it with `siftrank calibrate`")
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {"family": self.family, "embedding_dim": self.embedding_dim, "use_embedding": self.use_embedding,
+                "use_stats": self.use_stats, "hidden": self.hidden, "k": self.k, "threshold": self.threshold,
+                "stats_mean": self.stats_mean.tolist(), "stats_std": self.stats_std.tolist()}
+
+    def save(self, path: Path, overwrite: bool = False, data: dict[str, Any] | None = None,
+             metrics: dict[str, Any] | None = None) -> None:
+        """Write the artifact (weights + manifest) atomically."""
+        from safetensors.torch import save_file
+
+        with atomic_dir(Path(path), overwrite=overwrite) as tmp:
+            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+            Manifest(kind="calibrator", source_model=self.encoder.get("model"), parameters=self.config(),
+                     data=data or {}, metrics=metrics or {}, encoder=self.encoder, extra=self.extra).write(tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> Calibrator:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_dir():
+            raise SiftrankError(f"{path}: calibrator directory not found")
+        manifest = Manifest.read(path, kind="calibrator")
+        if not (path / WEIGHTS_FILE).is_file():
+            raise SiftrankError(f"{path}: incomplete calibrator (no {WEIGHTS_FILE})")
+        calibrator = cls(**manifest.parameters, encoder=getattr(manifest, "encoder", {}), extra=getattr(manifest, "extra", {}))
+        calibrator.net.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+        calibrator.manifest = manifest  # type: ignore[attr-defined]
+        return calibrator
+
+    def __repr__(self) -> str:
+        return f"Calibrator({json.dumps({k: v for k, v in self.config().items() if 'stats_' not in k})})"
+
+
+def check_threshold(threshold: float) -> float:
+    """Relevance thresholds are probabilities: refuse anything outside [0, 1] (or NaN)."""
+    if not (0.0 <= float(threshold) <= 1.0):
+        raise SiftrankError(f"relevance threshold must be within [0, 1], not {threshold}")
+    return float(threshold)
+
+
+BASELINES: tuple[str, ...] = ("raw_cosine", "platt", "minmax", "top_k")
+
+
+def baseline_scores(name: str, spec: dict[str, float], cosine_lists: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Scores of the query-independent baselines (each filtered by one global threshold on them):
+    raw cosine; global Platt scaling sigmoid(a c + b); per-query min-max normalised cosine; and fixed
+    top-k, scored 1/rank so that the threshold 1/k keeps exactly the top k."""
+    lists = [np.asarray(c, dtype=np.float64) for c in cosine_lists]
+    if name == "raw_cosine":
+        return lists
+    if name == "platt":
+        return [1.0 / (1.0 + np.exp(-(spec["a"] * c + spec["b"]))) for c in lists]
+    if name == "minmax":
+        return [(c - c.min()) / (c.max() - c.min()) if c.size and c.max() > c.min() else np.ones_like(c) for c in lists]
+    if name == "top_k":
+        return [1.0 / np.arange(1, c.size + 1) for c in lists]
+    raise SiftrankError(f"unknown baseline '{name}' (known: {', '.join(BASELINES)})")
