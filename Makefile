@@ -13,7 +13,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check clean
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study clean
 
 install: $(STAMP)
 
@@ -58,3 +58,6 @@ gpu-check:
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
+
+calibration-study: install
+	$(BIN)/python benchmarks/calibration_study.py --data $(DATA) --out docs/calibration

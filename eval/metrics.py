@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import ir_measures
 
-from retrieval.data import Qrels
+from retrieval.data import Qrels, relevant_grade
 
 
 class MetricSuite:
@@ -19,8 +19,7 @@ class MetricSuite:
 
     def __init__(self, qrels: Qrels) -> None:
         self.qrels = qrels
-        top = max((g for docs in qrels.values() for g in docs.values()), default=1)
-        self.rel = 2 if top >= 2 else 1
+        self.rel = relevant_grade(qrels)
         suffix = f"(rel={self.rel})" if self.rel != 1 else ""
         self.names = ["nDCG@10", f"RR{suffix}@10", f"R{suffix}@100", f"R{suffix}@1000", f"AP{suffix}"]
         self.measures = [ir_measures.parse_measure(name) for name in self.names]

@@ -1,35 +1,51 @@
-"""Tables for people: metrics per stage (or per run) printed with rich, and as Markdown for docs/."""
+"""Tables for people: metrics per stage (or per run, or per filter) printed with rich, and as Markdown."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+FILTER_COLUMNS = ("PR-AUC", "P@R95", "filter_rate", "recall_at_threshold", "ECE", "kept_per_query", "nDCG@10")
 
-def metrics_table(rows: Mapping[str, Mapping[str, float]], title: str = "") -> Table:
-    """A rich table, one row per stage or run, one column per measure (4 decimals, as TREC reports)."""
-    names = list(next(iter(rows.values()), {}))
+
+def _columns(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
+    first = next(iter(rows.values()), {})
+    return list(columns) if columns else [k for k, v in first.items() if isinstance(v, (int, float)) or v is None]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, Mapping):  # {"mean", "std"} from an aggregate over folds or seeds
+        return f"{value['mean']:.4f} ± {value['std']:.4f}"
+    return f"{value:.4f}"
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, Any]], title: str = "", columns: Sequence[str] | None = None) -> Table:
+    """A rich table, one row per stage/run/filter, one column per measure (4 decimals, as TREC reports)."""
+    names = _columns(rows, columns)
     table = Table(title=title or None)
-    table.add_column("stage / run")
+    table.add_column("")
     for name in names:
         table.add_column(name, justify="right")
     for label, values in rows.items():
-        table.add_row(label, *(f"{values[n]:.4f}" for n in names))
+        table.add_row(label, *(_cell(values.get(n)) for n in names))
     return table
 
 
-def markdown_table(rows: Mapping[str, Mapping[str, float]], label: str = "run") -> str:
+def markdown_table(rows: Mapping[str, Mapping[str, Any]], label: str = "run", columns: Sequence[str] | None = None) -> str:
     """The same table as Markdown."""
-    names = list(next(iter(rows.values()), {}))
+    names = _columns(rows, columns)
     lines = [f"| {label} | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    lines += [f"| {key} | " + " | ".join(f"{values[n]:.4f}" for n in names) + " |" for key, values in rows.items()]
+    lines += [f"| {key} | " + " | ".join(_cell(values.get(n)) for n in names) + " |" for key, values in rows.items()]
     return "\n".join(lines) + "\n"
 
 
-def print_table(rows: Mapping[str, Mapping[str, float]], title: str = "") -> None:
+def print_table(rows: Mapping[str, Mapping[str, Any]], title: str = "", columns: Sequence[str] | None = None) -> None:
     console = Console()
     if console.width < 120:  # pipes and CI logs: do not truncate measure names
         console = Console(width=120)
-    console.print(metrics_table(rows, title))
+    console.print(metrics_table(rows, title, columns))

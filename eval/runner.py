@@ -12,10 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from retrieval.artifacts import write_text_atomic
-from retrieval.data import Dataset, Run, format_run, read_run
+from retrieval.calibration import baseline_scores
+from retrieval.data import Dataset, Run, format_run, read_run, relevant_grade
+from retrieval.hits import Hit
 from retrieval.pipeline import Pipeline
 
+from eval.filtering import FilterReport
 from eval.metrics import MetricSuite
 
 
@@ -38,6 +43,9 @@ class EvalRunner:
             run: Run = {q: {h.id: h.score for h in ranked} for q, ranked in hits.items()}
             write_text_atomic(self.out / f"run.{stage}.trec", format_run(run, f"siftrank-{stage}"))
             results[stage] = self.suite.evaluate(run)
+        if "filter" in stages:
+            first = next(iter(stages.values()))
+            results["filter"].update(self.filter_metrics(first))  # type: ignore[arg-type]
         timings = {**(extra_timings or {}), "pipeline_seconds": round(total, 3), "ms_per_query": round(1000 * total / n, 2)}
         timings.update({f"{stage}_seconds": round(sec, 3) for stage, sec in self.pipeline.timings.items()})
         metrics = {
@@ -51,8 +59,25 @@ class EvalRunner:
                                                            "query_precision": self.pipeline.encoder.query_precision,
                                                            "device": self.pipeline.encoder.device}
             if self.pipeline.encoder is not None and candidates is None else None,
+            "calibrator": self.pipeline.calibrator.config() if self.pipeline.calibrator is not None else None,
             "index": self.pipeline.index.kind if self.pipeline.index is not None and candidates is None else None,
             "machine": {"python": platform.python_version(), "processor": platform.machine()},
         }
         write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
+
+    def filter_metrics(self, candidates: dict[str, list[Hit]]) -> dict[str, Any]:
+        """Pair-level filter quality over the first stage's candidates, for the calibrator and, in the
+        same run, its baselines (thresholds chosen on the calibrator's training data)."""
+        calibrator = self.pipeline.calibrator
+        assert calibrator is not None and self.pipeline.threshold is not None
+        qids = list(self.dataset.queries)
+        rel = relevant_grade(self.dataset.qrels)
+        labels = [np.array([self.dataset.qrels[q].get(h.id, 0) >= rel for h in candidates[q]], dtype=np.float64) for q in qids]
+        relevance = [np.array([h.relevance for h in candidates[q]], dtype=np.float64) for q in qids]
+        cosines = [np.array([h.cosine for h in candidates[q]], dtype=np.float64) for q in qids]
+        out: dict[str, Any] = dict(FilterReport(relevance, labels, self.pipeline.threshold).summary())
+        out["baselines"] = {name: FilterReport(baseline_scores(name, spec, cosines), labels, spec["threshold"],
+                                               probabilistic=name == "platt").summary()
+                            for name, spec in calibrator.extra.get("baselines", {}).items()}
+        return out

@@ -34,8 +34,8 @@ N_STATS = 6
 
 
 def cosine_stats(cosines: np.ndarray) -> np.ndarray:
-    """Cheap statistics of one query's ranked top-K cosine list (our ablation feature set)."""
-    c = np.asarray(cosines, dtype=np.float32)
+    """Cheap statistics of one query's top-K cosine list (our ablation feature set), sorted first."""
+    c = -np.sort(-np.asarray(cosines, dtype=np.float32))
     if c.size == 0:
         return np.zeros(N_STATS, dtype=np.float32)
     top10 = c[: min(10, c.size)]

@@ -35,8 +35,13 @@ class IndexSection(_Section):
     kind: Literal["flat", "ivf", "hnsw"] = "flat"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     path: Path | None = None  # a prebuilt index directory; else built (and cached) from the dataset
-    depth: int = Field(1000, ge=1)  # first-stage candidates per query
+    depth: int | None = Field(None, ge=1)  # first-stage candidates per query: 1000, or the calibrator's K
     params: dict[str, int] = Field(default_factory=dict)  # nlist, nprobe, M, ef_construction, ef_search
+
+
+class FilterSection(_Section):
+    calibrator: Path  # a calibrator artifact from `siftrank calibrate`
+    threshold: float | None = Field(None, ge=0.0, le=1.0)  # override the artifact's global threshold
 
 
 class PipelineConfig(_Section):
@@ -44,6 +49,7 @@ class PipelineConfig(_Section):
 
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     index: IndexSection = Field(default_factory=IndexSection)
+    filter: FilterSection | None = None
 
     @classmethod
     def load(cls, path: Path | None) -> PipelineConfig:
@@ -61,6 +67,9 @@ class PipelineConfig(_Section):
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise SiftrankError(f"{path}: {problems}") from None
+        # Artifact paths are relative to the config file, wherever the command runs.
         if config.index.path is not None and not config.index.path.is_absolute():
-            config.index.path = path.parent / config.index.path  # paths are relative to the config file
+            config.index.path = path.parent / config.index.path
+        if config.filter is not None and not config.filter.calibrator.is_absolute():
+            config.filter.calibrator = path.parent / config.filter.calibrator
         return config

@@ -106,6 +106,13 @@ def _tsv_query(path: Path, number: int, line: str) -> tuple[int, str, str]:
     return number, parts[0], parts[1]
 
 
+def relevant_grade(qrels: Qrels) -> int:
+    """The grade from which a judgment counts as relevant in binary measures: 2 on graded qrels
+    (the TREC DL passage convention), 1 on binary qrels such as BEIR's."""
+    top = max((g for docs in qrels.values() for g in docs.values()), default=1)
+    return 2 if top >= 2 else 1
+
+
 def read_qrels(path: Path) -> Qrels:
     """Judgments ``{qid: {docid: grade}}`` from BEIR tsv (with header) or TREC 4-column qrels."""
     path = Path(path)

@@ -1,8 +1,9 @@
 """The Pipeline: first-stage retrieval (dense, BM25, or a given run), then the later stages, in order.
 
 ``run`` returns every stage's ranking so that evaluation can score each stage on its own;
-``search`` answers one query with the last stage's hits. Later stages (relevance filter, LLM
-ranker) plug in after the first one.
+``search`` answers one query with the last stage's hits. Stages so far: the first stage, then the
+relevance filter (a Cosine Adapter calibrator: every candidate gets a relevance probability, those
+below one global threshold are dropped, the order is kept).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from retrieval.calibration import Calibrator, check_threshold
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
@@ -22,30 +25,47 @@ from retrieval.indexer import Indexer
 from retrieval.lexical import BM25
 
 StageHits = dict[str, list[Hit]]  # qid -> ranked hits
+DEFAULT_DEPTH = 1000
 
 
 class Pipeline:
     """Stages over an index (or BM25, or candidates from a run file), returning typed hits."""
 
-    def __init__(self, encoder: Encoder | None = None, index: Index | None = None, depth: int = 1000,
-                 lexical: BM25 | None = None) -> None:
+    def __init__(self, encoder: Encoder | None = None, index: Index | None = None, depth: int | None = None,
+                 lexical: BM25 | None = None, calibrator: Calibrator | None = None, threshold: float | None = None) -> None:
         if index is not None and encoder is not None:
             index.check_encoder(encoder.identity())
         if lexical is None and (index is None) != (encoder is None):
             raise SiftrankError("a dense first stage needs both an encoder and an index")
-        self.encoder, self.index, self.depth, self.lexical = encoder, index, depth, lexical
+        if calibrator is not None:
+            if encoder is None or index is None:
+                raise SiftrankError("the relevance filter needs the encoder and index its calibrator was trained with")
+            calibrator.check_encoder(encoder.identity())
+            if depth is not None and depth != calibrator.k:
+                raise SiftrankError(f"the calibrator was trained on top-{calibrator.k} candidates but the first stage "
+                                    f"depth is {depth}: set [index].depth = {calibrator.k} or retrain with --k {depth}")
+            depth = calibrator.k
+        self.encoder, self.index, self.lexical = encoder, index, lexical
+        self.depth = depth or DEFAULT_DEPTH
+        self.calibrator = calibrator
+        self.threshold = check_threshold(threshold if threshold is not None else calibrator.threshold) if calibrator else None
         self.timings: dict[str, float] = {}
 
     @classmethod
     def from_config(cls, config: PipelineConfig, dataset: Dataset | None = None, first_stage: str = "dense",
                     progress: bool = True) -> Pipeline:
         """Build the pipeline a config describes; the index comes from ``[index].path`` or the dataset cache."""
+        if first_stage not in ("dense", "bm25"):
+            raise SiftrankError(f"first stage must be 'dense' or 'bm25', not '{first_stage}'")
+        calibrator = Calibrator.load(config.filter.calibrator) if config.filter is not None else None
+        threshold = config.filter.threshold if config.filter is not None else None
+        lexical = None
         if first_stage == "bm25":
             if dataset is None:
                 raise SiftrankError("a BM25 first stage needs a dataset")
-            return cls(lexical=BM25(dataset.corpus), depth=config.index.depth)
-        if first_stage != "dense":
-            raise SiftrankError(f"first stage must be 'dense' or 'bm25', not '{first_stage}'")
+            lexical = BM25(dataset.corpus)
+            if calibrator is None:
+                return cls(lexical=lexical, depth=config.index.depth)
         encoder = config.encoder.build()
         if config.index.path is not None:
             index = Index.load(config.index.path, device=config.index.device)
@@ -54,7 +74,7 @@ class Pipeline:
             index = indexer.cached(dataset)
         else:
             raise SiftrankError("no index: set [index].path in the pipeline config or give a dataset")
-        return cls(encoder, index, depth=config.index.depth)
+        return cls(encoder, index, depth=config.index.depth, lexical=lexical, calibrator=calibrator, threshold=threshold)
 
     @property
     def first_stage(self) -> str:
@@ -63,22 +83,38 @@ class Pipeline:
             return "bm25"
         return "dense" if self.index is not None else "run"
 
+    @property
+    def stages(self) -> list[str]:
+        return [self.first_stage] + (["filter"] if self.calibrator is not None else [])
+
     def run(self, queries: Mapping[str, str], candidates: Mapping[str, Mapping[str, float]] | None = None,
             batch_size: int = 128, progress: bool = False) -> dict[str, StageHits]:
         """Rankings of every stage for ``queries``; with ``candidates`` (a run) the first stage is that run."""
         qids = list(queries)
-        if candidates is not None:
-            start = time.perf_counter()
-            stage = {q: _ranked(candidates.get(q, {}), self.depth) for q in qids}
-            self.timings["run"] = time.perf_counter() - start
-            return {"run": stage}
-        first: StageHits = {}
-        start = time.perf_counter()
-        for lo in tqdm(range(0, len(qids), batch_size), desc=self.first_stage, disable=not progress, unit="batch"):
+        name = "run" if candidates is not None else self.first_stage
+        stages: dict[str, StageHits] = {name: {}}
+        if self.calibrator is not None:
+            stages["filter"] = {}
+        spent = dict.fromkeys(stages, 0.0)
+        for lo in tqdm(range(0, len(qids), batch_size), desc="queries", disable=not progress, unit="batch"):
             batch = qids[lo:lo + batch_size]
-            first.update(self._retrieve(batch, [queries[q] for q in batch]))
-        self.timings[self.first_stage] = time.perf_counter() - start
-        return {self.first_stage: first}
+            texts = [queries[q] for q in batch]
+            start = time.perf_counter()
+            if candidates is not None:
+                first = {q: _ranked(candidates.get(q, {}), self.depth) for q in batch}
+            else:
+                first = self._retrieve(batch, texts)
+            spent[name] += time.perf_counter() - start
+            stages[name].update(first)
+            if self.calibrator is not None:
+                start = time.perf_counter()
+                scored = self._calibrate(batch, texts, first)
+                stages[name].update(scored)
+                stages["filter"].update({q: _renumber([h for h in hits if h.relevance >= self.threshold])  # type: ignore[operator]
+                                         for q, hits in scored.items()})
+                spent["filter"] += time.perf_counter() - start
+        self.timings = spent
+        return stages
 
     def _retrieve(self, qids: list[str], texts: list[str]) -> StageHits:
         if self.lexical is not None:
@@ -91,12 +127,33 @@ class Pipeline:
         return {q: [Hit(id=d, rank=r, score=float(s), cosine=float(s)) for r, (d, s) in enumerate(zip(row, srow), 1)]
                 for q, row, srow in zip(qids, ids, scores)}
 
-    def search(self, query: str, k: int = 10, with_text: bool = True) -> list[Hit]:
-        """The final stage's top-``k`` hits for one query."""
+    def _calibrate(self, qids: list[str], texts: list[str], first: StageHits) -> StageHits:
+        """Relevance for every candidate; cosines are computed for candidates that lack one (BM25, runs)."""
+        assert self.calibrator is not None and self.encoder is not None and self.index is not None
+        vectors = self.encoder.encode_queries(texts)
+        cosines = []
+        for q, vector in zip(qids, vectors):
+            hits = first[q]
+            if hits and any(h.cosine is None for h in hits):
+                docs = self.encoder.encode_documents(self.index.texts([h.id for h in hits]))
+                hits = first[q] = [h.model_copy(update={"cosine": float(c)}) for h, c in zip(hits, docs @ vector)]
+            cosines.append(np.array([h.cosine for h in hits], dtype=np.float32))
+        relevance = self.calibrator.relevance(vectors, cosines)
+        return {q: [h.model_copy(update={"relevance": float(s)}) for h, s in zip(first[q], rel)]
+                for q, rel in zip(qids, relevance)}
+
+    def search(self, query: str, k: int = 10, with_text: bool = True, min_relevance: float | None = None) -> list[Hit]:
+        """The final stage's top-``k`` hits for one query (optionally a stricter relevance cut)."""
         if not query.strip():
             raise SiftrankError("the query is empty")
         stages = self.run({"q": query})
-        hits = list(stages.values())[-1]["q"][:k]
+        hits = list(stages.values())[-1]["q"]
+        if min_relevance is not None:
+            check_threshold(min_relevance)
+            if self.calibrator is None:
+                raise SiftrankError("min_relevance needs a relevance filter stage in the pipeline")
+            hits = _renumber([h for h in hits if h.relevance is not None and h.relevance >= min_relevance])
+        hits = hits[:k]
         if with_text and self.index is not None:
             texts = self.index.texts([h.id for h in hits])
             hits = [h.model_copy(update={"text": t}) for h, t in zip(hits, texts)]
@@ -106,3 +163,7 @@ class Pipeline:
 def _ranked(scores: Mapping[str, float], depth: int) -> list[Hit]:
     ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:depth]
     return [Hit(id=d, rank=r, score=float(s)) for r, (d, s) in enumerate(ordered, 1)]
+
+
+def _renumber(hits: list[Hit]) -> list[Hit]:
+    return [h.model_copy(update={"rank": r}) for r, h in enumerate(hits, 1)]

@@ -138,8 +138,90 @@ def evaluate(
         pipe = Pipeline.from_config(config, data, first_stage=first_stage)
     setup = time.perf_counter() - start
     metrics = EvalRunner(pipe, data, out).run(first_stage_run, extra_timings={"setup_seconds": round(setup, 3)})
-    print_table(metrics["stages"], title=f"{data.name} / {data.qrels_path.name} ({len(data.queries)} queries)")
+    stages = metrics["stages"]
+    print_table(stages, title=f"{data.name} / {data.qrels_path.name} ({len(data.queries)} queries)",
+                columns=list(next(iter(stages.values()))))
+    if "filter" in stages:
+        from eval.report import FILTER_COLUMNS
+
+        rows = {"adapter": stages["filter"], **stages["filter"]["baselines"]}
+        print_table(rows, title="relevance filter over the first-stage candidates (thresholds from training data)",
+                    columns=[c for c in FILTER_COLUMNS if c != "nDCG@10"])
     typer.echo(f"wrote {out}/metrics.json")
+
+
+FEATURES = {"auto": (True, True), "global": (False, False), "embedding": (True, False), "stats": (False, True),
+            "embedding+stats": (True, True)}
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Path, typer.Option("--out", help="Calibrator artifact directory to write (atomically).")],
+    dataset: Annotated[Path, typer.Option("--dataset", help="Training dataset directory.")] = DEFAULT_DATA / "scifact",
+    split: Annotated[str, typer.Option(help="Qrels split to train on.")] = "train",
+    qrels: Annotated[Optional[str], typer.Option(help="Qrels file (path or name in the dataset) instead of --split.")] = None,
+    pipeline: PipelineOpt = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Candidates per query (the first-stage depth the filter will see).")] = 100,
+    family: Annotated[str, typer.Option(help="Monotone map: linear, sqrt, quadratic or power.")] = "power",
+    features: Annotated[str, typer.Option(help="Query features: auto (choose on validation among all), global (Platt-like, no query part), embedding, stats, embedding+stats.")] = "auto",
+    target_recall: Annotated[Optional[float], typer.Option(help="Choose the global threshold for this recall on validation queries (default 0.95).")] = None,
+    target_precision: Annotated[Optional[float], typer.Option(help="Or for this precision.")] = None,
+    folds: Annotated[int, typer.Option(help="Also run query-level k-fold cross-validation with this many folds (0: off) and report it.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the validation split, initialisation and negative sampling.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Train a Cosine Adapter relevance calibrator on a dataset's top-K candidates and choose its threshold."""
+    from eval.calibration import CalibrationCV, aggregate
+    from eval.report import FILTER_COLUMNS, print_table
+    from retrieval.calibration import FAMILIES
+    from retrieval.data import Dataset
+    from retrieval.indexer import Indexer
+    from retrieval.index import Index
+    from training.calibrate import CalibratorTrainer, CandidateSet
+
+    _logging(verbose)
+    if out.exists() and not overwrite:
+        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
+    if features not in FEATURES:
+        raise SiftrankError(f"--features must be one of {', '.join(FEATURES)}, not '{features}'")
+    if target_recall is not None and target_precision is not None:
+        raise SiftrankError("give --target-recall or --target-precision, not both")
+    for name, value in (("target recall", target_recall), ("target precision", target_precision)):
+        if value is not None and not 0.0 < value <= 1.0:
+            raise SiftrankError(f"{name} must be within (0, 1], not {value}")
+    if target_recall is None and target_precision is None:
+        target_recall = 0.95
+    use_embedding, use_stats = FEATURES[features]
+
+    def make_trainer(trainer_seed: int) -> CalibratorTrainer:
+        return CalibratorTrainer(family=family, use_embedding=use_embedding, use_stats=use_stats, seed=trainer_seed,
+                                 target_recall=target_recall, target_precision=target_precision)
+
+    if family not in FAMILIES:
+        raise SiftrankError(f"--family must be one of {', '.join(FAMILIES)}, not '{family}'")
+    config = _config(pipeline)
+    data = Dataset.load(dataset, split=split, qrels=qrels)
+    encoder = config.encoder.build()
+    index = Index.load(config.index.path, device=config.index.device) if config.index.path else \
+        Indexer(encoder, config.index.kind, config.index.params, config.index.device).cached(data)
+    candidates = CandidateSet.retrieve(data, encoder, index, k)
+    metrics: dict = {}
+    if folds:
+        if not 2 <= folds <= len(candidates):
+            raise SiftrankError(f"--folds must be between 2 and the number of queries ({len(candidates)})")
+        tables, chosen = CalibrationCV(make_trainer, folds, seed).run(candidates, data.qrels, encoder.identity())
+        metrics["cv"] = {"folds": folds, "aggregate": aggregate(tables), "chosen": chosen}
+        print_table(metrics["cv"]["aggregate"], title=f"{folds}-fold query cross-validation, K={k} (mean ± std over folds)",
+                    columns=FILTER_COLUMNS)
+    calibrator = make_trainer(seed).fit(candidates, encoder.identity())
+    calibrator.save(out, overwrite=overwrite, metrics=metrics,
+                    data={"dataset": str(data.root), "qrels": str(data.qrels_path), "queries": len(candidates),
+                          "positives": candidates.positives, "k": k})
+    chosen_config = calibrator.extra["chosen"]
+    typer.echo(f"wrote {out}: {family} map, features={chosen_config['features']}, hidden={chosen_config['hidden']}, "
+               f"decay={chosen_config['decay']}, threshold={calibrator.threshold:.4g} "
+               f"(validation PR-AUC {chosen_config['val_pr_auc']:.4f})")
 
 
 def _config(path: Optional[Path], **overrides: Optional[str]):

@@ -22,18 +22,12 @@ from sklearn.metrics import average_precision_score
 
 from retrieval.calibration import (BASELINES, Calibrator, baseline_scores, cosine_stats, threshold_for_precision,
                                    threshold_for_recall)
-from retrieval.data import Dataset
+from retrieval.data import Dataset, relevant_grade
 from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
 from retrieval.index import Index
 
 log = logging.getLogger(__name__)
-
-
-def relevant_grade(qrels: dict[str, dict[str, int]]) -> int:
-    """2 on graded qrels (TREC DL convention), 1 on binary ones."""
-    top = max((g for docs in qrels.values() for g in docs.values()), default=1)
-    return 2 if top >= 2 else 1
 
 
 @dataclass
@@ -89,7 +83,8 @@ class CalibratorTrainer:
     (our addition) or both, as allowed by ``use_embedding`` / ``use_stats``; each with a linear or
     one-hidden-layer network and several weight decays. The global map is always a candidate, so with
     too few queries the choice falls back to it. The winner has the best validation PR-AUC (the
-    measure the filter is for); early stopping inside each candidate uses the validation BCE.
+    measure the filter is for), and must beat the global map by more than one standard error
+    (:meth:`beats_global`); early stopping inside each candidate uses the validation BCE.
     """
 
     family: str = "power"
@@ -108,6 +103,7 @@ class CalibratorTrainer:
     max_pairs: int = 150_000  # negatives beyond this are subsampled (and re-weighted) for speed
     selection: list[dict[str, Any]] = field(default_factory=list)
     best_by_features: dict[str, Calibrator] = field(default_factory=dict)
+    shrinkage: dict[str, Any] = field(default_factory=dict)
 
     def feature_sets(self) -> list[str]:
         return [name for name, (emb, stats) in FEATURE_SETS.items()
@@ -154,13 +150,42 @@ class CalibratorTrainer:
                     best = (val_ap, calibrator, row)
         assert best is not None
         baselines = self.fit_baselines(train)
+        global_map = self.best_by_features["global"]
+        if best[1] is not global_map and not self.beats_global(best[1], global_map, val_set):
+            best = (global_map.extra["val_pr_auc"], global_map, next(r for r in self.selection if r["features"] == "global"))
+        # A global map has 2-3 parameters, like Platt: it is refitted on all training queries, whose
+        # intercept and threshold it may then use. A query-dependent map keeps held-out validation for both.
+        torch_seed(self.seed)
+        self._train(global_map, train, train, 0.0)
+        self.finish(global_map, train)
+        for name, calibrator in self.best_by_features.items():
+            if name != "global":
+                self.finish(calibrator, val_set)
         for calibrator in self.best_by_features.values():
-            self.finish(calibrator, val_set)
             calibrator.extra.update({"baselines": baselines, "target_recall": self.target_recall,
                                      "target_precision": self.target_precision})
         chosen = best[1]
-        chosen.extra.update({"selection": self.selection, "chosen": best[2]})
+        chosen.extra.update({"selection": self.selection, "chosen": best[2], "shrinkage": self.shrinkage})
         return chosen
+
+    def beats_global(self, candidate: Calibrator, global_map: Calibrator, val_set: CandidateSet, reps: int = 100) -> bool:
+        """One-standard-error rule: keep a query-dependent map only if its validation PR-AUC beats the
+        global map's by more than one (query-bootstrap) standard error of the paired difference. With
+        few validation queries the error is large and the choice shrinks to the global map."""
+        a = candidate.relevance(val_set.query_vectors, val_set.cosines)
+        b = global_map.relevance(val_set.query_vectors, val_set.cosines)
+        y = val_set.labels
+        observed = _ap(a, y) - _ap(b, y)
+        rng = np.random.default_rng(self.seed)
+        diffs = []
+        for _ in range(reps):
+            rows = rng.integers(0, len(y), len(y))
+            if sum(float(y[i].sum()) for i in rows) == 0:
+                continue
+            diffs.append(_ap([a[i] for i in rows], [y[i] for i in rows]) - _ap([b[i] for i in rows], [y[i] for i in rows]))
+        error = float(np.std(diffs)) if diffs else float("inf")
+        self.shrinkage = {"val_pr_auc_gain": observed, "standard_error": error, "kept_query_part": observed > error}
+        return observed > error
 
     def finish(self, calibrator: Calibrator, val_set: CandidateSet) -> None:
         """Intercept correction and the global threshold, both on validation queries: on the queries the
@@ -227,6 +252,10 @@ class CalibratorTrainer:
                         break
         net.load_state_dict(best_state)
         return best_loss
+
+
+def _ap(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    return float(average_precision_score(np.concatenate(labels), np.concatenate(scores)))
 
 
 def _tensors(calibrator: Calibrator, data: CandidateSet, max_pairs: int, seed: int):
