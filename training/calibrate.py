@@ -83,8 +83,8 @@ class CalibratorTrainer:
     (our addition) or both, as allowed by ``use_embedding`` / ``use_stats``; each with a linear or
     one-hidden-layer network and several weight decays. The global map is always a candidate, so with
     too few queries the choice falls back to it. The winner has the best validation PR-AUC (the
-    measure the filter is for), and must beat the global map by more than one standard error
-    (:meth:`beats_global`); early stopping inside each candidate uses the validation BCE.
+    measure the filter is for), and must beat the global map significantly (:meth:`beats_global`);
+    early stopping inside each candidate uses the validation BCE.
     """
 
     family: str = "power"
@@ -101,6 +101,7 @@ class CalibratorTrainer:
     patience: int = 60
     val_fraction: float = 0.2
     max_pairs: int = 150_000  # negatives beyond this are subsampled (and re-weighted) for speed
+    alpha: float = 0.05  # family-wise error of preferring a query-dependent map to the global one
     selection: list[dict[str, Any]] = field(default_factory=list)
     best_by_features: dict[str, Calibrator] = field(default_factory=dict)
     shrinkage: dict[str, Any] = field(default_factory=dict)
@@ -168,10 +169,13 @@ class CalibratorTrainer:
         chosen.extra.update({"selection": self.selection, "chosen": best[2], "shrinkage": self.shrinkage})
         return chosen
 
-    def beats_global(self, candidate: Calibrator, global_map: Calibrator, val_set: CandidateSet, reps: int = 100) -> bool:
-        """One-standard-error rule: keep a query-dependent map only if its validation PR-AUC beats the
-        global map's by more than one (query-bootstrap) standard error of the paired difference. With
-        few validation queries the error is large and the choice shrinks to the global map."""
+    def beats_global(self, candidate: Calibrator, global_map: Calibrator, val_set: CandidateSet, reps: int = 200) -> bool:
+        """Keep a query-dependent map only if its validation PR-AUC beats the global map's by more than
+        z standard errors of the paired difference (query bootstrap), with z from a Bonferroni correction
+        over the query-dependent candidates compared (the winner of many is optimistic on the data that
+        chose it). With few validation queries the error is large and the choice shrinks to the global map."""
+        from scipy.stats import norm
+
         a = candidate.relevance(val_set.query_vectors, val_set.cosines)
         b = global_map.relevance(val_set.query_vectors, val_set.cosines)
         y = val_set.labels
@@ -184,8 +188,11 @@ class CalibratorTrainer:
                 continue
             diffs.append(_ap([a[i] for i in rows], [y[i] for i in rows]) - _ap([b[i] for i in rows], [y[i] for i in rows]))
         error = float(np.std(diffs)) if diffs else float("inf")
-        self.shrinkage = {"val_pr_auc_gain": observed, "standard_error": error, "kept_query_part": observed > error}
-        return observed > error
+        compared = max(1, sum(1 for row in self.selection if row["features"] != "global"))
+        z = float(norm.ppf(1 - self.alpha / compared))
+        keep = observed > z * error
+        self.shrinkage = {"val_pr_auc_gain": observed, "standard_error": error, "z": z, "kept_query_part": keep}
+        return keep
 
     def finish(self, calibrator: Calibrator, val_set: CandidateSet) -> None:
         """Intercept correction and the global threshold, both on validation queries: on the queries the

@@ -68,3 +68,28 @@ def test_config_validation(tmp_path: Path) -> None:
         PipelineConfig.load(tmp_path / "missing.toml")
     with pytest.raises(SiftrankError, match="no index"):
         Pipeline.from_config(PipelineConfig())
+
+
+def test_filter_keeps_order_and_refuses_a_calibrator_from_another_encoder(tiny: Path) -> None:
+    from retrieval.calibration import Calibrator
+
+    data = Dataset.load(tiny)
+    encoder = PipelineConfig().encoder.build()
+    index = Indexer(encoder, progress=False).cached(data)
+    calibrator = Calibrator("linear", use_embedding=False, k=12, threshold=0.5, encoder=encoder.identity())
+    pipe = Pipeline(encoder, index, calibrator=calibrator)
+    stages = pipe.run(data.queries)
+    assert list(stages) == ["dense", "filter"]
+    for q in data.queries:
+        dense, kept = stages["dense"][q], stages["filter"][q]
+        assert all(h.relevance is not None for h in dense)
+        assert [h.id for h in kept] == [h.id for h in dense if h.relevance >= 0.5]
+        assert [h.rank for h in kept] == list(range(1, len(kept) + 1))
+    bm25 = Pipeline(encoder, index, lexical=__import__("retrieval.lexical", fromlist=["BM25"]).BM25(data.corpus),
+                    calibrator=calibrator)
+    hits = bm25.run(data.queries)["bm25"]["q1"]
+    assert all(h.cosine is not None and h.relevance is not None for h in hits)  # cosines computed for BM25 hits
+    with pytest.raises(SiftrankError, match="retrain it with `siftrank calibrate`"):
+        Pipeline(encoder, index, calibrator=Calibrator("linear", use_embedding=False, k=12, encoder={"model": "x", "fingerprint": "y"}))
+    with pytest.raises(SiftrankError, match="min_relevance needs a relevance filter"):
+        Pipeline(encoder, index).search("volcano", min_relevance=0.5)

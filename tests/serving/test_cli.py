@@ -94,3 +94,56 @@ def test_installed_console_script_prints_no_traceback(tmp_path: Path) -> None:
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_calibrate_then_evaluate_with_the_filter_stage(tiny: Path, tmp_path: Path, cli) -> None:
+    code, out, err = cli("calibrate", "--dataset", tiny, "--split", "test", "--k", "12", "--out", tmp_path / "cal")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "cal" / "manifest.json").read_text())
+    assert manifest["kind"] == "calibrator" and manifest["parameters"]["k"] == 12
+    assert 0.0 <= manifest["parameters"]["threshold"] <= 1.0
+    config = tmp_path / "pipe.toml"
+    config.write_text('[filter]\ncalibrator = "cal"\n')  # relative to the config file
+    code, out, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["dense", "filter"]
+    filt = metrics["stages"]["filter"]
+    assert {"PR-AUC", "P@R95", "filter_rate", "ECE", "kept_per_query", "nDCG@10"} <= set(filt)
+    assert set(filt["baselines"]) == {"raw_cosine", "platt", "minmax", "top_k"}
+    assert filt["baselines"]["raw_cosine"]["ECE"] is None and filt["baselines"]["platt"]["ECE"] is not None
+    kept = (tmp_path / "ev" / "run.filter.trec").read_text().splitlines()
+    assert len(kept) == round(filt["kept_per_query"] * 3)
+    assert "relevance filter" in out
+
+
+CALIBRATE_BAD = [
+    (["--features", "magic"], "--features must be one of"),
+    (["--family", "cubic"], "--family must be one of"),
+    (["--target-recall", "1.5"], "target recall must be within (0, 1]"),
+    (["--target-recall", "0.9", "--target-precision", "0.5"], "not both"),
+    (["--qrels", "{tmp}/unjudged.tsv"], "no relevant pairs"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), CALIBRATE_BAD)
+def test_calibrate_bad_input(extra: list[str], message: str, tiny: Path, tmp_path: Path, cli) -> None:
+    (tmp_path / "unjudged.tsv").write_text("q1\td1\t0\nq2\td3\t0\n")
+    args = [a.format(tmp=tmp_path) for a in extra]
+    code, _, err = cli("calibrate", "--dataset", tiny, "--k", "5", "--out", tmp_path / "cal", *args)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "cal").exists()
+
+
+def test_filter_config_errors(tiny: Path, tmp_path: Path, cli) -> None:
+    config = tmp_path / "pipe.toml"
+    config.write_text('[filter]\ncalibrator = "cal"\nthreshold = 1.5\n')
+    code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 2 and "filter.threshold" in err
+    config.write_text('[filter]\ncalibrator = "missing"\n')
+    code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 2 and "calibrator directory not found" in err
+    assert cli("calibrate", "--dataset", tiny, "--split", "test", "--k", "12", "--out", tmp_path / "cal")[0] == 0
+    config.write_text('[index]\ndepth = 50\n[filter]\ncalibrator = "cal"\n')
+    code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 2 and "trained on top-12 candidates" in err
