@@ -13,7 +13,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter clean
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study clean
 
 install: $(STAMP)
 
@@ -67,3 +67,6 @@ calibrate-scifact: install
 
 eval-scifact-filter: calibrate-scifact
 	$(BIN)/siftrank eval --dataset $(DATA)/scifact --split test --pipeline configs/scifact-filter.toml --out $(OUT)/scifact-filter
+
+prune-study: install
+	$(BIN)/python benchmarks/prune_study.py --data $(DATA) --out docs/pruning

@@ -67,13 +67,7 @@ class Pipeline:
             if calibrator is None:
                 return cls(lexical=lexical, depth=config.index.depth)
         encoder = config.encoder.build()
-        if config.index.path is not None:
-            index = Index.load(config.index.path, device=config.index.device)
-        elif dataset is not None:
-            indexer = Indexer(encoder, config.index.kind, config.index.params, config.index.device, progress)
-            index = indexer.cached(dataset)
-        else:
-            raise SiftrankError("no index: set [index].path in the pipeline config or give a dataset")
+        index = open_index(config, encoder, dataset, progress)
         return cls(encoder, index, depth=config.index.depth, lexical=lexical, calibrator=calibrator, threshold=threshold)
 
     @property
@@ -158,6 +152,15 @@ class Pipeline:
             texts = self.index.texts([h.id for h in hits])
             hits = [h.model_copy(update={"text": t}) for h, t in zip(hits, texts)]
         return hits
+
+
+def open_index(config: PipelineConfig, encoder: Encoder, dataset: Dataset | None, progress: bool = True) -> Index:
+    """The config's prebuilt index (``[index].path``), else the dataset's cached one (built if missing)."""
+    if config.index.path is not None:
+        return Index.load(config.index.path, device=config.index.device)
+    if dataset is None:
+        raise SiftrankError("no index: set [index].path in the pipeline config or give a dataset")
+    return Indexer(encoder, config.index.kind, config.index.params, config.index.device, progress).cached(dataset)
 
 
 def _ranked(scores: Mapping[str, float], depth: int) -> list[Hit]:

@@ -176,8 +176,7 @@ def calibrate(
     from eval.report import FILTER_COLUMNS, print_table
     from retrieval.calibration import FAMILIES
     from retrieval.data import Dataset
-    from retrieval.indexer import Indexer
-    from retrieval.index import Index
+    from retrieval.pipeline import open_index
     from training.calibrate import CalibratorTrainer, CandidateSet
 
     _logging(verbose)
@@ -203,9 +202,7 @@ def calibrate(
     config = _config(pipeline)
     data = Dataset.load(dataset, split=split, qrels=qrels)
     encoder = config.encoder.build()
-    index = Index.load(config.index.path, device=config.index.device) if config.index.path else \
-        Indexer(encoder, config.index.kind, config.index.params, config.index.device).cached(data)
-    candidates = CandidateSet.retrieve(data, encoder, index, k)
+    candidates = CandidateSet.retrieve(data, encoder, open_index(config, encoder, data), k)
     metrics: dict = {}
     if folds:
         if not 2 <= folds <= len(candidates):
@@ -222,6 +219,41 @@ def calibrate(
     typer.echo(f"wrote {out}: {family} map, features={chosen_config['features']}, hidden={chosen_config['hidden']}, "
                f"decay={chosen_config['decay']}, threshold={calibrator.threshold:.4g} "
                f"(validation PR-AUC {chosen_config['val_pr_auc']:.4f})")
+
+
+@app.command()
+def prune(
+    out: Annotated[Path, typer.Option("--out", help="Pruned sentence-transformers folder to write (atomically).")],
+    model: Annotated[str, typer.Option(help="Model to prune: bundled:all-MiniLM-L6-v2 or a local sentence-transformers folder.")] = "bundled:all-MiniLM-L6-v2",
+    method: Annotated[str, typer.Option(help="gaprune (DAI), magnitude, random, fisher-domain or fisher-general.")] = "gaprune",
+    sparsity: Annotated[float, typer.Option(help="Share of the target weights (or FFN neurons with --structured) to remove, in (0, 1).")] = 0.5,
+    target: Annotated[str, typer.Option(help="Regex over parameter names selecting the matrices to prune (default: both FFN matrices of every layer).")] = r"layer\.\d+\.(intermediate\.dense|output\.dense)\.weight$",
+    scope: Annotated[str, typer.Option(help="Budget: global (one threshold over all targets) or matrix (the same share of every matrix).")] = "global",
+    structured: Annotated[bool, typer.Option(help="Remove whole FFN neurons (summed scores), giving smaller dense matrices.")] = False,
+    retrain_steps: Annotated[int, typer.Option(min=0, help="InfoNCE steps on the domain triplets afterwards, masks kept.")] = 0,
+    domain: Annotated[Path, typer.Option(help="Domain dataset (its training qrels give the triplets).")] = DEFAULT_DATA / "scifact",
+    domain_split: Annotated[str, typer.Option(help="Qrels split of the domain dataset.")] = "train",
+    general: Annotated[Path, typer.Option(help="Folder with the general MS MARCO training samples.")] = DEFAULT_DATA / "msmarco-train-toy",
+    triplets: Annotated[int, typer.Option(min=1, help="Calibration triplets per set.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed for random pruning and retraining batches.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Prune the embedding model with GAPrune (or a baseline) and write a sentence-transformers folder."""
+    from training.prune import METHODS, Pruner, calibration_sets, check_sparsity
+
+    _logging(verbose)
+    if out.exists() and not overwrite:
+        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
+    check_sparsity(sparsity)
+    if method not in METHODS:
+        raise SiftrankError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
+    pruner = Pruner(model, target=target, seed=seed)
+    domain_set, general_set = calibration_sets(model, domain, domain_split, general, triplets)
+    report = pruner.prune(method, sparsity, domain_set, general_set, scope, structured, retrain_steps)
+    pruner.save(out, {"parameters": report["parameters"], "data": report["data"], "metrics": report["metrics"]}, overwrite)
+    typer.echo(f"wrote {out}: {method} {sparsity:.0%}{' structured' if structured else ''}, "
+               f"{report['metrics']['parameters']:,} parameters")
 
 
 def _config(path: Optional[Path], **overrides: Optional[str]):

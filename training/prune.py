@@ -1,0 +1,312 @@
+"""GAPrune: domain-aware pruning of the embedding model, with its baselines in the same code path.
+
+After "GAPrune: Gradient-Alignment Pruning for Domain-Aware Embeddings" (arXiv 2509.10844). With
+contrastive triplets (query, positive, hard negative) from a general set (MS MARCO) and a domain set
+(SciFact train), InfoNCE with in-batch and hard negatives at temperature 0.05, for every weight j of
+the target matrices (default: both FFN matrices of every layer):
+
+    Fisher         F_j = mean over batches of (dL/dθ_j)^2          once on domain, once on general data
+    alignment      s_j = avgpool3x3(ĝ_gen ⊙ ĝ_dom)_j                ĝ = the mean gradient / its tensor norm
+    DAI            [(F^dom_j − β F^gen_j)·|θ_j| + γ·√|θ_j|]·(1 + α s_j),   β = 1, α = 0.2, γ = 0.5
+
+Everything is computed in fp32, and each term is normalised per tensor (Fisher and |θ| by their
+tensor means, s by its largest magnitude) before combining: the official code keeps scores in fp16,
+where the Fisher terms underflow and the ordering collapses to magnitude pruning. The lowest-DAI
+weights are pruned (unstructured, global or per-matrix budget). Baselines: magnitude, random,
+domain-Fisher and general-Fisher saliency (F·θ²). Optional retraining keeps the masks. The
+structured variant removes whole FFN neurons by summed DAI, so the matrices really shrink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.artifacts import Manifest, atomic_dir
+from retrieval.data import Dataset
+from retrieval.encoder import Encoder
+from retrieval.errors import SiftrankError
+from retrieval.index import Index
+
+log = logging.getLogger(__name__)
+
+Triplet = tuple[str, str, str]
+FFN_PATTERN = r"layer\.\d+\.(intermediate\.dense|output\.dense)\.weight$"
+METHODS: tuple[str, ...] = ("gaprune", "magnitude", "random", "fisher-domain", "fisher-general")
+
+
+def general_triplets(root: Path, limit: int = 256) -> list[Triplet]:
+    """General-domain triplets from the MS MARCO training samples in ``root`` (msmarco-train-toy)."""
+    triplets: list[Triplet] = []
+    flag = root / "flagembedding_msmarco_10q_25hardneg.jsonl"
+    if flag.is_file():
+        for line in flag.read_text().splitlines():
+            record = json.loads(line)
+            triplets += [(record["query"], record["pos"][0], neg) for neg in record["neg"][:10]]
+    splade = root / "splade_toy_triples_100.tsv"
+    if splade.is_file():
+        triplets += [tuple(line.split("\t")[:3]) for line in splade.read_text().splitlines() if line.count("\t") >= 2]  # type: ignore[misc]
+    if not triplets:
+        raise SiftrankError(f"{root}: no general calibration triplets (expected the msmarco-train-toy files)")
+    return triplets[:limit]
+
+
+def domain_triplets(dataset: Dataset, encoder: Encoder, index: Index, limit: int = 256, depth: int = 20) -> list[Triplet]:
+    """Domain triplets from a dataset's training qrels; the hard negative is the encoder's
+    highest-ranked passage that is not judged relevant."""
+    qids = [q for q in dataset.queries if any(g > 0 for g in dataset.qrels[q].values())][:limit]
+    if not qids:
+        raise SiftrankError(f"{dataset.root}: no queries with relevant passages for domain triplets")
+    _, ranked = index.search(encoder.encode_queries([dataset.queries[q] for q in qids]), depth)
+    text = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
+    triplets = []
+    for q, hits in zip(qids, ranked):
+        positives = [d for d, g in dataset.qrels[q].items() if g > 0 and d in text]
+        negative = next((d for d in hits if dataset.qrels[q].get(d, 0) <= 0), None)
+        if positives and negative is not None:
+            triplets.append((dataset.queries[q], text[positives[0]], text[negative]))
+    return triplets
+
+
+def calibration_sets(model: str, domain: Path, domain_split: str, general: Path, limit: int = 256
+                     ) -> tuple[list[Triplet], list[Triplet]]:
+    """Domain triplets (hard negatives mined with ``model`` itself) and general triplets."""
+    from retrieval.indexer import Indexer
+
+    data = Dataset.load(domain, split=domain_split)
+    encoder = Encoder(model)
+    index = Indexer(encoder, progress=False).cached(data)
+    return domain_triplets(data, encoder, index, limit), general_triplets(general, limit)
+
+
+class Pruner:
+    """Scores, masks and (optionally) retrains the target matrices of a sentence-transformers model."""
+
+    def __init__(self, model: str, target: str = FFN_PATTERN, batch_size: int = 16, temperature: float = 0.05,
+                 max_length: int = 256, seed: int = 0) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        from retrieval.encoder import resolve_model_path
+
+        self.source = model
+        self.path = resolve_model_path(model)
+        torch.manual_seed(seed)
+        self.seed = seed
+        self.model = SentenceTransformer(str(self.path), device="cpu")
+        self.model.max_seq_length = min(max_length, self.model.max_seq_length or max_length)
+        self.batch_size, self.temperature = batch_size, temperature
+        pattern = re.compile(target)
+        self.targets = {name: p for name, p in self.model.named_parameters() if pattern.search(name) and p.dim() == 2}
+        if not self.targets:
+            raise SiftrankError(f"target modules '{target}' match no weight matrix of {model}")
+        self.fisher: dict[str, dict[str, Any]] = {}
+        self.mean_grad: dict[str, dict[str, Any]] = {}
+
+    # ---- gradients ---------------------------------------------------------------------------------
+    def loss(self, batch: Sequence[Triplet]):
+        """InfoNCE over in-batch and hard negatives (temperature 0.05), as in the paper."""
+        import torch
+
+        queries, positives, negatives = zip(*batch)
+        embed = [self.model(self.model.preprocess(list(texts)))["sentence_embedding"] for texts in (queries, positives + negatives)]
+        q, d = (torch.nn.functional.normalize(e, dim=-1) for e in embed)
+        logits = q @ d.T / self.temperature
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
+
+    def gradients(self, name: str, triplets: Sequence[Triplet]) -> None:
+        """Fisher (mean squared batch gradient) and mean gradient of every target weight, in fp32."""
+        import torch
+
+        if not triplets:
+            raise SiftrankError(f"the {name} calibration set has no triplets")
+        self.model.eval()  # no dropout: the Fisher of the model as it will be used
+        fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in self.targets.items()}
+        mean = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in self.targets.items()}
+        batches = [triplets[i:i + self.batch_size] for i in range(0, len(triplets), self.batch_size)]
+        for batch in tqdm(batches, desc=f"gradients ({name})", unit="batch"):
+            self.model.zero_grad(set_to_none=True)
+            self.loss(batch).backward()
+            for k, p in self.targets.items():
+                g = p.grad.detach().float()
+                fisher[k] += g * g / len(batches)
+                mean[k] += g / len(batches)
+        self.model.zero_grad(set_to_none=True)
+        self.fisher[name], self.mean_grad[name] = fisher, mean
+
+    # ---- scores ----------------------------------------------------------------------------------
+    def scores(self, method: str = "gaprune", alpha: float = 0.2, beta: float = 1.0, gamma: float = 0.5) -> dict[str, Any]:
+        """Importance of every target weight (higher = keep) under ``method``."""
+        import torch
+
+        if method not in METHODS:
+            raise SiftrankError(f"pruning method must be one of {', '.join(METHODS)}, not '{method}'")
+        generator = torch.Generator().manual_seed(self.seed)
+        out = {}
+        for k, p in self.targets.items():
+            w = p.detach().float()
+            if method == "magnitude":
+                out[k] = w.abs()
+            elif method == "random":
+                out[k] = torch.rand(w.shape, generator=generator)
+            elif method in ("fisher-domain", "fisher-general"):
+                out[k] = self._need(method.split("-")[1])[0][k] * w * w
+            else:
+                out[k] = self.dai(k, w, alpha, beta, gamma)
+        return out
+
+    def _need(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if name not in self.fisher:
+            raise SiftrankError(f"compute gradients on the {name} calibration set first")
+        return self.fisher[name], self.mean_grad[name]
+
+    def dai(self, key: str, w, alpha: float, beta: float, gamma: float):
+        """Domain Alignment Importance of one tensor, each term normalised per tensor in fp32."""
+        import torch
+
+        f_dom, g_dom = (x[key] for x in self._need("domain"))
+        f_gen, g_gen = (x[key] for x in self._need("general"))
+        eps = torch.finfo(torch.float32).tiny  # guards empty tensors only: the scale of the terms never matters
+        magnitude = w.abs() / (w.abs().mean() + eps)
+        fisher = f_dom / (f_dom.mean() + eps) - beta * f_gen / (f_gen.mean() + eps)
+        product = (g_gen / (g_gen.norm() + eps)) * (g_dom / (g_dom.norm() + eps))
+        pooled = torch.nn.functional.avg_pool2d(product[None, None], 3, stride=1, padding=1)[0, 0]
+        alignment = pooled / (pooled.abs().max() + eps)
+        return (fisher * magnitude + gamma * magnitude.sqrt()) * (1 + alpha * alignment)
+
+    # ---- masks ---------------------------------------------------------------------------------------
+    def masks(self, scores: dict[str, Any], sparsity: float, scope: str = "global") -> dict[str, Any]:
+        """Boolean keep-masks pruning the ``sparsity`` share of lowest scores, over all targets or per matrix."""
+        import torch
+
+        check_sparsity(sparsity)
+        if scope == "global":
+            flat = torch.cat([s.flatten() for s in scores.values()])
+            cut = torch.kthvalue(flat, max(1, int(sparsity * flat.numel()))).values
+            return {k: s > cut for k, s in scores.items()}
+        if scope == "matrix":
+            return {k: s > torch.kthvalue(s.flatten(), max(1, int(sparsity * s.numel()))).values for k, s in scores.items()}
+        raise SiftrankError(f"budget scope must be 'global' or 'matrix', not '{scope}'")
+
+    def apply(self, masks: dict[str, Any]) -> dict[str, float]:
+        """Zero the pruned weights; returns the sparsity of every matrix."""
+        import torch
+
+        with torch.no_grad():
+            for k, mask in masks.items():
+                self.targets[k].mul_(mask.to(self.targets[k].dtype))
+        return {k: float(1 - m.float().mean()) for k, m in masks.items()}
+
+    def retrain(self, triplets: Sequence[Triplet], steps: int = 100, lr: float = 2e-5, masks: dict[str, Any] | None = None) -> list[float]:
+        """``steps`` InfoNCE steps on ``triplets`` (cycled), re-applying the masks after every step."""
+        import torch
+
+        if not triplets:
+            raise SiftrankError("no triplets to retrain on")
+        self.model.train()
+        optimiser = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)
+        rng = np.random.default_rng(self.seed)
+        losses = []
+        for _ in tqdm(range(steps), desc="retrain", unit="step"):
+            batch = [triplets[i] for i in rng.choice(len(triplets), size=min(self.batch_size, len(triplets)), replace=False)]
+            optimiser.zero_grad(set_to_none=True)
+            loss = self.loss(batch)
+            loss.backward()
+            optimiser.step()
+            if masks:
+                self.apply(masks)
+            losses.append(float(loss.detach()))
+        self.model.eval()
+        return losses
+
+    # ---- structured ----------------------------------------------------------------------------------
+    def remove_neurons(self, scores: dict[str, Any], sparsity: float) -> dict[str, int]:
+        """Remove the ``sparsity`` share of FFN neurons of every layer, ranked by summed score of the
+        neuron's row in ``intermediate.dense`` and column in ``output.dense``: smaller dense matrices."""
+        import torch
+
+        check_sparsity(sparsity)
+        transformer = self.model[0].auto_model
+        layers = getattr(getattr(transformer, "encoder", None), "layer", None)
+        if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
+            raise SiftrankError(f"{self.source} has no BERT-style FFN layers (intermediate/output) to remove neurons from")
+        keep_count = max(1, int(round((1 - sparsity) * layers[0].intermediate.dense.out_features)))
+        for i, layer in enumerate(layers):
+            up, down = layer.intermediate.dense, layer.output.dense
+            key_up = next((k for k in scores if re.search(rf"layer\.{i}\.intermediate\.dense\.weight$", k)), None)
+            key_down = next((k for k in scores if re.search(rf"layer\.{i}\.output\.dense\.weight$", k)), None)
+            if key_up is None or key_down is None:
+                raise SiftrankError("structured pruning needs scores for both FFN matrices of every layer")
+            neuron = scores[key_up].sum(dim=1) + scores[key_down].sum(dim=0)
+            keep = torch.sort(torch.topk(neuron, keep_count).indices).values
+            layer.intermediate.dense = _slice(up, keep, dim=0)
+            layer.output.dense = _slice(down, keep, dim=1)
+        transformer.config.intermediate_size = keep_count
+        self.targets = {name: p for name, p in self.model.named_parameters() if re.search(FFN_PATTERN, name)}
+        return {"intermediate_size": keep_count, "parameters": sum(p.numel() for p in self.model.parameters())}
+
+    # ---- the whole recipe ------------------------------------------------------------------------------
+    def prune(self, method: str, sparsity: float, domain_set: Sequence[Triplet], general_set: Sequence[Triplet],
+              scope: str = "global", structured: bool = False, retrain_steps: int = 0) -> dict[str, Any]:
+        """Gradients (where the method needs them), scores, masks or neuron removal, optional retraining;
+        returns what the manifest records."""
+        import torch
+        from scipy.stats import spearmanr
+
+        if method in ("gaprune", "fisher-domain") and "domain" not in self.fisher:
+            self.gradients("domain", domain_set)
+        if method in ("gaprune", "fisher-general") and "general" not in self.fisher:
+            self.gradients("general", general_set)
+        scores = self.scores(method)
+        metrics: dict[str, Any] = {}
+        if method == "gaprune":  # DAI must not be a function of |w| alone: the Fisher and alignment terms act
+            flat = torch.cat([s.flatten() for s in scores.values()])
+            weights = torch.cat([p.detach().abs().flatten() for p in self.targets.values()])
+            sample = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:200_000]
+            metrics["spearman_dai_vs_magnitude"] = float(spearmanr(flat[sample].numpy(), weights[sample].numpy())[0])
+        masks = None
+        per_matrix: dict[str, float] = {}
+        if structured:
+            metrics.update(self.remove_neurons(scores, sparsity))
+        else:
+            masks = self.masks(scores, sparsity, scope)
+            per_matrix = self.apply(masks)
+        if retrain_steps:
+            metrics["retrain_loss_last"] = self.retrain(domain_set, retrain_steps, masks=masks)[-10:]
+        metrics["parameters"] = sum(p.numel() for p in self.model.parameters())
+        return {"parameters": {"method": method, "sparsity": sparsity, "scope": scope, "structured": structured,
+                               "retrain_steps": retrain_steps, "sparsity_per_matrix": per_matrix},
+                "data": {"domain_triplets": len(domain_set), "general_triplets": len(general_set)}, "metrics": metrics}
+
+    # ---- output ----------------------------------------------------------------------------------------
+    def save(self, path: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
+        """A standard sentence-transformers folder plus manifest.json, written atomically."""
+        with atomic_dir(Path(path), overwrite=overwrite) as tmp:
+            self.model.save(str(tmp))
+            Manifest(kind="pruned-encoder", source_model=self.source, **manifest).write(tmp)
+
+
+def _slice(linear, keep, dim: int):
+    """A new Linear layer with only the ``keep`` outputs (dim 0) or inputs (dim 1)."""
+    import torch
+
+    weight = linear.weight.detach().index_select(dim, keep).clone()
+    out = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.detach() if dim == 1 else linear.bias.detach()[keep])
+    return out
+
+
+def check_sparsity(sparsity: float) -> float:
+    if not 0.0 < float(sparsity) < 1.0:
+        raise SiftrankError(f"sparsity must be within (0, 1), not {sparsity}")
+    return float(sparsity)
