@@ -80,10 +80,11 @@ def calibration_sets(model: str, domain: Path, domain_split: str, general: Path,
     """Domain triplets (hard negatives mined with ``model`` itself) and general triplets."""
     from retrieval.indexer import Indexer
 
+    general_set = general_triplets(general, limit)  # cheap checks first: no encoding before bad input is caught
     data = Dataset.load(domain, split=domain_split)
     encoder = Encoder(model)
     index = Indexer(encoder, progress=False).cached(data)
-    return domain_triplets(data, encoder, index, limit), general_triplets(general, limit)
+    return domain_triplets(data, encoder, index, limit), general_set
 
 
 class Pruner:

@@ -147,3 +147,40 @@ def test_filter_config_errors(tiny: Path, tmp_path: Path, cli) -> None:
     config.write_text('[index]\ndepth = 50\n[filter]\ncalibrator = "cal"\n')
     code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
     assert code == 2 and "trained on top-12 candidates" in err
+
+
+PRUNE_BAD = [
+    (["--sparsity", "1.0"], "sparsity must be within (0, 1)"),
+    (["--sparsity", "0"], "sparsity must be within (0, 1)"),
+    (["--method", "lottery"], "--method must be one of"),
+    (["--target", r"no\.such\.module"], "match no weight matrix"),
+    (["--general", "{tmp}/empty"], "no general calibration triplets"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), PRUNE_BAD)
+def test_prune_bad_input(extra: list[str], message: str, tiny: Path, tmp_path: Path, cli) -> None:
+    (tmp_path / "empty").mkdir()
+    args = [a.format(tmp=tmp_path) for a in extra]
+    code, _, err = cli("prune", "--domain", tiny, "--domain-split", "test", "--out", tmp_path / "pruned", *args)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "pruned").exists()
+
+
+def test_prune_writes_a_loadable_sentence_transformers_folder(tiny: Path, tmp_path: Path, cli) -> None:
+    general = tmp_path / "general"
+    general.mkdir()
+    (general / "splade_toy_triples_100.tsv").write_text(
+        "how long is a football match\tA football match lasts ninety minutes.\tLava flows are hazards.\n"
+        "what is python\tPython is a programming language.\tSourdough uses a starter.\n")
+    code, out, err = cli("prune", "--domain", tiny, "--domain-split", "test", "--general", general, "--sparsity", "0.3",
+                         "--retrain-steps", "1", "--out", tmp_path / "pruned")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "pruned" / "manifest.json").read_text())
+    assert manifest["kind"] == "pruned-encoder" and manifest["parameters"]["method"] == "gaprune"
+    assert manifest["data"] == {"domain_triplets": 3, "general_triplets": 2}
+    assert -1.0 <= manifest["metrics"]["spearman_dai_vs_magnitude"] < 1.0
+    config = tmp_path / "pipe.toml"
+    config.write_text(f'[encoder]\nmodel = "{tmp_path / "pruned"}"\n')
+    code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 0, err  # the pruned folder plugs into the pipeline like any encoder
