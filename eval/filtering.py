@@ -9,7 +9,6 @@ calibration error, 15 equal-width bins) for scores that claim to be probabilitie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +65,3 @@ class FilterReport:
         precision, recall, _ = precision_recall_curve(np.concatenate(self.labels), np.concatenate(self.scores))
         return recall, precision
 
-
-def pooled(lists: Sequence[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(x, dtype=np.float64) for x in lists]) if len(lists) else np.zeros(0)
