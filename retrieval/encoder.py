@@ -54,6 +54,17 @@ def resolve_model_path(spec: str) -> Path:
     return path
 
 
+def load_sentence_transformer(path: Path, device: str, dtype=None):
+    """A sentence-transformers model from a local folder, without transformers' per-load progress bar
+    (it would stand between a command's output and its one-line error)."""
+    import transformers.utils.logging as hf_logging
+    from sentence_transformers import SentenceTransformer
+
+    hf_logging.disable_progress_bar()
+    kwargs = {"model_kwargs": {"dtype": dtype}} if dtype is not None else {}
+    return SentenceTransformer(str(path), device=device, **kwargs)
+
+
 def model_fingerprint(path: Path) -> str:
     """A cheap identity of a model folder: file names, sizes and the first MiB of each file.
 
@@ -137,11 +148,10 @@ class Encoder:
     def _load(self, precision: str):
         if precision not in self._models:
             import torch
-            from sentence_transformers import SentenceTransformer
 
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
             try:
-                model = SentenceTransformer(str(self.path), device=self.device, model_kwargs={"dtype": dtype})
+                model = load_sentence_transformer(self.path, self.device, dtype)
             except (OSError, ValueError) as exc:
                 raise SiftrankError(f"cannot load encoder '{self.spec}': {exc}") from None
             if self.max_length:

@@ -201,6 +201,7 @@ def calibrate(
         raise SiftrankError(f"--family must be one of {', '.join(FAMILIES)}, not '{family}'")
     config = _config(pipeline)
     data = Dataset.load(dataset, split=split, qrels=qrels)
+    CandidateSet.check_judgments(data)
     encoder = config.encoder.build()
     candidates = CandidateSet.retrieve(data, encoder, open_index(config, encoder, data), k)
     metrics: dict = {}

@@ -41,9 +41,18 @@ class CandidateSet:
     labels: list[np.ndarray]
     k: int = 0
 
+    @staticmethod
+    def check_judgments(dataset: Dataset) -> None:
+        """Refuse qrels without a single relevant judgment before anything is encoded."""
+        rel = relevant_grade(dataset.qrels)
+        if not any(g >= rel for docs in dataset.qrels.values() for g in docs.values()):
+            raise SiftrankError(f"{dataset.qrels_path}: no relevant judgments, so the training candidates contain "
+                                "no relevant pairs: check the qrels")
+
     @classmethod
     def retrieve(cls, dataset: Dataset, encoder: Encoder, index: Index, k: int) -> CandidateSet:
         """Encode the dataset's (judged) queries, search the top ``k``, label hits from the qrels."""
+        cls.check_judgments(dataset)
         index.check_encoder(encoder.identity())
         qids = list(dataset.queries)
         vectors = encoder.encode_queries([dataset.queries[q] for q in qids])

@@ -93,15 +93,14 @@ class Pruner:
     def __init__(self, model: str, target: str = FFN_PATTERN, batch_size: int = 16, temperature: float = 0.05,
                  max_length: int = 256, seed: int = 0) -> None:
         import torch
-        from sentence_transformers import SentenceTransformer
 
-        from retrieval.encoder import resolve_model_path
+        from retrieval.encoder import load_sentence_transformer, resolve_model_path
 
         self.source = model
         self.path = resolve_model_path(model)
         torch.manual_seed(seed)
         self.seed = seed
-        self.model = SentenceTransformer(str(self.path), device="cpu")
+        self.model = load_sentence_transformer(self.path, "cpu")
         self.model.max_seq_length = min(max_length, self.model.max_seq_length or max_length)
         self.batch_size, self.temperature = batch_size, temperature
         pattern = re.compile(target)
