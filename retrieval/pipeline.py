@@ -94,15 +94,18 @@ class Pipeline:
             batch = qids[lo:lo + batch_size]
             texts = [queries[q] for q in batch]
             start = time.perf_counter()
+            # Query vectors are encoded once per batch, for the dense stage and the filter alike.
+            dense = candidates is None and self.lexical is None
+            vectors = self.encoder.encode_queries(texts) if self.encoder is not None and (dense or self.calibrator) else None
             if candidates is not None:
                 first = {q: _ranked(candidates.get(q, {}), self.depth) for q in batch}
             else:
-                first = self._retrieve(batch, texts)
+                first = self._retrieve(batch, texts, vectors)
             spent[name] += time.perf_counter() - start
             stages[name].update(first)
             if self.calibrator is not None:
                 start = time.perf_counter()
-                scored = self._calibrate(batch, texts, first)
+                scored = self._calibrate(batch, vectors, first)
                 stages[name].update(scored)
                 stages["filter"].update({q: _renumber([h for h in hits if h.relevance >= self.threshold])  # type: ignore[operator]
                                          for q, hits in scored.items()})
@@ -110,21 +113,20 @@ class Pipeline:
         self.timings = spent
         return stages
 
-    def _retrieve(self, qids: list[str], texts: list[str]) -> StageHits:
+    def _retrieve(self, qids: list[str], texts: list[str], vectors: np.ndarray | None) -> StageHits:
         if self.lexical is not None:
             scores, ids = self.lexical.search(texts, self.depth)
             return {q: [Hit(id=d, rank=r, score=float(s)) for r, (d, s) in enumerate(zip(row, srow), 1)]
                     for q, row, srow in zip(qids, ids, scores)}
-        if self.encoder is None or self.index is None:
+        if vectors is None or self.index is None:
             raise SiftrankError("this pipeline has no first stage: give it candidates (a run file)")
-        scores, ids = self.index.search(self.encoder.encode_queries(texts), self.depth)
+        scores, ids = self.index.search(vectors, self.depth)
         return {q: [Hit(id=d, rank=r, score=float(s), cosine=float(s)) for r, (d, s) in enumerate(zip(row, srow), 1)]
                 for q, row, srow in zip(qids, ids, scores)}
 
-    def _calibrate(self, qids: list[str], texts: list[str], first: StageHits) -> StageHits:
+    def _calibrate(self, qids: list[str], vectors: np.ndarray | None, first: StageHits) -> StageHits:
         """Relevance for every candidate; cosines are computed for candidates that lack one (BM25, runs)."""
-        assert self.calibrator is not None and self.encoder is not None and self.index is not None
-        vectors = self.encoder.encode_queries(texts)
+        assert self.calibrator is not None and self.encoder is not None and self.index is not None and vectors is not None
         cosines = []
         for q, vector in zip(qids, vectors):
             hits = first[q]
