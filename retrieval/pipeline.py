@@ -143,7 +143,10 @@ class Pipeline:
         if not query.strip():
             raise SiftrankError("the query is empty")
         stages = self.run({"q": query})
-        hits = list(stages.values())[-1]["q"]
+        return self.finish(list(stages.values())[-1]["q"], k, with_text, min_relevance)
+
+    def finish(self, hits: list[Hit], k: int = 10, with_text: bool = True, min_relevance: float | None = None) -> list[Hit]:
+        """The top-``k`` of a final-stage ranking, after an optional stricter relevance cut, with texts."""
         if min_relevance is not None:
             check_threshold(min_relevance)
             if self.calibrator is None:

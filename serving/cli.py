@@ -237,11 +237,13 @@ def prune(
     general: Annotated[Path, typer.Option(help="Folder with the general MS MARCO training samples.")] = DEFAULT_DATA / "msmarco-train-toy",
     triplets: Annotated[int, typer.Option(min=1, help="Calibration triplets per set.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed for random pruning and retraining batches.")] = 0,
+    beta: Annotated[Optional[float], typer.Option(help="DAI weight of the general Fisher term (paper: 1; default chosen on held-out SciFact-train queries, docs/pruning.md).")] = None,
+    normalise: Annotated[Optional[str], typer.Option(help="Per-tensor scale of the DAI terms: mean, rms, max, or raw (the paper's scale).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Prune the embedding model with GAPrune (or a baseline) and write a sentence-transformers folder."""
-    from training.prune import METHODS, Pruner, calibration_sets, check_sparsity
+    from training.prune import DEFAULT_BETA, DEFAULT_NORMALISE, METHODS, Pruner, calibration_sets, check_sparsity
 
     _logging(verbose)
     if out.exists() and not overwrite:
@@ -249,12 +251,100 @@ def prune(
     check_sparsity(sparsity)
     if method not in METHODS:
         raise SiftrankError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
-    pruner = Pruner(model, target=target, seed=seed)
+    pruner = Pruner(model, target=target, seed=seed, beta=DEFAULT_BETA if beta is None else beta,
+                    normalise=normalise or DEFAULT_NORMALISE)
     domain_set, general_set = calibration_sets(model, domain, domain_split, general, triplets)
     report = pruner.prune(method, sparsity, domain_set, general_set, scope, structured, retrain_steps)
     pruner.save(out, {"parameters": report["parameters"], "data": report["data"], "metrics": report["metrics"]}, overwrite)
     typer.echo(f"wrote {out}: {method} {sparsity:.0%}{' structured' if structured else ''}, "
                f"{report['metrics']['parameters']:,} parameters")
+
+
+@app.command()
+def serve(
+    experiment: Annotated[Optional[Path], typer.Option(help="Experiment config (TOML): variants, primary, shadows, A/B, interleaving. Default: one variant serving --pipeline over --dataset.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(help="Corpus to serve (a dataset folder or corpus file); its index is built once and cached. Ignored with --experiment.")] = None,
+    pipeline: PipelineOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    event_log: Annotated[Optional[Path], typer.Option(help="SQLite event log (WAL). Default: the experiment's, or out/events.db.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Serve the search API (FastAPI + uvicorn): /search, /feedback, /variants, /readyz, /metrics, /docs."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.experiment import ExperimentConfig
+    from serving.variants import VariantPool
+
+    _logging(verbose)
+    if experiment is not None:
+        config = ExperimentConfig.load(experiment)
+        if event_log is not None:
+            config.service.event_log = event_log
+    else:
+        config = ExperimentConfig.single(dataset or DEFAULT_DATA / "msmarco-dl19", pipeline, event_log)
+    # Load and warm before listening, so a bad config or corpus fails here with one error line.
+    pool = VariantPool.build(config, progress=True)
+    typer.echo(f"serving {', '.join(pool.variants)} on http://{host}:{port} (docs: /docs)", err=True)
+    uvicorn.run(create_app(config, experiment, pool), host=host, port=port, log_level="info" if verbose else "warning")
+
+
+@app.command("ab-report")
+def ab_report(
+    log: Annotated[Path, typer.Option("--log", help="The service's SQLite event log.")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for report.md, report.json and report.png.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(help="Dataset with queries and qrels: adds nDCG@10 per variant on judged queries.")] = None,
+    qrels: Annotated[Optional[str], typer.Option(help="Qrels file (a name in the dataset or a path); default: the split's.")] = None,
+) -> None:
+    """Per-variant latency, primary-vs-shadow agreement, interleaving wins and (with qrels) nDCG@10."""
+    from eval.report import markdown_table
+    from retrieval.artifacts import write_text_atomic
+    from retrieval.data import Dataset
+    from serving.abreport import ABReport
+
+    report = ABReport(log)
+    latency, agreement, wins = report.latency(), report.shadow_agreement(), report.interleaving()
+    ndcg = None
+    if dataset is not None:
+        data = Dataset.load(dataset, qrels=qrels, with_corpus=False)
+        ndcg = report.ndcg(data.queries, data.qrels)
+    sections = [("Latency (ms)", latency, "variant"), ("Primary vs shadow", agreement, "pair"),
+                ("Team-draft interleaving", wins, "pair")] + ([("nDCG@10 on judged queries", ndcg, "variant")] if ndcg else [])
+    text = "\n\n".join(f"## {title}\n\n{markdown_table(rows, label) if rows else '(none in this log)'}"
+                        for title, rows, label in sections) + "\n"
+    typer.echo(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "report.md", f"# A/B report: {log.name}\n\n{text}")
+        write_text_atomic(out / "report.json", json.dumps({"latency": latency, "shadow": agreement,
+                                                           "interleaving": wins, "ndcg": ndcg}, indent=2) + "\n")
+        report.plot(out / "report.png", latency, wins, ndcg)
+        typer.echo(f"wrote {out}/report.md, report.json, report.png", err=True)
+
+
+@app.command()
+def replay(
+    dataset: Annotated[Path, typer.Option(help="Dataset whose queries are replayed and whose qrels drive the simulated clicks.")] = DEFAULT_DATA / "msmarco-dl19",
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8000",
+    users: Annotated[int, typer.Option(min=1, help="Simulated users; each issues every query once.")] = 10,
+    k: Annotated[int, typer.Option(min=1, max=100, help="Hits per search.")] = 10,
+    qrels: Annotated[Optional[str], typer.Option(help="Qrels file (a name in the dataset or a path).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the click simulation and query order.")] = 0,
+) -> None:
+    """Drive a running service with a collection's queries and clicks simulated from its qrels."""
+    import httpx
+
+    from retrieval.data import Dataset
+    from serving.replay import Replayer
+
+    data = Dataset.load(dataset, qrels=qrels, with_corpus=False)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            counts = Replayer(client, data.queries, data.qrels, k=k, seed=seed).run(users)
+    except httpx.HTTPError as exc:
+        raise SiftrankError(f"{url}: {exc}") from None
+    typer.echo(json.dumps(dict(counts), indent=2))
 
 
 def _config(path: Optional[Path], **overrides: Optional[str]):

@@ -1,0 +1,327 @@
+"""The search service: FastAPI over the variants of an experiment, with shadows, A/B, interleaving and a log.
+
+    POST /search      hits of the variant the request is assigned to (or an interleaved list)
+    POST /feedback    impressions and clicks; interleaving credit is computed server-side
+    GET  /variants    what runs, and in which role
+    GET  /healthz     the process is up;  GET /readyz: 503 until every variant is loaded and warmed
+    GET  /metrics     Prometheus
+    POST /admin/reload, /admin/promote   behind the X-API-Key header (compared in constant time)
+
+CPU work runs on each variant's worker thread (micro-batched), never on the event loop. Shadows run
+after the response, through a bounded queue. Every request, result list, stage timing and feedback
+event goes to the SQLite event log through a background writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from retrieval.errors import SiftrankError
+from retrieval.hits import Hit
+from serving.eventlog import EventLog
+from serving.experiment import ExperimentConfig, bucket
+from serving.interleave import TeamDraft
+from serving.metrics import ServiceMetrics
+from serving.schemas import (FeedbackRequest, FeedbackResponse, HitOut, PromoteRequest, SearchRequest,
+                             SearchResponse)
+from serving.shadow import ShadowRunner
+from serving.variants import Variant, VariantPool
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "SIFTRANK_API_KEY"
+RETIRE_AFTER_S = 30.0  # a replaced pool is closed this long after the swap
+DRAFTS_KEPT = 100_000  # interleaved lists remembered for crediting feedback (oldest forgotten first)
+
+
+class SearchService:
+    """State behind the API: the variant pool (swapped atomically), log, shadows, metrics."""
+
+    def __init__(self, config: ExperimentConfig, source: Path | None = None, pool: VariantPool | None = None) -> None:
+        self.config, self.source = config, source
+        self.pool: VariantPool | None = pool
+        self.owned: list[VariantPool] = []  # pools this service built (and closes); a given one stays open
+        self.metrics = ServiceMetrics()
+        self.log = EventLog(config.service.event_log, config.service.event_batch, config.service.event_flush_ms)
+        self.shadows = ShadowRunner(config.service.shadow_queue, config.service.shadow_workers,
+                                    lambda v, reason: self.metrics.shadow_drops.labels(v, reason).inc())
+        self.drafts: OrderedDict[str, TeamDraft] = OrderedDict()
+        self.load_error: str | None = None
+
+    async def load(self) -> None:
+        """Build and warm the pool off the event loop; /readyz turns 200 once it is in place."""
+        if self.pool is not None:
+            return
+        try:
+            self.pool = await asyncio.to_thread(VariantPool.build, self.config)
+            self.owned.append(self.pool)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz, the process stays up
+            self.load_error = str(exc)
+            log.error("variants failed to load: %s", exc)
+
+    # ---- search ---------------------------------------------------------------------------------------
+    async def search(self, request: SearchRequest) -> SearchResponse:
+        start = time.perf_counter()
+        pool = self.pool  # one snapshot for the whole request: a reload swaps the reference, never this
+        if pool is None:
+            raise HTTPException(503, "variants are still loading")
+        service, experiment = pool.config.service, pool.config.experiment
+        if len(request.query) > service.max_query_chars:
+            raise HTTPException(422, f"query longer than {service.max_query_chars} characters")
+        if request.k > service.max_k:
+            raise HTTPException(422, f"k must be <= {service.max_k}")
+        query_id = uuid.uuid4().hex
+        flags = ["rerank_unavailable"] if request.rerank else []  # no reranker stage in these pipelines yet
+        unit = request.user_id or request.session_id or query_id
+        if request.variant is not None:
+            if request.variant not in pool.variants:
+                raise HTTPException(404, f"unknown variant '{request.variant}'; known: {', '.join(pool.variants)}")
+            mode, names = "explicit", [request.variant]
+        elif pool.config.interleaves(unit):
+            mode, names = "interleave", list(experiment.interleave)
+        elif experiment.ab:
+            mode, names = "ab", [pool.config.assign(unit)]
+        else:
+            mode, names = "primary", [experiment.primary]
+        variants = [pool[n] for n in names]
+        answers = await asyncio.gather(*(self._run(v, request, query_id, "served") for v in variants))
+        if mode == "interleave":
+            (a, hits_a), (b, hits_b) = zip(names, answers)
+            draft = TeamDraft.merge((a, [h.id for h in hits_a]), (b, [h.id for h in hits_b]), request.k, query_id)
+            by_id = {h.id: h for h in hits_b} | {h.id: h for h in hits_a}
+            shown = [(by_id[d].model_copy(update={"rank": r}), team) for r, (d, team) in
+                     enumerate(zip(draft.docs, draft.teams), 1)]
+            self._remember(query_id, draft)
+            served_name = f"{a}+{b}"
+        else:
+            shown = [(h, names[0]) for h in answers[0]]
+            served_name = names[0]
+        latency_ms = 1000 * (time.perf_counter() - start)
+        self.log.add("queries", query_id, time.time(), experiment.name, request.user_id, request.session_id,
+                     request.query, mode, served_name, request.k, latency_ms, json.dumps(flags))
+        self.log.add_many("results", [(query_id, served_name, "shown", h.rank, h.id, h.score, h.cosine, h.relevance, team)
+                                      for h, team in shown])
+        self.metrics.request.labels(served_name, "served").observe(latency_ms / 1000)
+        for shadow in experiment.shadows:
+            if shadow.variant not in names and bucket(f"{query_id}:{shadow.variant}") < shadow.sample_rate:
+                variant = pool[shadow.variant]
+                self.shadows.offer(shadow.variant, shadow.timeout_ms / 1000,
+                                   lambda v=variant: self._run(v, request, query_id, "shadow"))
+        self.metrics.queue.labels("shadow").set(self.shadows.depth)
+        self.metrics.queue.labels("events").set(self.log.pending)
+        return SearchResponse(query_id=query_id, variant=served_name, mode=mode, flags=flags, latency_ms=latency_ms,
+                              hits=[HitOut(**h.model_dump(exclude={"rank"}), rank=h.rank, variant=team) for h, team in shown])
+
+    async def _run(self, variant: Variant, request: SearchRequest, query_id: str, role: str) -> list[Hit]:
+        """One variant's top-k (micro-batched), logged with its stage timings and threshold cut."""
+        start = time.perf_counter()
+        self.metrics.queue.labels(f"batch:{variant.name}").set(variant.batcher.depth)
+        answer = await variant.batcher.search(request.query)
+        try:
+            hits = variant.finish(answer.hits, request.k, request.min_relevance)
+        except SiftrankError as exc:
+            raise HTTPException(422, f"variant '{variant.name}': {exc}") from None
+        for stage, ms in answer.stage_ms.items():
+            self.metrics.stage.labels(variant.name, stage).observe(ms / 1000 / max(answer.batch, 1))
+            self.log.add("stages", query_id, variant.name, role, stage, ms / max(answer.batch, 1),
+                         answer.cut if stage == "filter" else None)
+        self.metrics.batch.labels(variant.name).observe(answer.batch)
+        if answer.cut:
+            self.metrics.cut.labels(variant.name).inc(answer.cut)
+        self.log.add_many("results", [(query_id, variant.name, role, h.rank, h.id, h.score, h.cosine, h.relevance, None)
+                                      for h in hits])
+        if role == "shadow":
+            self.metrics.request.labels(variant.name, "shadow").observe(time.perf_counter() - start)
+        return hits
+
+    def _remember(self, query_id: str, draft: TeamDraft) -> None:
+        self.drafts[query_id] = draft
+        while len(self.drafts) > DRAFTS_KEPT:
+            self.drafts.popitem(last=False)
+
+    def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+        now = time.time()
+        self.log.add_many("feedback", [(now, request.query_id, request.user_id, e.doc_id, e.position, e.event)
+                                       for e in request.events])
+        draft = self.drafts.get(request.query_id)
+        credited = draft.credit([e.doc_id for e in request.events if e.event == "click"]) if draft else {}
+        return FeedbackResponse(accepted=len(request.events), credited=credited)
+
+    # ---- admin ----------------------------------------------------------------------------------------
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the experiment file and swap in freshly built variants; on failure the old ones keep serving."""
+        if self.source is None:
+            raise HTTPException(409, "this service was not started from an experiment file: nothing to reload")
+        try:
+            config = ExperimentConfig.load(self.source)
+            pool = await asyncio.to_thread(VariantPool.build, config)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the serving pool untouched
+            raise HTTPException(422, f"reload failed, the previous variants keep serving: {exc}") from None
+        old, self.pool, self.config = self.pool, pool, config
+        self.owned.append(pool)
+        if old is not None and old in self.owned:  # requests still running on the old pool get to finish
+            self.owned.remove(old)
+            asyncio.get_running_loop().create_task(_close_later(old, RETIRE_AFTER_S))
+        return {"reloaded": list(pool.variants)}
+
+    def promote(self, name: str) -> dict[str, Any]:
+        """Make a shadow the primary (it stops being a shadow); the swap is one assignment."""
+        pool = self.pool
+        if pool is None:
+            raise HTTPException(503, "variants are still loading")
+        experiment = pool.config.experiment
+        if name not in {s.variant for s in experiment.shadows}:
+            raise HTTPException(409, f"'{name}' is not a shadow variant")
+        new_experiment = experiment.model_copy(update={
+            "primary": name, "shadows": [s for s in experiment.shadows if s.variant != name]})
+        config = pool.config.model_copy(update={"experiment": new_experiment})
+        self.pool = VariantPool(config, pool.variants)
+        self.config = config
+        return {"primary": name}
+
+
+async def _close_later(pool: VariantPool, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    await pool.close()
+
+
+def create_app(config: ExperimentConfig, source: Path | None = None, pool: VariantPool | None = None) -> FastAPI:
+    """The FastAPI app serving ``config`` (``source``: its file, for /admin/reload; ``pool``: prebuilt variants)."""
+    service = SearchService(config, source, pool)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        service.shadows.start()
+        loader = asyncio.get_running_loop().create_task(service.load())
+        yield
+        loader.cancel()
+        await service.shadows.drain(2.0)
+        await service.shadows.stop()
+        for pool in service.owned:
+            await pool.close()
+        service.log.close()
+
+    app = FastAPI(title="siftrank", version="0.1.0", lifespan=lifespan,
+                  description="Dense retrieval with calibrated relevance, A/B tests, interleaving and shadow variants.")
+    app.state.service = service
+    app.add_middleware(BodyLimit, limit=config.service.max_body_bytes)
+
+    @app.exception_handler(SiftrankError)
+    async def _siftrank_error(_: Request, exc: SiftrankError) -> JSONResponse:
+        service.metrics.errors.labels("bad_input").inc()
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.post("/search", response_model=SearchResponse, responses={404: {"description": "unknown variant"},
+                                                                     422: {"description": "invalid request"},
+                                                                     503: {"description": "not ready"}})
+    async def search(request: SearchRequest) -> SearchResponse:
+        """Search with the variant this request is assigned to (A/B, interleaving, or the primary)."""
+        return await service.search(request)
+
+    @app.post("/feedback", response_model=FeedbackResponse)
+    async def feedback(request: FeedbackRequest) -> FeedbackResponse:
+        """Impressions and clicks (with positions) on an earlier search's hits."""
+        return service.feedback(request)
+
+    @app.get("/variants")
+    async def variants() -> dict[str, Any]:
+        """The experiment and every variant with its stages and role."""
+        pool = service.pool
+        experiment = service.config.experiment
+        return {"experiment": experiment.name, "primary": experiment.primary,
+                "variants": pool.describe() if pool is not None else []}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "loading, or failed to load"}})
+    async def readyz(response: Response) -> dict[str, Any]:
+        if service.pool is None:
+            response.status_code = 503
+            return {"ready": False, "error": service.load_error}
+        return {"ready": True, "variants": list(service.pool.variants)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def authorise(key: str | None) -> None:
+        expected = os.environ.get(API_KEY_ENV)
+        if not expected:
+            raise HTTPException(403, f"admin endpoints are disabled: set {API_KEY_ENV}")
+        if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+            raise HTTPException(401, "missing or wrong X-API-Key")
+
+    @app.post("/admin/reload", responses={401: {}, 403: {}, 409: {}, 422: {}})
+    async def reload(x_api_key: str | None = Header(None)) -> dict[str, Any]:
+        """Rebuild the variants from the experiment file and swap them in atomically."""
+        authorise(x_api_key)
+        return await service.reload()
+
+    @app.post("/admin/promote", responses={401: {}, 403: {}, 409: {}})
+    async def promote(request: PromoteRequest, x_api_key: str | None = Header(None)) -> dict[str, Any]:
+        """Promote a shadow variant to primary."""
+        authorise(x_api_key)
+        return service.promote(request.variant)
+
+    return app
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies over ``limit`` bytes get 413 before any handler reads them.
+    A declared Content-Length is checked up front; a body without one is read (up to the limit) first."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _reply(send, 400, "invalid Content-Length")
+            if int(declared) > self.limit:
+                return await _reply(send, 413, f"request body over {self.limit} bytes")
+            return await self.app(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, receive, send)  # disconnect: let the app see it
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await _reply(send, 413, f"request body over {self.limit} bytes")
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _reply(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,95 @@
+"""Micro-batching: concurrent queries to one pipeline are answered by one pipeline call.
+
+Requests wait at most ``window_ms`` for company (or until ``max_batch`` are waiting); the batch runs on
+the variant's own worker thread, off the event loop, so one encoder call serves them all. While a batch
+runs, the next one gathers, which is where the throughput under load comes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from retrieval.hits import Hit
+from retrieval.pipeline import Pipeline
+
+
+@dataclass
+class Answer:
+    """One query's final-stage ranking with the per-stage timings and threshold cut of its batch."""
+
+    hits: list[Hit]
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    cut: int = 0
+    batch: int = 1
+
+
+class MicroBatcher:
+    """Queue queries for one pipeline and run them in batches on a single worker thread."""
+
+    def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 2.0, max_batch: int = 32) -> None:
+        self.pipeline, self.name = pipeline, name
+        self.window, self.max_batch = window_ms / 1000, max_batch
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"siftrank-{name}")
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Answer]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def search(self, query: str) -> Answer:
+        """The pipeline's final-stage ranking for ``query`` (batched with whatever else is waiting)."""
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop:  # first use, or a new event loop (tests, restarts)
+            self._queue, self._loop = asyncio.Queue(), loop
+            self._task = loop.create_task(self._drain())
+        future: asyncio.Future[Answer] = loop.create_future()
+        await self._queue.put((query, future))
+        return await future
+
+    def run_batch(self, queries: list[str]) -> list[Answer]:
+        """Synchronous: run the pipeline on ``queries`` (warm-up and the worker thread use this)."""
+        stages = self.pipeline.run({str(i): q for i, q in enumerate(queries)})
+        timings = {stage: 1000 * spent for stage, spent in self.pipeline.timings.items()}
+        final = list(stages.values())[-1]
+        first = next(iter(stages.values()))
+        return [Answer(final[str(i)], timings, len(first[str(i)]) - len(final[str(i)]), len(queries))
+                for i in range(len(queries))]
+
+    async def _drain(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.monotonic() + self.window
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 and self._queue.empty():
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), max(remaining, 0.0)) if remaining > 0
+                                 else self._queue.get_nowait())
+                except (TimeoutError, asyncio.QueueEmpty):
+                    break
+            live = [(q, f) for q, f in batch if not f.cancelled()]
+            if not live:
+                continue
+            try:
+                answers = await loop.run_in_executor(self.executor, self.run_batch, [q for q, _ in live])
+            except Exception as exc:  # noqa: BLE001 - the error belongs to each waiting request
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), answer in zip(live, answers):
+                if not future.done():
+                    future.set_result(answer)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)

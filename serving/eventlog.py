@@ -1,0 +1,105 @@
+"""The service's event log: SQLite in WAL mode, UBI-like tables, written in batches by one background thread.
+
+Tables (after OpenSearch's User Behavior Insights): ``queries`` (one row per search request), ``results``
+(every ranked document of every variant that ran: served, shadow, or an interleaving team's list),
+``stages`` (per-stage latency and how many candidates the threshold cut), ``feedback`` (impressions and
+clicks with positions). Request handlers only enqueue; the writer commits a batch every ``flush_ms`` or
+``batch`` events, so a killed server loses at most the batch in flight and never a committed one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queries (query_id TEXT PRIMARY KEY, ts REAL, experiment TEXT, user_id TEXT,
+    session_id TEXT, query TEXT, mode TEXT, variant TEXT, k INTEGER, latency_ms REAL, flags TEXT);
+CREATE TABLE IF NOT EXISTS results (query_id TEXT, variant TEXT, role TEXT, rank INTEGER, doc_id TEXT,
+    score REAL, cosine REAL, relevance REAL, team TEXT);
+CREATE TABLE IF NOT EXISTS stages (query_id TEXT, variant TEXT, role TEXT, stage TEXT, ms REAL, cut INTEGER);
+CREATE TABLE IF NOT EXISTS feedback (ts REAL, query_id TEXT, user_id TEXT, doc_id TEXT, position INTEGER,
+    event TEXT);
+CREATE INDEX IF NOT EXISTS results_query ON results (query_id);
+CREATE INDEX IF NOT EXISTS feedback_query ON feedback (query_id);
+"""
+COLUMNS = {"queries": 11, "results": 9, "stages": 6, "feedback": 6}
+
+
+class EventLog:
+    """Batched, non-blocking writes to one SQLite file; ``close`` flushes everything queued."""
+
+    def __init__(self, path: Path, batch: int = 256, flush_ms: float = 50.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+        self.batch, self.flush_s = batch, flush_ms / 1000
+        self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name="siftrank-eventlog", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process kill never loses a commit
+        return db
+
+    def add(self, table: str, *row: Any) -> None:
+        """Queue one row (never blocks the caller)."""
+        if len(row) != COLUMNS[table]:
+            raise ValueError(f"{table} rows have {COLUMNS[table]} columns, got {len(row)}")
+        self._queue.put((table, row))
+
+    def add_many(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            self.add(table, *row)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        db = self._connect()
+        stop = False
+        while not stop:
+            items: list[tuple[str, tuple[Any, ...]]] = []
+            deadline = time.monotonic() + self.flush_s
+            while len(items) < self.batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                items.append(item)
+            if items:
+                self._commit(db, items)
+        db.close()
+
+    def _commit(self, db: sqlite3.Connection, items: list[tuple[str, tuple[Any, ...]]]) -> None:
+        by_table: dict[str, list[tuple[Any, ...]]] = {}
+        for table, row in items:
+            by_table.setdefault(table, []).append(row)
+        try:
+            with db:  # one transaction per batch
+                for table, rows in by_table.items():
+                    db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * COLUMNS[table])})", rows)
+            self.written += len(items)
+        except sqlite3.Error:
+            log.exception("event log: a batch of %d events could not be written", len(items))
+
+    def close(self) -> None:
+        """Flush every queued event and stop the writer."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()

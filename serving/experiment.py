@@ -1,0 +1,150 @@
+"""The experiment config of the search service (TOML, validated): variants, primary, shadows, A/B, interleaving.
+
+    [service]                       # optional; every key has a default
+    data = "../shared/data/msmarco-dl19"   # dataset a variant's index is built from (cached) without [index].path
+    event_log = "out/events.db"
+
+    [variants.dense]                # each variant is a pipeline config (or the defaults) and a first stage
+    [variants.bm25]
+    first_stage = "bm25"
+
+    [experiment]
+    name = "dl19"
+    primary = "dense"
+    ab = { dense = 0.5, bm25 = 0.5 }            # sticky by hash(experiment, user id)
+    interleave = ["dense", "bm25"]              # team-draft interleaving ...
+    interleave_share = 0.5                      # ... for this share of users (sticky); the others get A/B
+    shadows = [{ variant = "bm25", sample_rate = 1.0, timeout_ms = 2000 }]
+
+Paths are relative to the config file. Unknown keys are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from retrieval.errors import SiftrankError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServiceSection(_Strict):
+    data: Path | None = None
+    event_log: Path = Path("out/events.db")
+    max_query_chars: int = Field(512, ge=1)
+    max_k: int = Field(100, ge=1, le=1000)
+    max_body_bytes: int = Field(16_384, ge=256)
+    batch_window_ms: float = Field(2.0, ge=0.0)  # micro-batching window for concurrent queries
+    max_batch: int = Field(32, ge=1)
+    shadow_queue: int = Field(64, ge=1)  # bounded: a full queue drops shadow work (counted), never waits
+    shadow_workers: int = Field(1, ge=1)
+    event_batch: int = Field(256, ge=1)
+    event_flush_ms: float = Field(50.0, gt=0.0)
+
+
+class VariantSection(_Strict):
+    pipeline: Path | None = None  # a pipeline config (encoder, index, filter); None: the defaults
+    first_stage: Literal["dense", "bm25"] = "dense"
+    data: Path | None = None  # overrides [service].data for this variant
+
+
+class ShadowSection(_Strict):
+    variant: str
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    timeout_ms: float = Field(2000.0, gt=0.0)
+
+
+class ExperimentSection(_Strict):
+    name: str = "default"
+    primary: str
+    ab: dict[str, float] = Field(default_factory=dict)
+    interleave: list[str] = Field(default_factory=list)
+    interleave_share: float = Field(1.0, ge=0.0, le=1.0)  # users (by hash) interleaved; the rest get A/B
+    shadows: list[ShadowSection] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shape(self) -> ExperimentSection:
+        if self.ab and (any(w < 0 for w in self.ab.values()) or sum(self.ab.values()) <= 0):
+            raise ValueError("A/B weights must be >= 0 with a positive sum")
+        if self.interleave and len(self.interleave) != 2:
+            raise ValueError("interleave needs exactly two variants")
+        return self
+
+
+class ExperimentConfig(_Strict):
+    """A validated experiment: every name it mentions is a defined variant."""
+
+    service: ServiceSection = Field(default_factory=ServiceSection)
+    variants: dict[str, VariantSection]
+    experiment: ExperimentSection
+
+    @model_validator(mode="after")
+    def _names(self) -> ExperimentConfig:
+        named = [self.experiment.primary, *self.experiment.ab, *self.experiment.interleave,
+                 *(s.variant for s in self.experiment.shadows)]
+        unknown = sorted({n for n in named if n not in self.variants})
+        if unknown:
+            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; defined: {', '.join(self.variants)}")
+        return self
+
+    @classmethod
+    def single(cls, data: Path | None, pipeline: Path | None = None, event_log: Path | None = None) -> ExperimentConfig:
+        """One variant ("default") serving one pipeline: what `siftrank serve` runs without an experiment."""
+        service = ServiceSection(data=data, **({"event_log": event_log} if event_log else {}))
+        return cls(service=service, variants={"default": VariantSection(pipeline=pipeline)},
+                   experiment=ExperimentSection(primary="default"))
+
+    @classmethod
+    def load(cls, path: Path) -> ExperimentConfig:
+        """Read and validate a TOML experiment; relative paths resolve against the file's folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise SiftrankError(f"{path}: experiment config not found")
+        try:
+            raw: dict[str, Any] = tomllib.loads(path.read_text())
+            config = cls.model_validate(raw)
+        except tomllib.TOMLDecodeError as exc:
+            raise SiftrankError(f"{path}: invalid TOML ({exc})") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+            raise SiftrankError(f"{path}: {problems}") from None
+        base = path.parent
+        service = config.service
+        service.event_log = _under(base, service.event_log)
+        service.data = _under(base, service.data)
+        for variant in config.variants.values():
+            variant.pipeline, variant.data = _under(base, variant.pipeline), _under(base, variant.data)
+        return config
+
+    def interleaves(self, unit: str) -> bool:
+        """Whether this user (or session) sees team-draft interleaved lists (sticky)."""
+        experiment = self.experiment
+        return bool(experiment.interleave) and bucket(f"{experiment.name}:interleave:{unit}") < experiment.interleave_share
+
+    def assign(self, unit: str) -> str:
+        """The A/B variant of a user (or session): sticky, a hash of (experiment, unit) into the weights."""
+        weights = self.experiment.ab
+        if not weights:
+            return self.experiment.primary
+        point = bucket(f"{self.experiment.name}:{unit}") * sum(weights.values())
+        for name, weight in weights.items():
+            point -= weight
+            if point < 0:
+                return name
+        return next(reversed(weights))
+
+
+def bucket(key: str) -> float:
+    """A stable uniform number in [0, 1) for ``key`` (the same in every process and run)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def _under(base: Path, path: Path | None) -> Path | None:
+    return path if path is None or path.is_absolute() else base / path

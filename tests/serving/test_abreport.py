@@ -1,0 +1,61 @@
+"""A replay session over the tiny collection drives A/B, interleaving and a shadow; the report reads its log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from retrieval.data import Dataset
+from retrieval.errors import SiftrankError
+from serving.abreport import ABReport, kendall, rbo
+from serving.app import create_app
+from serving.replay import Replayer
+from serving.variants import VariantPool
+
+
+def test_rank_agreement_measures() -> None:
+    assert rbo(["a", "b", "c"], ["a", "b", "c"]) == pytest.approx(1.0)
+    assert rbo(["a", "b"], ["c", "d"]) == 0.0
+    assert 0 < rbo(["a", "b", "c"], ["b", "a", "d"]) < 1
+    assert kendall(["a", "b", "c"], ["a", "b", "c"]) == pytest.approx(1.0)
+    assert kendall(["a", "b", "c"], ["c", "b", "a"]) == pytest.approx(-1.0)
+    assert kendall(["a"], ["a"]) is None
+
+
+def test_replay_then_report(built, tmp_path: Path, cli) -> None:
+    path, pool = built
+    config = pool.config.model_copy(deep=True)
+    config.service.event_log = tmp_path / "events.db"
+    data = Dataset.load(path.parent / "tiny")
+    with TestClient(create_app(config, path, VariantPool(config, pool.variants))) as client:
+        counts = Replayer(client, data.queries, data.qrels, k=5, seed=1).run(users=12, progress=False)
+        client.portal.call(client.app.state.service.shadows.drain)
+    assert sum(v for k, v in counts.items() if k.startswith("served:")) == 36 and counts["clicks"] > 0
+    assert {k for k in counts if k.startswith("served:")} >= {"served:dense+bm25"}
+
+    report = ABReport(tmp_path / "events.db")
+    latency = report.latency()
+    assert any(k.endswith("(served)") for k in latency) and "bm25 (shadow)" in latency
+    agreement = report.shadow_agreement()
+    assert "dense vs bm25" in agreement and 0 <= agreement["dense vs bm25"]["overlap@10"] <= 1
+    wins = report.interleaving()["dense+bm25"]
+    assert wins["dense wins"] + wins["bm25 wins"] + wins["ties"] > 0
+    ndcg = report.ndcg(data.queries, data.qrels)
+    assert set(ndcg) == {"dense", "bm25"} and all(0 < r["nDCG@10"] <= 1 for r in ndcg.values())
+
+    code, out, err = cli("ab-report", "--log", tmp_path / "events.db", "--dataset", path.parent / "tiny", "--out", tmp_path / "report")
+    assert code == 0, err
+    assert "Team-draft interleaving" in out and "nDCG@10" in out
+    assert (tmp_path / "report" / "report.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["ndcg"]["dense"]["queries"] == 3
+
+
+def test_report_bad_input(tmp_path: Path, cli) -> None:
+    with pytest.raises(SiftrankError, match="event log not found"):
+        ABReport(tmp_path / "missing.db")
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 10)
+    code, _, err = cli("ab-report", "--log", tmp_path / "junk.db")
+    assert code == 2 and "not a siftrank event log" in err
