@@ -1,5 +1,6 @@
 # siftrank: every target installs what it needs into .venv first.
-#   make eval-dl19   main job: DL19 evaluation of the default pipeline (builds the cached index once)
+#   make serve       main job: build (or reuse) the DL19 index and serve the search API on :8000
+#   make eval-dl19   DL19 evaluation of the default pipeline (builds the cached index once)
 #   make test        the test suite (what .ci/run runs)
 #   make FAISS=gpu install   use faiss-gpu instead of faiss-cpu (Linux x86_64; never both)
 PYTHON ?= python3
@@ -13,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study clean
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -45,13 +46,26 @@ eval-bm25: install
 regressions: install
 	$(BIN)/python -m eval.regression --data $(DATA) --docs docs/regressions/msmarco-dl19.md
 
-bench: bench-encode bench-search
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# Main job: build (or reuse) the DL19 index and serve the search API on $(HOST):$(PORT).
+serve: install
+	$(BIN)/siftrank serve --dataset $(DATA)/msmarco-dl19 --host $(HOST) --port $(PORT)
+
+bench: bench-encode bench-search bench-load
 
 bench-encode: install
 	$(BIN)/python benchmarks/encode_throughput.py --data $(DATA) --out docs/benchmarks
 
 bench-search: install
 	$(BIN)/python benchmarks/search_latency.py --data $(DATA) --out docs/benchmarks
+
+bench-load: install
+	$(BIN)/python benchmarks/load.py --data $(DATA) --out docs/benchmarks
+
+ab-session: install
+	$(BIN)/python benchmarks/ab_session.py --data $(DATA) --out docs/serving
 
 gpu-check:
 	$(BIN)/python benchmarks/gpu_check.py --data $(DATA) --out docs/benchmarks
@@ -70,3 +84,6 @@ eval-scifact-filter: calibrate-scifact
 
 prune-study: install
 	$(BIN)/python benchmarks/prune_study.py --data $(DATA) --out docs/pruning
+
+prune-select: install
+	$(BIN)/python benchmarks/prune_select.py --data $(DATA) --out docs/pruning

@@ -10,8 +10,12 @@ the target matrices (default: both FFN matrices of every layer):
     DAI            [(F^dom_j − β F^gen_j)·|θ_j| + γ·√|θ_j|]·(1 + α s_j),   β = 1, α = 0.2, γ = 0.5
 
 Everything is computed in fp32, and each term is normalised per tensor (Fisher and |θ| by their
-tensor means, s by its largest magnitude) before combining: the official code keeps scores in fp16,
-where the Fisher terms underflow and the ordering collapses to magnitude pruning. The lowest-DAI
+tensor RMS by default, or mean/max; s by its largest magnitude) before combining: the official code
+keeps scores in fp16, where the Fisher terms underflow and the ordering collapses to magnitude pruning
+(in fp32 at the paper's raw scale they are still negligible next to γ√|θ|: ``normalise="raw"``).
+The default β = 0 rather than the paper's 1 was chosen on held-out SciFact-train queries
+(benchmarks/prune_select.py): once the Fisher terms really act, subtracting the general Fisher prunes
+first the weights that matter most to general data, and those matter to the domain as well. The lowest-DAI
 weights are pruned (unstructured, global or per-matrix budget). Baselines: magnitude, random,
 domain-Fisher and general-Fisher saliency (F·θ²). Optional retraining keeps the masks. The
 structured variant removes whole FFN neurons by summed DAI, so the matrices really shrink.
@@ -40,6 +44,18 @@ log = logging.getLogger(__name__)
 Triplet = tuple[str, str, str]
 FFN_PATTERN = r"layer\.\d+\.(intermediate\.dense|output\.dense)\.weight$"
 METHODS: tuple[str, ...] = ("gaprune", "magnitude", "random", "fisher-domain", "fisher-general")
+
+
+def _rms(t):
+    """Root mean square computed as max·rms(t/max), so tiny values (squared Fisher) never underflow."""
+    peak = t.abs().max()
+    return peak * (t / peak).square().mean().sqrt() if peak > 0 else peak
+
+
+NORMALISERS = {"mean": lambda t: t.mean(), "max": lambda t: t.max(), "rms": _rms, "raw": lambda t: t.new_ones(())}
+# Chosen on held-out SciFact-train queries (benchmarks/prune_select.py, docs/pruning/selection.md): the
+# paper's β = 1 prunes the weights that matter most for general data first, and those matter for the domain too.
+DEFAULT_BETA, DEFAULT_NORMALISE = 0.0, "rms"
 
 
 def general_triplets(root: Path, limit: int = 256) -> list[Triplet]:
@@ -91,12 +107,16 @@ class Pruner:
     """Scores, masks and (optionally) retrains the target matrices of a sentence-transformers model."""
 
     def __init__(self, model: str, target: str = FFN_PATTERN, batch_size: int = 16, temperature: float = 0.05,
-                 max_length: int = 256, seed: int = 0) -> None:
+                 max_length: int = 256, seed: int = 0, beta: float = DEFAULT_BETA, normalise: str = DEFAULT_NORMALISE) -> None:
         import torch
 
         from retrieval.encoder import load_sentence_transformer, resolve_model_path
 
-        self.source = model
+        if normalise not in NORMALISERS:
+            raise SiftrankError(f"normalisation must be one of {', '.join(NORMALISERS)}, not '{normalise}'")
+        if beta < 0:
+            raise SiftrankError(f"beta must be >= 0, not {beta}")
+        self.source, self.beta, self.normalise = model, beta, normalise
         self.path = resolve_model_path(model)
         torch.manual_seed(seed)
         self.seed = seed
@@ -142,10 +162,14 @@ class Pruner:
         self.fisher[name], self.mean_grad[name] = fisher, mean
 
     # ---- scores ----------------------------------------------------------------------------------
-    def scores(self, method: str = "gaprune", alpha: float = 0.2, beta: float = 1.0, gamma: float = 0.5) -> dict[str, Any]:
-        """Importance of every target weight (higher = keep) under ``method``."""
+    def scores(self, method: str = "gaprune", alpha: float = 0.2, beta: float | None = None, gamma: float = 0.5,
+               normalise: str | None = None) -> dict[str, Any]:
+        """Importance of every target weight (higher = keep) under ``method`` (β and the normalisation
+        default to the pruner's)."""
         import torch
 
+        beta = self.beta if beta is None else beta
+        normalise = normalise or self.normalise
         if method not in METHODS:
             raise SiftrankError(f"pruning method must be one of {', '.join(METHODS)}, not '{method}'")
         generator = torch.Generator().manual_seed(self.seed)
@@ -159,7 +183,7 @@ class Pruner:
             elif method in ("fisher-domain", "fisher-general"):
                 out[k] = self._need(method.split("-")[1])[0][k] * w * w
             else:
-                out[k] = self.dai(k, w, alpha, beta, gamma)
+                out[k] = self.dai(k, w, alpha, beta, gamma, normalise)
         return out
 
     def _need(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -167,15 +191,16 @@ class Pruner:
             raise SiftrankError(f"compute gradients on the {name} calibration set first")
         return self.fisher[name], self.mean_grad[name]
 
-    def dai(self, key: str, w, alpha: float, beta: float, gamma: float):
+    def dai(self, key: str, w, alpha: float, beta: float, gamma: float, normalise: str = "mean"):
         """Domain Alignment Importance of one tensor, each term normalised per tensor in fp32."""
         import torch
 
         f_dom, g_dom = (x[key] for x in self._need("domain"))
         f_gen, g_gen = (x[key] for x in self._need("general"))
         eps = torch.finfo(torch.float32).tiny  # guards empty tensors only: the scale of the terms never matters
-        magnitude = w.abs() / (w.abs().mean() + eps)
-        fisher = f_dom / (f_dom.mean() + eps) - beta * f_gen / (f_gen.mean() + eps)
+        scale = NORMALISERS[normalise]
+        magnitude = w.abs() / (scale(w.abs()) + eps)
+        fisher = f_dom / (scale(f_dom) + eps) - beta * f_gen / (scale(f_gen) + eps)
         product = (g_gen / (g_gen.norm() + eps)) * (g_dom / (g_dom.norm() + eps))
         pooled = torch.nn.functional.avg_pool2d(product[None, None], 3, stride=1, padding=1)[0, 0]
         alignment = pooled / (pooled.abs().max() + eps)
@@ -281,7 +306,7 @@ class Pruner:
         if retrain_steps:
             metrics["retrain_loss_last"] = self.retrain(domain_set, retrain_steps, masks=masks)[-10:]
         metrics["parameters"] = sum(p.numel() for p in self.model.parameters())
-        return {"parameters": {"method": method, "sparsity": sparsity, "scope": scope, "structured": structured,
+        return {"parameters": {"method": method, "sparsity": sparsity, "beta": self.beta, "normalise": self.normalise, "scope": scope, "structured": structured,
                                "retrain_steps": retrain_steps, "sparsity_per_matrix": per_matrix},
                 "data": {"domain_triplets": len(domain_set), "general_triplets": len(general_set)}, "metrics": metrics}
 

@@ -47,6 +47,22 @@ def test_dai_is_not_magnitude_and_survives_tiny_fisher_values(pruner: Pruner) ->
     assert torch.allclose(scaled[key], dai[key], rtol=1e-4, atol=1e-6)
 
 
+def test_paper_scale_collapses_to_magnitude_and_beta_acts(pruner: Pruner) -> None:
+    from scipy.stats import spearmanr
+
+    weights = next(iter(pruner.targets.values())).detach().abs().flatten().numpy()[:50_000]
+    key = next(iter(pruner.targets))
+
+    def rho(**options) -> float:
+        return spearmanr(pruner.scores("gaprune", **options)[key].flatten().numpy()[:50_000], weights)[0]
+
+    # At the paper's raw scale the Fisher terms (squared gradients) are negligible next to γ√|θ|: the
+    # ordering is magnitude up to the alignment factor, which is what our per-tensor normalisation avoids.
+    assert rho(normalise="raw") > 0.95 > rho(normalise="rms")
+    # β weighs the general Fisher term: changing it changes the scores.
+    assert not torch.allclose(pruner.scores("gaprune", beta=0.0)[key], pruner.scores("gaprune", beta=1.0)[key])
+
+
 def test_global_and_matrix_budgets(pruner: Pruner) -> None:
     scores = pruner.scores("magnitude")
     masks = pruner.masks(scores, 0.5, "global")
@@ -69,6 +85,10 @@ def test_bad_inputs(pruner: Pruner, tmp_path: Path) -> None:
         pruner.gradients("domain", [])
     with pytest.raises(SiftrankError, match="pruning method"):
         pruner.scores("lottery")
+    with pytest.raises(SiftrankError, match="normalisation must be one of"):
+        Pruner("bundled:all-MiniLM-L6-v2", normalise="median")
+    with pytest.raises(SiftrankError, match="beta must be"):
+        Pruner("bundled:all-MiniLM-L6-v2", beta=-1.0)
     with pytest.raises(SiftrankError, match="no general calibration triplets"):
         general_triplets(tmp_path)
 
