@@ -54,9 +54,13 @@ class Indexer:
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
+    def cache_path(self, dataset: Dataset, root: Path | None = None) -> Path:
+        """Where the cached index of ``dataset`` lives (or will)."""
+        return (root or cache_dir("indexes")) / f"{dataset.name}-{self.kind}-{self.cache_key(dataset)}"
+
     def cached(self, dataset: Dataset, root: Path | None = None) -> Index:
         """The index for ``dataset`` from the cache, built and stored there atomically if missing."""
-        path = (root or cache_dir("indexes")) / f"{dataset.name}-{self.kind}-{self.cache_key(dataset)}"
+        path = self.cache_path(dataset, root)
         if path.is_dir():
             log.info("using cached index %s", path)
             return Index.load(path, device=self.device)

@@ -8,6 +8,8 @@ runs, the next one gathers, which is where the throughput under load comes from.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,10 +31,13 @@ class Answer:
 class MicroBatcher:
     """Queue queries for one pipeline and run them in batches on a single worker thread."""
 
-    def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 2.0, max_batch: int = 32) -> None:
+    def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 2.0, max_batch: int = 32, nice: int = 0) -> None:
         self.pipeline, self.name = pipeline, name
         self.window, self.max_batch = window_ms / 1000, max_batch
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"siftrank-{name}")
+        # A positive ``nice`` lowers the worker thread's CPU priority (Linux: per thread, inherited by the
+        # threads it starts, e.g. its OpenMP team): shadow work then yields the cores to the primary.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"siftrank-{name}",
+                                           initializer=_renice, initargs=(nice,))
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[Answer]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,3 +98,11 @@ class MicroBatcher:
         if self._task is not None:
             self._task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _renice(nice: int) -> None:
+    if nice and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError:
+            pass  # not permitted here: run at normal priority

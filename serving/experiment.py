@@ -45,6 +45,7 @@ class ServiceSection(_Strict):
     max_batch: int = Field(32, ge=1)
     shadow_queue: int = Field(64, ge=1)  # bounded: a full queue drops shadow work (counted), never waits
     shadow_workers: int = Field(1, ge=1)
+    shadow_nice: int = Field(10, ge=0, le=19)  # CPU priority of shadow-only variants' worker threads
     event_batch: int = Field(256, ge=1)
     event_flush_ms: float = Field(50.0, gt=0.0)
 

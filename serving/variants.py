@@ -47,6 +47,8 @@ class VariantPool:
         """Load (or build and cache) each variant's index, then warm every pipeline with a small batch."""
         datasets: dict[Path, Dataset] = {}
         variants = {}
+        experiment = config.experiment
+        shadow_only = {s.variant for s in experiment.shadows} - {experiment.primary, *experiment.ab, *experiment.interleave}
         for name, section in config.variants.items():
             pipeline_config = PipelineConfig.load(section.pipeline)
             root = section.data or config.service.data
@@ -62,7 +64,8 @@ class VariantPool:
             texts = None
             if pipeline.index is None and dataset is not None:
                 texts = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
-            batcher = MicroBatcher(pipeline, name, config.service.batch_window_ms, config.service.max_batch)
+            batcher = MicroBatcher(pipeline, name, config.service.batch_window_ms, config.service.max_batch,
+                                   nice=config.service.shadow_nice if name in shadow_only else 0)
             variants[name] = Variant(name, pipeline, batcher, texts)
         pool = cls(config, variants)
         pool.warm()
