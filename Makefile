@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select serve bench-load ab-session clean
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -84,6 +84,9 @@ eval-scifact-filter: calibrate-scifact
 
 prune-study: install
 	$(BIN)/python benchmarks/prune_study.py --data $(DATA) --out docs/pruning
+
+finetune-study: install
+	$(BIN)/python benchmarks/finetune_study.py --data $(DATA) --out docs/finetuning
 
 prune-select: install
 	$(BIN)/python benchmarks/prune_select.py --data $(DATA) --out docs/pruning

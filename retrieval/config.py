@@ -17,6 +17,7 @@ class _Section(BaseModel):
 
 class EncoderSection(_Section):
     model: str = "bundled:all-MiniLM-L6-v2"
+    adapter: Path | None = None  # an adapter artifact from `siftrank finetune` (for this base model only)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # documents
     query_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, else as documents
@@ -28,7 +29,7 @@ class EncoderSection(_Section):
         from retrieval.encoder import Encoder
 
         return Encoder(self.model, device=self.device, precision=self.precision, batch_size=self.batch_size,
-                       max_length=self.max_length, query_precision=self.query_precision)
+                       max_length=self.max_length, query_precision=self.query_precision, adapter=self.adapter)
 
 
 class IndexSection(_Section):
@@ -70,6 +71,8 @@ class PipelineConfig(_Section):
         # Artifact paths are relative to the config file, wherever the command runs.
         if config.index.path is not None and not config.index.path.is_absolute():
             config.index.path = path.parent / config.index.path
+        if config.encoder.adapter is not None and not config.encoder.adapter.is_absolute():
+            config.encoder.adapter = path.parent / config.encoder.adapter
         if config.filter is not None and not config.filter.calibrator.is_absolute():
             config.filter.calibrator = path.parent / config.filter.calibrator
         return config

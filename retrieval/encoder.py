@@ -119,9 +119,12 @@ class Encoder:
 
     def __init__(self, model: str = "bundled:all-MiniLM-L6-v2", device: str = "auto",
                  precision: Precision = "auto", batch_size: int = 64, max_length: int | None = None,
-                 query_precision: Precision = "auto") -> None:
+                 query_precision: Precision = "auto", adapter: Path | str | None = None) -> None:
         self.spec = model
         self.path = resolve_model_path(model)
+        self.adapter = Path(adapter) if adapter is not None else None
+        if self.adapter is not None and not self.adapter.is_dir():
+            raise SiftrankError(f"adapter '{adapter}' not found (expected a folder from `siftrank finetune`)")
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
         if query_precision == "auto":
@@ -132,8 +135,15 @@ class Encoder:
         self._models: dict[str, object] = {}
 
     @functools.cached_property
-    def fingerprint(self) -> str:
+    def base_fingerprint(self) -> str:
         return model_fingerprint(self.path)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The base model's fingerprint, combined with the adapter's when one is applied."""
+        if self.adapter is None:
+            return self.base_fingerprint
+        return hashlib.sha256(f"{self.base_fingerprint}:{model_fingerprint(self.adapter)}".encode()).hexdigest()[:16]
 
     @property
     def model(self):
@@ -156,6 +166,11 @@ class Encoder:
                 raise SiftrankError(f"cannot load encoder '{self.spec}': {exc}") from None
             if self.max_length:
                 model.max_seq_length = self.max_length
+            if self.adapter is not None:
+                from retrieval.adapters import ConnectedAdapters
+
+                ConnectedAdapters.load(self.adapter, model, {"model": self.spec, "fingerprint": self.base_fingerprint})
+                model.eval()
             self._models[precision] = model
         return self._models[precision]
 

@@ -261,6 +261,39 @@ def prune(
 
 
 @app.command()
+def finetune(
+    out: Annotated[Path, typer.Option("--out", help="Output: an adapter artifact (connected, lora) or a sentence-transformers folder (full, bitfit); written atomically.")],
+    method: Annotated[str, typer.Option(help="connected (inside LoRA + aside pathway), lora (peft, every linear layer), bitfit (biases) or full.")] = "connected",
+    model: Annotated[str, typer.Option(help="Base model: bundled:all-MiniLM-L6-v2, a local sentence-transformers folder, or a pruned one (its masks are kept).")] = "bundled:all-MiniLM-L6-v2",
+    dataset: Annotated[Path, typer.Option(help="Dataset whose training qrels give the (query, positive, hard negative) triplets.")] = DEFAULT_DATA / "scifact",
+    split: Annotated[str, typer.Option(help="Qrels split to train on (a share of its queries is held out for validation).")] = "train",
+    epochs: Annotated[float, typer.Option(min=0.01, help="Epochs over the training triplets.")] = 4,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option(min=2, help="Triplets per batch (in-batch negatives).")] = 32,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default per method: full 5e-5, bitfit 1e-3, lora and connected 5e-4).")] = None,
+    eval_steps: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 20,
+    max_fraction: Annotated[Optional[float], typer.Option(help="Trainable-parameter budget as a fraction of the model; exceeding it is an error.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, batching and data order.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Fine-tune the embedding model contrastively (in-batch + mined hard negatives) with one method."""
+    from retrieval.data import Dataset
+    from training.finetune import FineTuner
+
+    _logging(verbose)
+    if out.exists() and not overwrite:
+        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
+    tuner = FineTuner(model, method, seed=seed, learning_rate=lr, epochs=epochs, batch_size=batch_size,
+                      eval_steps=eval_steps, max_fraction=max_fraction)
+    data = Dataset.load(dataset, split=split)
+    report = tuner.train(data, steps=steps)
+    tuner.save(out, report, overwrite)
+    typer.echo(f"wrote {out}: {method}, {report['trainable']:,} trainable parameters "
+               f"({report['trainable_fraction']:.2%}), {report['steps']} steps in {report['wall_seconds']:.0f} s")
+
+
+@app.command()
 def serve(
     experiment: Annotated[Optional[Path], typer.Option(help="Experiment config (TOML): variants, primary, shadows, A/B, interleaving. Default: one variant serving --pipeline over --dataset.")] = None,
     dataset: Annotated[Optional[Path], typer.Option(help="Corpus to serve (a dataset folder or corpus file); its index is built once and cached. Ignored with --experiment.")] = None,

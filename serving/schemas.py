@@ -13,7 +13,7 @@ class SearchRequest(BaseModel):
     """A search: the query and how many hits; optional stricter relevance cut, variant, user and session."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"query": "what is the daily recommended dose of vitamin d", "k": 10, "user_id": "u-42"}]})
+        {"query": "causes of left ventricular hypertrophy", "k": 10, "user_id": "u-42"}]})
 
     query: str = Field(min_length=1, max_length=QUERY_LIMIT)
     k: int = Field(10, ge=1, le=1000)

@@ -71,6 +71,13 @@ BAD_INPUTS = [
      "match no weight matrix"),
     (["prune", "--domain", "{tiny}", "--domain-split", "test", "--out", "{tmp}/idx", "--general", "{tmp}/empty"],
      "no general calibration triplets"),
+    # finetune: the output would go to {tmp}/idx
+    (["finetune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--method", "prompt"], "method must be one of"),
+    (["finetune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--max-fraction", "0.01"], "over the budget"),
+    (["finetune", "--dataset", "{tmp}/empty", "--out", "{tmp}/idx"], "no corpus"),
+    # serving
+    (["serve", "--experiment", "{tmp}/nope.toml"], "experiment config not found"),
+    (["ab-report", "--log", "{tmp}/nope.db"], "event log not found"),
 ]
 
 

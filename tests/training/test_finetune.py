@@ -1,0 +1,102 @@
+"""Fine-tuning on the tiny collection: every method trains what it should, artifacts load only on their base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.adapters import ConnectedAdapters
+from retrieval.config import PipelineConfig
+from retrieval.data import Dataset
+from retrieval.encoder import Encoder
+from retrieval.errors import SiftrankError
+from training.adapters import TrainableSetup
+from training.finetune import FineTuner
+
+TEXTS = ["how do plants make food", "Volcanoes erupt when magma rises."]
+
+
+@pytest.mark.parametrize("method", ["connected", "lora", "bitfit", "full"])
+def test_step_zero_is_the_pretrained_model_and_only_the_method_trains(method: str) -> None:
+    model = Encoder(precision="fp32").model
+    before = model.encode(TEXTS, convert_to_tensor=True)
+    counts = TrainableSetup(method).apply(model)
+    assert torch.allclose(model.encode(TEXTS, convert_to_tensor=True), before, atol=1e-6)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if method == "full":
+        assert counts["trainable_fraction"] == 1.0
+    elif method == "bitfit":
+        assert all(n.endswith("bias") for n in trainable) and counts["trainable_fraction"] < 0.002
+    else:
+        assert trainable and all("lora_" in n or "aside_pathway" in n for n in trainable)
+        assert 0.01 < counts["trainable_fraction"] < 0.02  # comparable budgets for the two PEFT methods
+        assert any("aside_pathway" in n for n in trainable) == (method == "connected")
+
+
+def test_aside_pathway_is_connected_layer_to_layer() -> None:
+    """Each aside module reads its layer's hidden state plus the previous aside output, and the path's
+    end joins the final representation: every module gets gradient from a loss on the embeddings."""
+    model = Encoder(precision="fp32").model
+    TrainableSetup("connected").apply(model)
+    transformer = model[0].auto_model
+    pathway = transformer.aside_pathway
+    seen: dict[str, torch.Tensor] = {}
+    transformer.encoder.layer[1].register_forward_hook(lambda m, a, out: seen.__setitem__("h1", (out[0] if isinstance(out, tuple) else out).detach()))
+    pathway.down[1].register_forward_pre_hook(lambda m, args: seen.__setitem__("in1", args[0].detach()))
+    with torch.no_grad():
+        pathway.up[0].weight.normal_(0, 0.05)
+    features = model.tokenize(TEXTS)
+    embeddings = model(features)["sentence_embedding"]
+    assert not torch.allclose(seen["in1"], seen["h1"])  # module 1 reads h_1 + a_1, and a_1 != 0 now
+    embeddings.sum().backward()
+    for i in range(len(pathway.up)):
+        assert pathway.up[i].weight.grad is not None and pathway.up[i].weight.grad.abs().sum() > 0
+
+
+def test_budget_and_bad_input(tiny: Path) -> None:
+    with pytest.raises(SiftrankError, match="over the budget"):
+        TrainableSetup("connected", max_fraction=0.01).apply(Encoder(precision="fp32").model)
+    with pytest.raises(SiftrankError, match="method must be one of"):
+        TrainableSetup("prompt")
+    one = Dataset.load(tiny)
+    one = Dataset(one.root, one.corpus_path, one.corpus, {"q1": one.queries["q1"]}, {"q1": one.qrels["q1"]})
+    with pytest.raises(SiftrankError, match="at least 2 training queries"):
+        FineTuner("bundled:all-MiniLM-L6-v2", "lora").train(one)
+
+
+def test_train_save_and_load_adapter_only_on_its_base(tiny: Path, tmp_path: Path) -> None:
+    tuner = FineTuner("bundled:all-MiniLM-L6-v2", "connected", batch_size=2, eval_steps=1, validation_share=0.34)
+    report = tuner.train(Dataset.load(tiny), steps=3, progress=False)
+    assert report["steps"] == 3 and report["trainable"] == tuner.counts["trainable"]
+    assert any("loss" in h for h in tuner.history) and tuner.history[0]["step"] == 0
+    tuner.save(tmp_path / "adapter", report)
+    trained = tuner.model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
+    config = tmp_path / "pipeline.toml"
+    config.write_text('[encoder]\nprecision = "fp32"\nquery_precision = "fp32"\nadapter = "adapter"\n')
+    encoder = PipelineConfig.load(config).encoder.build()
+    assert np.allclose(encoder.encode_queries(TEXTS), trained, atol=1e-5)
+    assert encoder.fingerprint != encoder.base_fingerprint  # indexes built with the adapter are its own
+    # The same artifact on another base model is refused.
+    other = tmp_path / "other-base"
+    Encoder(precision="fp32").model.save(str(other))
+    (other / "extra.txt").write_text("a different model folder")
+    with pytest.raises(SiftrankError, match="belongs to base model"):
+        Encoder(str(other), adapter=tmp_path / "adapter").model
+    with pytest.raises(SiftrankError, match="adapter .* not found"):
+        Encoder(adapter=tmp_path / "missing")
+
+
+def test_full_finetuning_keeps_pruned_weights_zero(tiny: Path, tmp_path: Path) -> None:
+    from training.prune import Pruner
+
+    pruner = Pruner("bundled:all-MiniLM-L6-v2")
+    pruner.apply(pruner.masks(pruner.scores("magnitude"), 0.5))
+    pruner.save(tmp_path / "pruned", {"parameters": {}})
+    tuner = FineTuner(str(tmp_path / "pruned"), "full", batch_size=2, eval_steps=2, validation_share=0.34)
+    tuner.train(Dataset.load(tiny), steps=2, progress=False)
+    weight = tuner.model[0].auto_model.encoder.layer[0].intermediate.dense.weight
+    assert 0.3 < float((weight == 0).float().mean()) < 0.7
+    assert isinstance(ConnectedAdapters("connected"), ConnectedAdapters)

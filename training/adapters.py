@@ -1,0 +1,58 @@
+"""What trains under each fine-tuning method, and the trainable-parameter budget.
+
+    full        every weight
+    bitfit      only the bias terms (Ben Zaken et al., 2022)
+    lora        peft LoRA (rank 8) in every linear layer of every transformer layer: scattered modules
+    connected   LoRA (rank 8) in the attention query/value of every layer (inside) plus the aside
+                pathway of ``retrieval.adapters`` joining the layers into one trainable path
+
+The two parameter-efficient methods get comparable budgets (~1.5% of MiniLM each), so a difference
+between them is the wiring, not the size. A budget (``max_fraction``) the chosen modules exceed is an
+error, not a silent overshoot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from retrieval.adapters import ConnectedAdapters
+from retrieval.errors import SiftrankError
+
+METHODS: tuple[str, ...] = ("connected", "lora", "bitfit", "full")
+ALL_LINEAR = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"  # attention, its output, both FFN matrices
+
+
+class TrainableSetup:
+    """Freezes a sentence-transformers model except what ``method`` trains (adding adapter modules)."""
+
+    def __init__(self, method: str, lora_rank: int = 8, aside_dim: int = 64, max_fraction: float | None = None) -> None:
+        if method not in METHODS:
+            raise SiftrankError(f"fine-tuning method must be one of {', '.join(METHODS)}, not '{method}'")
+        if max_fraction is not None and not 0 < max_fraction <= 1:
+            raise SiftrankError(f"the trainable budget must be a fraction in (0, 1], not {max_fraction}")
+        self.method, self.max_fraction = method, max_fraction
+        self.adapters: ConnectedAdapters | None = None
+        if method == "lora":
+            self.adapters = ConnectedAdapters("lora", lora_rank, aside_dim, ALL_LINEAR)
+        elif method == "connected":
+            self.adapters = ConnectedAdapters("connected", lora_rank, aside_dim)
+
+    def apply(self, model) -> dict[str, Any]:
+        """Attach modules, set ``requires_grad``, check the budget; returns the parameter counts."""
+        base_total = sum(p.numel() for p in model.parameters())
+        if self.adapters is not None:
+            self.adapters.attach(model)
+        for name, parameter in model.named_parameters():
+            if self.method == "full":
+                train = True
+            elif self.method == "bitfit":
+                train = name.endswith("bias")
+            else:
+                train = "lora_" in name or ".aside_pathway." in name
+            parameter.requires_grad_(train)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        fraction = trainable / base_total
+        if self.max_fraction is not None and fraction > self.max_fraction:
+            raise SiftrankError(f"{self.method} trains {trainable:,} parameters = {fraction:.2%} of the model, over "
+                                f"the budget of {self.max_fraction:.2%}")
+        return {"trainable": trainable, "base_parameters": base_total, "trainable_fraction": fraction}

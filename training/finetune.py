@@ -1,0 +1,166 @@
+"""Contrastive fine-tuning of the embedding model: full, BitFit, LoRA or connected adapters.
+
+Training pairs are (query, relevant passage) from a dataset's training qrels, each with a hard negative
+mined by the model being tuned (its highest-ranked passage not judged relevant). The loss is
+MultipleNegativesRankingLoss (InfoNCE over in-batch and hard negatives) on the sentence-transformers
+trainer; a held-out share of the training queries is the validation split, scored (nDCG@10 over their
+judged passages plus each query's top-10 candidates from the starting model) every ``eval_steps``.
+Pruned models keep their masks: weights that are zero in a pruned matrix stay zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from retrieval.artifacts import Manifest, atomic_dir, write_text_atomic
+from retrieval.data import Dataset
+from retrieval.encoder import Encoder, load_sentence_transformer, model_fingerprint
+from retrieval.errors import SiftrankError
+from retrieval.index import Index
+from training.adapters import TrainableSetup
+
+log = logging.getLogger(__name__)
+LEARNING_RATES = {"full": 5e-5, "bitfit": 1e-3, "lora": 5e-4, "connected": 5e-4}
+
+
+def training_pairs(dataset: Dataset, encoder: Encoder, index: Index, qids: list[str], depth: int = 30
+                   ) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
+    """(query, positive, hard negative) for every judged-relevant passage of ``qids``, and each query's
+    top-``depth`` candidates (for the validation corpus)."""
+    if not qids:
+        raise SiftrankError(f"{dataset.root}: no training queries with relevant passages")
+    _, ranked = index.search(encoder.encode_queries([dataset.queries[q] for q in qids]), depth)
+    text = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
+    triplets = []
+    for q, hits in zip(qids, ranked):
+        negative = next((d for d in hits if dataset.qrels[q].get(d, 0) <= 0), None)
+        for d, grade in dataset.qrels[q].items():
+            if grade > 0 and d in text and negative is not None:
+                triplets.append((dataset.queries[q], text[d], text[negative]))
+    return triplets, dict(zip(qids, ranked))
+
+
+class FineTuner:
+    """Fine-tunes a sentence-transformers model with one method and writes the result."""
+
+    def __init__(self, model: str, method: str, seed: int = 0, learning_rate: float | None = None, epochs: float = 4,
+                 batch_size: int = 32, eval_steps: int = 20, max_fraction: float | None = None,
+                 validation_share: float = 0.1, bf16: bool | None = None) -> None:
+        self.encoder = Encoder(model)
+        self.source, self.method, self.seed = model, method, seed
+        self.setup = TrainableSetup(method, max_fraction=max_fraction)
+        self.learning_rate = learning_rate or LEARNING_RATES[method]
+        self.epochs, self.batch_size, self.eval_steps = epochs, batch_size, eval_steps
+        self.validation_share = validation_share
+        self.bf16 = self.encoder.precision == "bf16" if bf16 is None else bf16
+        self.history: list[dict[str, Any]] = []
+        self.counts: dict[str, Any] = {}
+        self.model = None
+
+    def split(self, dataset: Dataset) -> tuple[list[str], list[str]]:
+        """Training and validation query ids (judged-relevant queries only; seeded shuffle)."""
+        qids = sorted(q for q in dataset.queries if any(g > 0 for g in dataset.qrels[q].values()))
+        if len(qids) < 2:
+            raise SiftrankError(f"{dataset.root}: need at least 2 training queries with relevant passages, got {len(qids)}")
+        random.Random(0).shuffle(qids)  # the split is fixed across seeds: seeds vary the training only
+        cut = max(1, int(round(self.validation_share * len(qids))))
+        return qids[cut:], qids[:cut]
+
+    def train(self, dataset: Dataset, steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+        """Train on ``dataset``'s training qrels; returns the parameter counts, wall time and history."""
+        import torch
+        from datasets import Dataset as HFDataset
+        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+        from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from transformers import TrainerCallback
+
+        from retrieval.indexer import Indexer
+
+        train_q, val_q = self.split(dataset)
+        torch.manual_seed(self.seed)
+        model = load_sentence_transformer(self.encoder.path, "cpu")
+        self.counts = self.setup.apply(model)  # a blown budget fails here, before any encoding
+        index = Indexer(self.encoder, progress=progress).cached(dataset)
+        triplets, _ = training_pairs(dataset, self.encoder, index, train_q)
+        _, candidates = training_pairs(dataset, self.encoder, index, val_q, depth=10)
+        if not triplets:
+            raise SiftrankError(f"{dataset.root}: no training triplets")
+        text = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
+        val_docs = {d for q in val_q for d in candidates[q]} | {d for q in val_q for d, g in dataset.qrels[q].items() if g > 0}
+        evaluator = InformationRetrievalEvaluator(
+            {q: dataset.queries[q] for q in val_q}, {d: text[d] for d in val_docs if d in text},
+            {q: {d for d, g in dataset.qrels[q].items() if g > 0} for q in val_q}, name="val", write_csv=False,
+            ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[10], precision_recall_at_k=[10], map_at_k=[10])
+
+        masks = _pruned_masks(model) if self.method == "full" else {}
+        rows = {"anchor": [t[0] for t in triplets], "positive": [t[1] for t in triplets], "negative": [t[2] for t in triplets]}
+        work = Path(__import__("tempfile").mkdtemp(prefix="siftrank-finetune-"))
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(work), num_train_epochs=self.epochs, max_steps=steps or -1,
+            per_device_train_batch_size=self.batch_size, learning_rate=self.learning_rate, warmup_steps=0.1,
+            bf16=self.bf16, use_cpu=True, seed=self.seed, data_seed=self.seed, eval_strategy="steps",
+            eval_steps=self.eval_steps, logging_steps=max(1, self.eval_steps // 4), save_strategy="no",
+            report_to="none", batch_sampler="no_duplicates", disable_tqdm=not progress, dataloader_drop_last=True)
+
+        class KeepMasks(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
+                with torch.no_grad():
+                    for parameter, keep in masks.values():
+                        parameter.mul_(keep)
+
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=HFDataset.from_dict(rows),
+                                             loss=MultipleNegativesRankingLoss(model), evaluator=evaluator,
+                                             callbacks=[KeepMasks()] if masks else None)
+        start = time.perf_counter()
+        first = evaluator(model)
+        trainer.train()
+        wall = time.perf_counter() - start
+        from accelerate.utils import extract_model_from_parallel
+
+        # accelerate wraps forward in bf16 autocast for mixed precision; the trained model must not keep it
+        model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
+        model.eval()
+        self.model = model
+        self.history = [{"step": 0, "eval_val_cosine_ndcg@10": first.get("val_cosine_ndcg@10")}] + [
+            {k: v for k, v in entry.items() if isinstance(v, (int, float))} for entry in trainer.state.log_history]
+        __import__("shutil").rmtree(work, ignore_errors=True)
+        return {**self.counts, "wall_seconds": wall, "train_triplets": len(triplets), "train_queries": len(train_q),
+                "validation_queries": len(val_q), "steps": trainer.state.global_step, "learning_rate": self.learning_rate}
+
+    def save(self, path: Path, report: dict[str, Any], overwrite: bool = False) -> None:
+        """Adapters: an adapter artifact for the base model. Full and BitFit: a sentence-transformers folder.
+        Both with the training log (``training_log.json``)."""
+        if self.model is None:
+            raise SiftrankError("train the model before saving it")
+        base = {"model": self.source, "fingerprint": self.encoder.base_fingerprint}
+        extra = {"data": {"training": report}, "seed": self.seed}
+        if self.setup.adapters is not None:
+            self.setup.adapters.save(self.model, path, base, extra, overwrite)
+            write_text_atomic(Path(path) / "training_log.json", json.dumps(self.history, indent=1) + "\n")
+            return
+        with atomic_dir(Path(path), overwrite=overwrite) as tmp:
+            self.model.save(str(tmp))
+            write_text_atomic(tmp / "training_log.json", json.dumps(self.history, indent=1) + "\n")
+            Manifest(kind="finetuned-encoder", source_model=self.source, parameters={"method": self.method},
+                     encoder={**base, "result": model_fingerprint(tmp)}, **extra).write(tmp)
+
+
+def _pruned_masks(model) -> dict[str, Any]:
+    """Keep-masks of matrices that a pruned model left with exact zeros (so fine-tuning keeps them zero)."""
+    import re
+
+    from training.prune import FFN_PATTERN
+
+    out = {}
+    for name, parameter in model.named_parameters():
+        if re.search(FFN_PATTERN, name) and parameter.dim() == 2:
+            keep = parameter.detach() != 0
+            if not bool(keep.all()):
+                out[name] = (parameter, keep.to(parameter.dtype))
+    return out
