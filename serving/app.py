@@ -15,6 +15,7 @@ event goes to the SQLite event log through a background writer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -23,10 +24,11 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi import BackgroundTasks, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from retrieval.errors import SiftrankError
@@ -72,7 +74,9 @@ class SearchService:
             log.error("variants failed to load: %s", exc)
 
     # ---- search ---------------------------------------------------------------------------------------
-    async def search(self, request: SearchRequest) -> SearchResponse:
+    async def search(self, request: SearchRequest, after: list[Callable[[], None]] | None = None) -> SearchResponse:
+        """Answer one search. Shadow jobs are appended to ``after`` (run once the response is sent);
+        without it they are offered right away."""
         start = time.perf_counter()
         pool = self.pool  # one snapshot for the whole request: a reload swaps the reference, never this
         if pool is None:
@@ -117,8 +121,12 @@ class SearchService:
         for shadow in experiment.shadows:
             if shadow.variant not in names and bucket(f"{query_id}:{shadow.variant}") < shadow.sample_rate:
                 variant = pool[shadow.variant]
-                self.shadows.offer(shadow.variant, shadow.timeout_ms / 1000,
-                                   lambda v=variant: self._run(v, request, query_id, "shadow"))
+                offer = functools.partial(self.shadows.offer, shadow.variant, shadow.timeout_ms / 1000,
+                                          lambda v=variant: self._run(v, request, query_id, "shadow"))
+                if after is not None:
+                    after.append(offer)
+                else:
+                    offer()
         self.metrics.queue.labels("shadow").set(self.shadows.depth)
         self.metrics.queue.labels("events").set(self.log.pending)
         return SearchResponse(query_id=query_id, variant=served_name, mode=mode, flags=flags, latency_ms=latency_ms,
@@ -226,9 +234,13 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
     @app.post("/search", response_model=SearchResponse, responses={404: {"description": "unknown variant"},
                                                                      422: {"description": "invalid request"},
                                                                      503: {"description": "not ready"}})
-    async def search(request: SearchRequest) -> SearchResponse:
+    async def search(request: SearchRequest, background: BackgroundTasks) -> SearchResponse:
         """Search with the variant this request is assigned to (A/B, interleaving, or the primary)."""
-        return await service.search(request)
+        after: list[Callable[[], None]] = []
+        response = await service.search(request, after)
+        for offer in after:  # shadows are queued only once the response has been sent
+            background.add_task(offer)
+        return response
 
     @app.post("/feedback", response_model=FeedbackResponse)
     async def feedback(request: FeedbackRequest) -> FeedbackResponse:

@@ -31,7 +31,7 @@ class Answer:
 class MicroBatcher:
     """Queue queries for one pipeline and run them in batches on a single worker thread."""
 
-    def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 2.0, max_batch: int = 32, nice: int = 0) -> None:
+    def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 1.0, max_batch: int = 32, nice: int = 0) -> None:
         self.pipeline, self.name = pipeline, name
         self.window, self.max_batch = window_ms / 1000, max_batch
         # A positive ``nice`` lowers the worker thread's CPU priority (Linux: per thread, inherited by the

@@ -41,7 +41,7 @@ class ServiceSection(_Strict):
     max_query_chars: int = Field(512, ge=1)
     max_k: int = Field(100, ge=1, le=1000)
     max_body_bytes: int = Field(16_384, ge=256)
-    batch_window_ms: float = Field(2.0, ge=0.0)  # micro-batching window for concurrent queries
+    batch_window_ms: float = Field(1.0, ge=0.0)  # micro-batching window for concurrent queries (0: batch only what queued up)
     max_batch: int = Field(32, ge=1)
     shadow_queue: int = Field(64, ge=1)  # bounded: a full queue drops shadow work (counted), never waits
     shadow_workers: int = Field(1, ge=1)
