@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study serve bench-load ab-session clean
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -51,7 +51,10 @@ PORT ?= 8000
 
 # Main job: build (or reuse) the DL19 index and serve the search API on $(HOST):$(PORT).
 serve: install
-	$(BIN)/siftrank serve --dataset $(DATA)/msmarco-dl19 --host $(HOST) --port $(PORT)
+	$(BIN)/siftrank serve --dataset $(DATA)/msmarco-dl19 --pipeline configs/serve.toml --host $(HOST) --port $(PORT)
+
+eval-serve: install
+	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv --pipeline configs/serve.toml --out $(OUT)/dl19-serve
 
 bench: bench-encode bench-search bench-load
 

@@ -18,8 +18,9 @@ from load import free_port, start
 
 
 def main() -> None:
-    args = arguments(__doc__, users=(int, 10, "simulated users (each issues every query)"))
+    args = arguments(__doc__, users=(int, 40, "simulated users (each issues every query)"))
     args.out = args.out.parent / "serving" if args.out.name == "benchmarks" else args.out
+    args.data = args.data.resolve()  # written into a config file in another folder
     work = Path(tempfile.mkdtemp(prefix="siftrank-ab-"))
     siftrank = str(Path(sys.executable).with_name("siftrank"))
     experiment = work / "experiment.toml"

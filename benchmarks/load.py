@@ -4,7 +4,7 @@ Both serve DL19 (the same FAISS vectors: the naive endpoint reads our cached ind
 their own uvicorn processes; a client process keeps ``concurrency`` requests in flight for a fixed
 duration per level, cycling the DL19 queries, and records QPS, p50 and p99. The naive endpoint is what
 one writes first: a sync handler that encodes the single query with SentenceTransformer (fp32) and
-searches FAISS. Then the primary's latency with and without a shadow variant (a second dense pipeline,
+searches FAISS. Ours serves configs/serve.toml (the `make serve` pipeline: bf16 queries on AMX CPUs). Then the primary's latency with and without a shadow variant (a second dense pipeline,
 sample rate 1) at the same concurrency.
 Results: docs/benchmarks/load.{md,json,png}. Reproduce: `make bench-load` (~4 minutes).
 """
@@ -117,6 +117,7 @@ def measure(command: list[str], port: int, log: Path, queries: list[str], levels
 def main() -> None:
     args = arguments(__doc__, seconds=(float, 10.0, "seconds per concurrency level"),
                      levels=(str, "1,8,32", "concurrency levels"))
+    args.data = args.data.resolve()  # written into a config file in another folder
     levels = [int(x) for x in args.levels.split(",")]
     data = dl19(args.data, with_corpus=False)
     queries = list(data.queries.values())
@@ -126,6 +127,7 @@ def main() -> None:
     # Our service first: it builds (or reuses) the cached DL19 index the naive endpoint then reads.
     port = free_port()
     ours = measure([siftrank, "serve", "--dataset", str(args.data / "msmarco-dl19"), "--port", str(port),
+                    "--pipeline", str(ROOT / "configs" / "serve.toml"),
                     "--event-log", str(work / "ours.db")], port, work / "ours.log", queries, levels, args.seconds)
     print("ours", ours, flush=True)
     from retrieval.data import Dataset
@@ -145,7 +147,9 @@ def main() -> None:
         data = "{args.data / 'msmarco-dl19'}"
         event_log = "{work / 'shadow.db'}"
         [variants.primary]
+        pipeline = "{ROOT / 'configs' / 'serve.toml'}"
         [variants.candidate]
+        pipeline = "{ROOT / 'configs' / 'serve.toml'}"
         [experiment]
         primary = "primary"
         shadows = [{{ variant = "candidate", sample_rate = 1.0, timeout_ms = 5000 }}]

@@ -21,6 +21,8 @@ def _cell(value: Any) -> str:
         return "–"
     if isinstance(value, Mapping):  # {"mean", "std"} from an aggregate over folds or seeds
         return f"{value['mean']:.4f} ± {value['std']:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):  # counts
+        return str(value)
     return f"{value:.4f}"
 
 

@@ -20,7 +20,7 @@ class EncoderSection(_Section):
     adapter: Path | None = None  # an adapter artifact from `siftrank finetune` (for this base model only)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # documents
-    query_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, else as documents
+    query_precision: Literal["auto", "same", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, else as documents; same: as documents
     batch_size: int = Field(64, ge=1)
     max_length: int | None = Field(None, ge=8)
 

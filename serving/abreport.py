@@ -100,7 +100,7 @@ class ABReport:
             wins, losses = int((per_query["a"] > per_query["b"]).sum()), int((per_query["b"] > per_query["a"]).sum())
             ties = len(group) - wins - losses  # queries without clicks are ties too
             test = binomtest(wins, wins + losses, 0.5) if wins + losses else None
-            out[pair] = {f"{a} wins": wins, f"{b} wins": losses, "ties": ties,
+            out[pair] = {f"{a} wins": wins, f"{b} wins": losses, "ties": int(ties),
                          "p-value": float(test.pvalue) if test else float("nan")}
         return out
 
@@ -158,4 +158,4 @@ class ABReport:
 
 def _percentiles(values: pl.Series) -> dict[str, float]:
     array = values.drop_nulls().to_numpy()
-    return {"n": float(len(array)), **{f"p{p}": float(np.percentile(array, p)) for p in (50, 95, 99)}}
+    return {"n": len(array), **{f"p{p}": float(np.percentile(array, p)) for p in (50, 95, 99)}}

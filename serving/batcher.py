@@ -31,13 +31,15 @@ class Answer:
 class MicroBatcher:
     """Queue queries for one pipeline and run them in batches on a single worker thread."""
 
-    def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 1.0, max_batch: int = 32, nice: int = 0) -> None:
+    def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 0.0, max_batch: int = 32, nice: int = 0,
+                 threads: int | None = None) -> None:
         self.pipeline, self.name = pipeline, name
         self.window, self.max_batch = window_ms / 1000, max_batch
         # A positive ``nice`` lowers the worker thread's CPU priority (Linux: per thread, inherited by the
-        # threads it starts, e.g. its OpenMP team): shadow work then yields the cores to the primary.
+        # threads it starts, e.g. its OpenMP team) and ``threads`` caps its torch intra-op threads (a
+        # per-thread setting): shadow work then leaves the cores to the primary.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"siftrank-{name}",
-                                           initializer=_renice, initargs=(nice,))
+                                           initializer=_worker_setup, initargs=(nice, threads))
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[Answer]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,7 +102,11 @@ class MicroBatcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _renice(nice: int) -> None:
+def _worker_setup(nice: int, threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if nice and hasattr(os, "setpriority"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)

@@ -41,11 +41,12 @@ class ServiceSection(_Strict):
     max_query_chars: int = Field(512, ge=1)
     max_k: int = Field(100, ge=1, le=1000)
     max_body_bytes: int = Field(16_384, ge=256)
-    batch_window_ms: float = Field(1.0, ge=0.0)  # micro-batching window for concurrent queries (0: batch only what queued up)
+    batch_window_ms: float = Field(0.0, ge=0.0)  # extra wait for company; 0: batch what queued up while the last batch ran
     max_batch: int = Field(32, ge=1)
     shadow_queue: int = Field(64, ge=1)  # bounded: a full queue drops shadow work (counted), never waits
     shadow_workers: int = Field(1, ge=1)
-    shadow_nice: int = Field(10, ge=0, le=19)  # CPU priority of shadow-only variants' worker threads
+    shadow_nice: int = Field(19, ge=0, le=19)  # CPU priority of shadow-only variants' worker threads
+    shadow_threads: int = Field(1, ge=1)  # torch threads of a shadow-only variant's worker
     event_batch: int = Field(256, ge=1)
     event_flush_ms: float = Field(50.0, gt=0.0)
 

@@ -65,7 +65,8 @@ class VariantPool:
             if pipeline.index is None and dataset is not None:
                 texts = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
             batcher = MicroBatcher(pipeline, name, config.service.batch_window_ms, config.service.max_batch,
-                                   nice=config.service.shadow_nice if name in shadow_only else 0)
+                                   nice=config.service.shadow_nice if name in shadow_only else 0,
+                                   threads=config.service.shadow_threads if name in shadow_only else None)
             variants[name] = Variant(name, pipeline, batcher, texts)
         pool = cls(config, variants)
         pool.warm()
