@@ -23,13 +23,16 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from contextlib import asynccontextmanager
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Header, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
@@ -228,8 +231,18 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
 
     @app.exception_handler(SiftrankError)
     async def _siftrank_error(_: Request, exc: SiftrankError) -> JSONResponse:
-        service.metrics.errors.labels("bad_input").inc()
+        service.metrics.errors.labels("422").inc()
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        service.metrics.errors.labels(str(exc.status_code)).inc()
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        service.metrics.errors.labels("422").inc()
+        return await request_validation_exception_handler(request, exc)
 
     @app.post("/search", response_model=SearchResponse, responses={404: {"description": "unknown variant"},
                                                                      422: {"description": "invalid request"},

@@ -21,7 +21,7 @@ class ServiceMetrics:
         self.queue = Gauge("siftrank_queue_depth", "Items waiting in a queue", ["queue"], registry=self.registry)
         self.shadow_drops = Counter("siftrank_shadow_dropped_total", "Shadow jobs not completed",
                                     ["variant", "reason"], registry=self.registry)
-        self.errors = Counter("siftrank_errors_total", "Requests answered with an error", ["kind"],
+        self.errors = Counter("siftrank_errors_total", "Requests answered with an error, by HTTP status", ["status"],
                               registry=self.registry)
         self.cut = Counter("siftrank_threshold_cut_total", "Candidates removed by the relevance threshold",
                            ["variant"], registry=self.registry)

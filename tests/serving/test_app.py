@@ -74,7 +74,9 @@ def test_bad_search_input_is_4xx(built, tmp_path: Path, payload: dict, status: i
     app, _ = make_app(built, tmp_path, ab={}, interleave=[], shadows=[])
     with TestClient(app) as client:
         response = client.post("/search", json=payload)
+        counted = client.get("/metrics").text
     assert response.status_code == status and message in response.text
+    assert f'siftrank_errors_total{{status="{status}"}} 1.0' in counted
 
 
 def test_malformed_and_oversized_bodies(built, tmp_path: Path) -> None:
