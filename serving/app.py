@@ -187,7 +187,7 @@ class SearchService:
             asyncio.get_running_loop().create_task(_close_later(old, RETIRE_AFTER_S))
         return {"reloaded": list(pool.variants)}
 
-    def promote(self, name: str) -> dict[str, Any]:
+    async def promote(self, name: str) -> dict[str, Any]:
         """Make a shadow the primary (it stops being a shadow); the swap is one assignment."""
         pool = self.pool
         if pool is None:
@@ -198,14 +198,21 @@ class SearchService:
         new_experiment = experiment.model_copy(update={
             "primary": name, "shadows": [s for s in experiment.shadows if s.variant != name]})
         config = pool.config.model_copy(update={"experiment": new_experiment})
-        self.pool = VariantPool(config, pool.variants)
+        retired = pool[name].batcher
+        self.pool = pool.promoted(config, name)
         self.config = config
+        asyncio.get_running_loop().create_task(_close_batcher_later(retired, RETIRE_AFTER_S))
         return {"primary": name}
 
 
 async def _close_later(pool: VariantPool, delay_s: float) -> None:
     await asyncio.sleep(delay_s)
     await pool.close()
+
+
+async def _close_batcher_later(batcher, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    await batcher.close()
 
 
 def create_app(config: ExperimentConfig, source: Path | None = None, pool: VariantPool | None = None) -> FastAPI:
@@ -300,7 +307,7 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
     async def promote(request: PromoteRequest, x_api_key: str | None = Header(None)) -> dict[str, Any]:
         """Promote a shadow variant to primary."""
         authorise(x_api_key)
-        return service.promote(request.variant)
+        return await service.promote(request.variant)
 
     return app
 

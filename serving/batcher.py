@@ -3,16 +3,21 @@
 Requests wait at most ``window_ms`` for company (or until ``max_batch`` are waiting); the batch runs on
 the variant's own worker thread, off the event loop, so one encoder call serves them all. While a batch
 runs, the next one gathers, which is where the throughput under load comes from.
+
+A shadow variant can run in its own worker *process* instead (``process``): it then never holds the
+serving process's GIL, and its CPU priority and torch threads are its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from retrieval.hits import Hit
 from retrieval.pipeline import Pipeline
@@ -32,14 +37,22 @@ class MicroBatcher:
     """Queue queries for one pipeline and run them in batches on a single worker thread."""
 
     def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 0.0, max_batch: int = 32, nice: int = 0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, process: ProcessSpec | None = None) -> None:
         self.pipeline, self.name = pipeline, name
         self.window, self.max_batch = window_ms / 1000, max_batch
-        # A positive ``nice`` lowers the worker thread's CPU priority (Linux: per thread, inherited by the
-        # threads it starts, e.g. its OpenMP team) and ``threads`` caps its torch intra-op threads (a
-        # per-thread setting): shadow work then leaves the cores to the primary.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"siftrank-{name}",
-                                           initializer=_worker_setup, initargs=(nice, threads))
+        # A positive ``nice`` lowers the worker's CPU priority (a thread's is inherited by the threads it
+        # starts, e.g. its OpenMP team) and ``threads`` caps its torch intra-op threads (a per-thread
+        # setting): shadow work then leaves the cores to the primary.
+        self.executor: Executor
+        if process is not None:
+            self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_child_setup, initargs=(process, nice, threads))
+            self._job = _child_run
+        else:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"siftrank-{name}",
+                                               initializer=_worker_setup, initargs=(nice, threads))
+            self._job = self._run_here
+        self.in_process = process is not None
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[Answer]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -59,13 +72,13 @@ class MicroBatcher:
         return await future
 
     def run_batch(self, queries: list[str]) -> list[Answer]:
-        """Synchronous: run the pipeline on ``queries`` (warm-up and the worker thread use this)."""
-        stages = self.pipeline.run({str(i): q for i, q in enumerate(queries)})
-        timings = {stage: 1000 * spent for stage, spent in self.pipeline.timings.items()}
-        final = list(stages.values())[-1]
-        first = next(iter(stages.values()))
-        return [Answer(final[str(i)], timings, len(first[str(i)]) - len(final[str(i)]), len(queries))
-                for i in range(len(queries))]
+        """Synchronous: answer ``queries`` where the batches run (warm-up uses this)."""
+        if self.in_process:
+            return self.executor.submit(_child_run, queries).result()
+        return self._run_here(queries)
+
+    def _run_here(self, queries: list[str]) -> list[Answer]:
+        return answer_batch(self.pipeline, queries)
 
     async def _drain(self) -> None:
         assert self._queue is not None
@@ -86,7 +99,7 @@ class MicroBatcher:
             if not live:
                 continue
             try:
-                answers = await loop.run_in_executor(self.executor, self.run_batch, [q for q, _ in live])
+                answers = await loop.run_in_executor(self.executor, self._job, [q for q, _ in live])
             except Exception as exc:  # noqa: BLE001 - the error belongs to each waiting request
                 for _, future in live:
                     if not future.done():
@@ -110,5 +123,48 @@ def _worker_setup(nice: int, threads: int | None) -> None:
     if nice and hasattr(os, "setpriority"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError:
-            pass  # not permitted here: run at normal priority
+            # Linux SCHED_IDLE: run only on otherwise idle cores, yield at once when live work wakes up
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError):
+            pass  # not permitted or not Linux: the nice value (or normal priority) stands
+
+
+def answer_batch(pipeline: Pipeline, queries: list[str]) -> list[Answer]:
+    """Run ``pipeline`` on ``queries``: each query's final ranking, the batch's stage times and cuts."""
+    stages = pipeline.run({str(i): q for i, q in enumerate(queries)})
+    timings = {stage: 1000 * spent for stage, spent in pipeline.timings.items()}
+    final = list(stages.values())[-1]
+    first = next(iter(stages.values()))
+    return [Answer(final[str(i)], timings, len(first[str(i)]) - len(final[str(i)]), len(queries))
+            for i in range(len(queries))]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What a worker process needs to build the same pipeline as the serving process."""
+
+    pipeline: Path | None
+    data: Path | None
+    first_stage: str
+    depth: int
+    cache: str | None = None  # the siftrank cache folder, so the child reuses the parent's index
+
+
+_CHILD: dict[str, Pipeline] = {}
+
+
+def _child_setup(spec: ProcessSpec, nice: int, threads: int | None) -> None:
+    if spec.cache:
+        os.environ["SIFTRANK_CACHE"] = spec.cache
+    _worker_setup(nice, threads)
+    from retrieval.config import PipelineConfig
+    from retrieval.data import Dataset
+
+    dataset = Dataset.corpus_only(spec.data) if spec.data is not None else None
+    pipeline = Pipeline.from_config(PipelineConfig.load(spec.pipeline), dataset, spec.first_stage, progress=False)
+    pipeline.depth = spec.depth
+    _CHILD["pipeline"] = pipeline
+
+
+def _child_run(queries: list[str]) -> list[Answer]:
+    return answer_batch(_CHILD["pipeline"], queries)

@@ -47,6 +47,7 @@ class ServiceSection(_Strict):
     shadow_workers: int = Field(1, ge=1)
     shadow_nice: int = Field(19, ge=0, le=19)  # CPU priority of shadow-only variants' worker threads
     shadow_threads: int = Field(1, ge=1)  # torch threads of a shadow-only variant's worker
+    shadow_process: bool = True  # shadow-only variants run in their own worker process (no shared GIL)
     event_batch: int = Field(256, ge=1)
     event_flush_ms: float = Field(50.0, gt=0.0)
 

@@ -7,6 +7,7 @@ the reference in one assignment, so a failed reload leaves the old pool serving.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
 from retrieval.pipeline import Pipeline
-from serving.batcher import MicroBatcher
+from serving.batcher import MicroBatcher, ProcessSpec
 from serving.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,27 @@ class VariantPool:
             texts = None
             if pipeline.index is None and dataset is not None:
                 texts = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
-            batcher = MicroBatcher(pipeline, name, config.service.batch_window_ms, config.service.max_batch,
-                                   nice=config.service.shadow_nice if name in shadow_only else 0,
-                                   threads=config.service.shadow_threads if name in shadow_only else None)
+            if name in shadow_only:
+                process = ProcessSpec(section.pipeline, root, section.first_stage, pipeline.depth,
+                                      os.environ.get("SIFTRANK_CACHE")) if config.service.shadow_process else None
+                batcher = MicroBatcher(pipeline, name, config.service.batch_window_ms, config.service.max_batch,
+                                       config.service.shadow_nice, config.service.shadow_threads, process)
+            else:
+                batcher = MicroBatcher(pipeline, name, config.service.batch_window_ms, config.service.max_batch)
             variants[name] = Variant(name, pipeline, batcher, texts)
         pool = cls(config, variants)
         pool.warm()
         return pool
+
+    def promoted(self, config: ExperimentConfig, name: str) -> VariantPool:
+        """The same variants under ``config``, with ``name`` (a former shadow) given a full-priority
+        in-process batcher; the shadow batcher is returned to be closed by the caller."""
+        variants = dict(self.variants)
+        old = variants[name]
+        service = config.service
+        variants[name] = Variant(name, old.pipeline, MicroBatcher(old.pipeline, name, service.batch_window_ms,
+                                                                   service.max_batch), old.texts)
+        return VariantPool(config, variants)
 
     def warm(self) -> None:
         for variant in self.variants.values():

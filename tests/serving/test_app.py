@@ -208,3 +208,29 @@ def test_experiment_config_errors(tmp_path: Path) -> None:
                                               "experiment": {"primary": "a", "ab": {"a": 1, "b": 3}}})
     share = sum(config.assign(f"user{i}") == "b" for i in range(2000)) / 2000
     assert 0.70 < share < 0.80 and config.assign("user7") == config.assign("user7")
+
+
+def test_shadow_only_variant_runs_in_its_own_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path / "tiny")
+    path = tmp_path / "experiment.toml"
+    path.write_text('[service]\ndata = "tiny"\nevent_log = "events.db"\nevent_flush_ms = 5\n'
+                    '[variants.dense]\n[variants.bm25]\nfirst_stage = "bm25"\n'
+                    '[experiment]\nprimary = "dense"\nshadows = [{ variant = "bm25" }]\n')
+    config = ExperimentConfig.load(path)
+    pool = VariantPool.build(config)
+    assert pool["bm25"].batcher.in_process and not pool["dense"].batcher.in_process
+    monkeypatch.setenv(API_KEY_ENV, "k")
+    app = create_app(config, path, pool)
+    with TestClient(app) as client:
+        body = client.post("/search", json={"query": "why do volcanoes erupt", "k": 3}).json()
+        client.portal.call(app.state.service.shadows.drain)
+        assert client.post("/admin/promote", json={"variant": "bm25"}, headers={"X-API-Key": "k"}).status_code == 200
+        promoted = app.state.service.pool["bm25"].batcher
+        assert not promoted.in_process  # the new primary runs at full priority, in the serving process
+        assert client.post("/search", json={"query": "bread"}).json()["variant"] == "bm25"
+    shadow = rows(tmp_path / "events.db", f"SELECT doc_id FROM results WHERE role = 'shadow' AND query_id = '{body['query_id']}'")
+    assert ("d3",) in shadow  # BM25 ran in the worker process and its ranking reached the log
+    for variant in pool.variants.values():
+        variant.batcher.executor.shutdown(wait=True)
