@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrieval.errors import SiftrankError
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -58,16 +61,7 @@ class PipelineConfig(_Section):
         if path is None:
             return cls()
         path = Path(path)
-        if not path.is_file():
-            raise SiftrankError(f"{path}: pipeline config not found")
-        try:
-            raw: dict[str, Any] = tomllib.loads(path.read_text())
-            config = cls.model_validate(raw)
-        except tomllib.TOMLDecodeError as exc:
-            raise SiftrankError(f"{path}: invalid TOML ({exc})") from None
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise SiftrankError(f"{path}: {problems}") from None
+        config = load_toml(cls, path, "pipeline config")
         # Artifact paths are relative to the config file, wherever the command runs.
         if config.index.path is not None and not config.index.path.is_absolute():
             config.index.path = path.parent / config.index.path
@@ -76,3 +70,17 @@ class PipelineConfig(_Section):
         if config.filter is not None and not config.filter.calibrator.is_absolute():
             config.filter.calibrator = path.parent / config.filter.calibrator
         return config
+
+
+def load_toml(model: type[M], path: Path, what: str) -> M:
+    """Read a TOML file into a pydantic model; a missing file, bad TOML or invalid fields are one clear error."""
+    if not path.is_file():
+        raise SiftrankError(f"{path}: {what} not found")
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text())
+        return model.model_validate(raw)
+    except tomllib.TOMLDecodeError as exc:
+        raise SiftrankError(f"{path}: invalid TOML ({exc})") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+        raise SiftrankError(f"{path}: {problems}") from None

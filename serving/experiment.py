@@ -22,13 +22,12 @@ Paths are relative to the config file. Unknown keys are errors, not silently ign
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from retrieval.errors import SiftrankError
+from retrieval.config import load_toml
 
 
 class _Strict(BaseModel):
@@ -108,16 +107,7 @@ class ExperimentConfig(_Strict):
     def load(cls, path: Path) -> ExperimentConfig:
         """Read and validate a TOML experiment; relative paths resolve against the file's folder."""
         path = Path(path)
-        if not path.is_file():
-            raise SiftrankError(f"{path}: experiment config not found")
-        try:
-            raw: dict[str, Any] = tomllib.loads(path.read_text())
-            config = cls.model_validate(raw)
-        except tomllib.TOMLDecodeError as exc:
-            raise SiftrankError(f"{path}: invalid TOML ({exc})") from None
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-            raise SiftrankError(f"{path}: {problems}") from None
+        config = load_toml(cls, path, "experiment config")
         base = path.parent
         service = config.service
         service.event_log = _under(base, service.event_log)
