@@ -52,8 +52,7 @@ def index_build(
 
     _logging(verbose)
     config = _config(pipeline, model=model, kind=kind, device=device, precision=precision)
-    if out.exists() and not overwrite:
-        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
+    _refuse_existing(out, overwrite)
     dataset = Dataset.corpus_only(corpus)
     index = Indexer(config.encoder.build(), config.index.kind, config.index.params, config.index.device).build(dataset)
     index.save(out, overwrite=overwrite)
@@ -180,8 +179,7 @@ def calibrate(
     from training.calibrate import CalibratorTrainer, CandidateSet
 
     _logging(verbose)
-    if out.exists() and not overwrite:
-        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
+    _refuse_existing(out, overwrite)
     if features not in FEATURES:
         raise SiftrankError(f"--features must be one of {', '.join(FEATURES)}, not '{features}'")
     if target_recall is not None and target_precision is not None:
@@ -246,8 +244,7 @@ def prune(
     from training.prune import DEFAULT_BETA, DEFAULT_NORMALISE, METHODS, Pruner, calibration_sets, check_sparsity
 
     _logging(verbose)
-    if out.exists() and not overwrite:
-        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
+    _refuse_existing(out, overwrite)
     check_sparsity(sparsity)
     if method not in METHODS:
         raise SiftrankError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
@@ -282,8 +279,7 @@ def finetune(
     from training.finetune import FineTuner
 
     _logging(verbose)
-    if out.exists() and not overwrite:
-        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
+    _refuse_existing(out, overwrite)
     tuner = FineTuner(model, method, seed=seed, learning_rate=lr, epochs=epochs, batch_size=batch_size,
                       eval_steps=eval_steps, max_fraction=max_fraction)
     data = Dataset.load(dataset, split=split)
@@ -378,6 +374,12 @@ def replay(
     except httpx.HTTPError as exc:
         raise SiftrankError(f"{url}: {exc}") from None
     typer.echo(json.dumps(dict(counts), indent=2))
+
+
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    """Never replace an artifact unless asked: checked before any work is done."""
+    if out.exists() and not overwrite:
+        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
 
 
 def _config(path: Optional[Path], **overrides: Optional[str]):

@@ -28,10 +28,10 @@ log = logging.getLogger(__name__)
 LEARNING_RATES = {"full": 5e-5, "bitfit": 1e-3, "lora": 5e-4, "connected": 5e-4}
 
 
-def training_pairs(dataset: Dataset, encoder: Encoder, index: Index, qids: list[str], depth: int = 30
-                   ) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
-    """(query, positive, hard negative) for every judged-relevant passage of ``qids``, and each query's
-    top-``depth`` candidates (for the validation corpus)."""
+def training_pairs(dataset: Dataset, encoder: Encoder, index: Index, qids: list[str], depth: int = 30,
+                   per_query: int | None = None) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
+    """(query, positive, hard negative) for every judged-relevant passage of ``qids`` (at most
+    ``per_query`` each), and each query's top-``depth`` candidates (for the validation corpus)."""
     if not qids:
         raise SiftrankError(f"{dataset.root}: no training queries with relevant passages")
     _, ranked = index.search(encoder.encode_queries([dataset.queries[q] for q in qids]), depth)
@@ -39,9 +39,9 @@ def training_pairs(dataset: Dataset, encoder: Encoder, index: Index, qids: list[
     triplets = []
     for q, hits in zip(qids, ranked):
         negative = next((d for d in hits if dataset.qrels[q].get(d, 0) <= 0), None)
-        for d, grade in dataset.qrels[q].items():
-            if grade > 0 and d in text and negative is not None:
-                triplets.append((dataset.queries[q], text[d], text[negative]))
+        positives = [d for d, grade in dataset.qrels[q].items() if grade > 0 and d in text]
+        if negative is not None:
+            triplets += [(dataset.queries[q], text[d], text[negative]) for d in positives[:per_query]]
     return triplets, dict(zip(qids, ranked))
 
 

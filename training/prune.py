@@ -75,20 +75,12 @@ def general_triplets(root: Path, limit: int = 256) -> list[Triplet]:
 
 
 def domain_triplets(dataset: Dataset, encoder: Encoder, index: Index, limit: int = 256, depth: int = 20) -> list[Triplet]:
-    """Domain triplets from a dataset's training qrels; the hard negative is the encoder's
-    highest-ranked passage that is not judged relevant."""
+    """Domain triplets from a dataset's training qrels, one per query (its first relevant passage); the
+    hard negative is the encoder's highest-ranked passage that is not judged relevant."""
+    from training.finetune import training_pairs
+
     qids = [q for q in dataset.queries if any(g > 0 for g in dataset.qrels[q].values())][:limit]
-    if not qids:
-        raise SiftrankError(f"{dataset.root}: no queries with relevant passages for domain triplets")
-    _, ranked = index.search(encoder.encode_queries([dataset.queries[q] for q in qids]), depth)
-    text = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
-    triplets = []
-    for q, hits in zip(qids, ranked):
-        positives = [d for d, g in dataset.qrels[q].items() if g > 0 and d in text]
-        negative = next((d for d in hits if dataset.qrels[q].get(d, 0) <= 0), None)
-        if positives and negative is not None:
-            triplets.append((dataset.queries[q], text[positives[0]], text[negative]))
-    return triplets
+    return training_pairs(dataset, encoder, index, qids, depth, per_query=1)[0]
 
 
 def calibration_sets(model: str, domain: Path, domain_split: str, general: Path, limit: int = 256
