@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.calibration import Calibrator, baseline_scores
-from retrieval.data import Qrels
+from retrieval.data import Qrels, query_folds
 from training.calibrate import CalibratorTrainer, CandidateSet
 
 from eval.filtering import FilterReport
@@ -70,10 +70,8 @@ class CalibrationCV:
     def run(self, data: CandidateSet, qrels: Qrels, encoder: dict[str, Any] | None = None) -> tuple[list[Table], list[dict]]:
         """Per-fold tables, and per fold the configuration chosen on its validation queries (the
         per-fold :class:`FilterReport` objects stay in ``self.reports`` for pooled curves)."""
-        if self.folds < 2 or self.folds > len(data):
-            raise ValueError(f"folds must be between 2 and the number of queries ({len(data)})")
-        order = np.random.default_rng(self.seed).permutation(len(data))
-        parts = np.array_split(order, self.folds)
+        rows = [str(i) for i in range(len(data))]
+        parts = [np.array([int(r) for r in part]) for part in query_folds(rows, self.folds, self.seed)]
         tables, chosen = [], []
         self.reports: list[dict[str, FilterReport]] = []
         for fold, test_rows in enumerate(parts):

@@ -46,6 +46,8 @@ class EvalRunner:
         if "filter" in stages:
             first = next(iter(stages.values()))
             results["filter"].update(self.filter_metrics(first))  # type: ignore[arg-type]
+        if "rerank" in stages:
+            results["rerank"].update(self.rank_cost())
         timings = {**(extra_timings or {}), "pipeline_seconds": round(total, 3), "ms_per_query": round(1000 * total / n, 2)}
         timings.update({f"{stage}_seconds": round(sec, 3) for stage, sec in self.pipeline.timings.items()})
         metrics = {
@@ -60,11 +62,26 @@ class EvalRunner:
                                                            "device": self.pipeline.encoder.device}
             if self.pipeline.encoder is not None and candidates is None else None,
             "calibrator": self.pipeline.calibrator.config() if self.pipeline.calibrator is not None else None,
+            "ranker": self.pipeline.ranker.config() if self.pipeline.ranker is not None else None,
             "index": self.pipeline.index.kind if self.pipeline.index is not None and candidates is None else None,
             "machine": {"python": platform.python_version(), "processor": platform.machine()},
         }
         write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
+
+    def rank_cost(self) -> dict[str, float]:
+        """What the LLM ranker cost per query (tokens in and out, seconds) and how often its answer
+        could not be read (parse failures: no usable identifier; repaired: ids missing or repeated)."""
+        stats = list(self.pipeline.rank_stats.values())
+        n = max(1, len(stats))
+        return {"input_tokens_per_query": round(sum(s.input_tokens for s in stats) / n, 1),
+                "output_tokens_per_query": round(sum(s.output_tokens for s in stats) / n, 1),
+                "seconds_per_query": round(sum(s.seconds for s in stats) / n, 3),
+                "llm_calls_per_query": round(sum(s.calls for s in stats) / n, 2),
+                "parse_failures": sum(s.parse_failures for s in stats),
+                "parse_failure_rate": round(sum(s.parse_failures for s in stats) / max(1, sum(s.calls for s in stats)), 4),
+                "repaired_answers": sum(s.repaired for s in stats),
+                "truncated_passages_per_query": round(sum(s.truncated_passages for s in stats) / n, 1)}
 
     def filter_metrics(self, candidates: dict[str, list[Hit]]) -> dict[str, Any]:
         """Pair-level filter quality over the first stage's candidates, for the calibrator and, in the

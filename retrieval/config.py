@@ -48,12 +48,34 @@ class FilterSection(_Section):
     threshold: float | None = Field(None, ge=0.0, le=1.0)  # override the artifact's global threshold
 
 
+class RerankSection(_Section):
+    model: str = "bundled:SmolLM2-135M-Instruct"  # or a local Hugging Face causal-LM folder
+    adapter: Path | None = None  # a LoRA artifact from `siftrank train-ranker` (for this base model only)
+    depth: int = Field(20, ge=1)  # candidates from the previous stage that the LLM orders
+    mode: Literal["generate", "sliding-window", "first-token"] = "generate"
+    window: int = Field(20, ge=2)
+    stride: int = Field(10, ge=1)
+    max_passage_tokens: int = Field(100, ge=8)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    def build(self):
+        """The :class:`~retrieval.rerank.ListwiseRanker` this section describes (weights load lazily)."""
+        from retrieval.causal_lm import CausalLM
+        from retrieval.rerank import ListwiseRanker
+
+        llm = CausalLM(self.model, adapter=self.adapter, device=self.device, precision=self.precision)
+        return ListwiseRanker(llm, mode=self.mode, window=self.window, stride=self.stride,
+                              max_passage_tokens=self.max_passage_tokens)
+
+
 class PipelineConfig(_Section):
     """Validated pipeline config; unknown sections or keys are errors, not silently ignored."""
 
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     index: IndexSection = Field(default_factory=IndexSection)
     filter: FilterSection | None = None
+    rerank: RerankSection | None = None
 
     @classmethod
     def load(cls, path: Path | None) -> PipelineConfig:
@@ -69,6 +91,8 @@ class PipelineConfig(_Section):
             config.encoder.adapter = path.parent / config.encoder.adapter
         if config.filter is not None and not config.filter.calibrator.is_absolute():
             config.filter.calibrator = path.parent / config.filter.calibrator
+        if config.rerank is not None and config.rerank.adapter is not None and not config.rerank.adapter.is_absolute():
+            config.rerank.adapter = path.parent / config.rerank.adapter
         return config
 
 

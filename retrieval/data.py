@@ -8,6 +8,7 @@ file and line number, because a silently skipped judgment changes every metric.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -265,5 +266,29 @@ class Dataset:
         """Texts to encode: title and body joined (BEIR convention), in corpus order."""
         return [f"{t} {x}" if t else x for t, x in zip(self.corpus["title"].to_list(), self.corpus["text"].to_list())]
 
+    @functools.cached_property
+    def _text_of(self) -> dict[str, str]:
+        return dict(zip(self.corpus["id"].to_list(), self.doc_texts()))
+
+    def texts(self, doc_ids: list[str]) -> list[str]:
+        """Texts of documents by id (for stages that read passages: the LLM ranker)."""
+        text_of = self._text_of
+        missing = [d for d in doc_ids if d not in text_of]
+        if missing:
+            raise SiftrankError(f"{self.corpus_path}: {len(missing)} candidate documents are not in the corpus "
+                                f"(first: {missing[0]})")
+        return [text_of[d] for d in doc_ids]
+
     def corpus_digest(self) -> str:
         return file_digest(self.corpus_path)
+
+
+def query_folds(qids: list[str], folds: int, seed: int = 0) -> list[list[str]]:
+    """Query-level k-fold split: ``folds`` disjoint parts of a seeded permutation of ``qids``."""
+    import numpy as np
+
+    if folds < 2 or folds > len(qids):
+        raise SiftrankError(f"folds must be between 2 and the number of queries ({len(qids)}), got {folds}")
+    order = np.random.default_rng(seed).permutation(len(qids))
+    return [[qids[i] for i in part] for part in np.array_split(order, folds)]
+

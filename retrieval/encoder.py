@@ -103,14 +103,15 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def pick_precision(precision: Precision, device: str) -> str:
-    """Resolve ``auto`` to fp16 (GPU), bf16 (CPU with native bf16) or fp32."""
+def pick_precision(precision: Precision, device: str, gpu: str = "fp16") -> str:
+    """Resolve ``auto`` to ``gpu`` on a GPU (fp16 for encoders; LLMs prefer bf16), bf16 on a CPU with
+    native bf16, fp32 elsewhere."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise SiftrankError(f"precision must be auto, fp32, bf16 or fp16, not '{precision}'")
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
-        return "fp16"
+        return gpu
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

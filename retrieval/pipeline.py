@@ -3,13 +3,14 @@
 ``run`` returns every stage's ranking so that evaluation can score each stage on its own;
 ``search`` answers one query with the last stage's hits. Stages so far: the first stage, then the
 relevance filter (a Cosine Adapter calibrator: every candidate gets a relevance probability, those
-below one global threshold are dropped, the order is kept).
+below one global threshold are dropped, the order is kept), then the LLM ranker (the top ``depth`` kept
+candidates in one prompt, re-ordered; the rest follow in their previous order).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,6 +24,7 @@ from retrieval.hits import Hit
 from retrieval.index import Index
 from retrieval.indexer import Indexer
 from retrieval.lexical import BM25
+from retrieval.rerank import ListwiseRanker, RankStats
 
 StageHits = dict[str, list[Hit]]  # qid -> ranked hits
 DEFAULT_DEPTH = 1000
@@ -32,7 +34,9 @@ class Pipeline:
     """Stages over an index (or BM25, or candidates from a run file), returning typed hits."""
 
     def __init__(self, encoder: Encoder | None = None, index: Index | None = None, depth: int | None = None,
-                 lexical: BM25 | None = None, calibrator: Calibrator | None = None, threshold: float | None = None) -> None:
+                 lexical: BM25 | None = None, calibrator: Calibrator | None = None, threshold: float | None = None,
+                 ranker: ListwiseRanker | None = None, rerank_depth: int = 20,
+                 texts: Callable[[list[str]], list[str]] | None = None) -> None:
         if index is not None and encoder is not None:
             index.check_encoder(encoder.identity())
         if lexical is None and (index is None) != (encoder is None):
@@ -49,6 +53,13 @@ class Pipeline:
         self.depth = depth or DEFAULT_DEPTH
         self.calibrator = calibrator
         self.threshold = check_threshold(threshold if threshold is not None else calibrator.threshold) if calibrator else None
+        if ranker is not None and texts is None and index is None:
+            raise SiftrankError("the LLM ranker reads passages: give the pipeline an index or the dataset's texts")
+        if rerank_depth < 1:
+            raise SiftrankError(f"rerank depth must be at least 1, got {rerank_depth}")
+        self.ranker, self.rerank_depth = ranker, rerank_depth
+        self.texts = texts or (index.texts if index is not None else None)
+        self.rank_stats: dict[str, RankStats] = {}
         self.timings: dict[str, float] = {}
 
     @classmethod
@@ -59,16 +70,26 @@ class Pipeline:
             raise SiftrankError(f"first stage must be 'dense' or 'bm25', not '{first_stage}'")
         calibrator = Calibrator.load(config.filter.calibrator) if config.filter is not None else None
         threshold = config.filter.threshold if config.filter is not None else None
+        later = cls.later_stages(config, dataset)
         lexical = None
         if first_stage == "bm25":
             if dataset is None:
                 raise SiftrankError("a BM25 first stage needs a dataset")
             lexical = BM25(dataset.corpus)
             if calibrator is None:
-                return cls(lexical=lexical, depth=config.index.depth)
+                return cls(lexical=lexical, depth=config.index.depth, **later)
         encoder = config.encoder.build()
         index = open_index(config, encoder, dataset, progress)
-        return cls(encoder, index, depth=config.index.depth, lexical=lexical, calibrator=calibrator, threshold=threshold)
+        return cls(encoder, index, depth=config.index.depth, lexical=lexical, calibrator=calibrator, threshold=threshold,
+                   **later)
+
+    @staticmethod
+    def later_stages(config: PipelineConfig, dataset: Dataset | None = None) -> dict:
+        """Keyword arguments for the stages after retrieval that a config names (the LLM ranker)."""
+        if config.rerank is None:
+            return {}
+        return {"ranker": config.rerank.build(), "rerank_depth": config.rerank.depth,
+                "texts": dataset.texts if dataset is not None and dataset.corpus.height else None}
 
     @property
     def first_stage(self) -> str:
@@ -79,7 +100,8 @@ class Pipeline:
 
     @property
     def stages(self) -> list[str]:
-        return [self.first_stage] + (["filter"] if self.calibrator is not None else [])
+        return ([self.first_stage] + (["filter"] if self.calibrator is not None else [])
+                + (["rerank"] if self.ranker is not None else []))
 
     def run(self, queries: Mapping[str, str], candidates: Mapping[str, Mapping[str, float]] | None = None,
             batch_size: int = 128, progress: bool = False) -> dict[str, StageHits]:
@@ -89,6 +111,9 @@ class Pipeline:
         stages: dict[str, StageHits] = {name: {}}
         if self.calibrator is not None:
             stages["filter"] = {}
+        if self.ranker is not None:
+            stages["rerank"] = {}
+            self.rank_stats = {}
         spent = dict.fromkeys(stages, 0.0)
         for lo in tqdm(range(0, len(qids), batch_size), desc="queries", disable=not progress, unit="batch"):
             batch = qids[lo:lo + batch_size]
@@ -110,6 +135,12 @@ class Pipeline:
                 stages["filter"].update({q: _renumber([h for h in hits if h.relevance >= self.threshold])  # type: ignore[operator]
                                          for q, hits in scored.items()})
                 spent["filter"] += time.perf_counter() - start
+            if self.ranker is not None:
+                start = time.perf_counter()
+                previous = stages["filter" if self.calibrator is not None else name]
+                for q, text in zip(batch, texts):
+                    stages["rerank"][q], self.rank_stats[q] = self._rerank(text, previous[q])
+                spent["rerank"] += time.perf_counter() - start
         self.timings = spent
         return stages
 
@@ -138,6 +169,15 @@ class Pipeline:
         return {q: [h.model_copy(update={"relevance": float(s)}) for h, s in zip(first[q], rel)]
                 for q, rel in zip(qids, relevance)}
 
+    def _rerank(self, query: str, hits: list[Hit]) -> tuple[list[Hit], RankStats]:
+        """The LLM's order of the top ``rerank_depth`` hits, then the rest in their previous order."""
+        assert self.ranker is not None and self.texts is not None
+        top, rest = hits[:self.rerank_depth], hits[self.rerank_depth:]
+        ranked, stats = self.ranker.rerank(query, top, self.texts([h.id for h in top]))
+        # scores stay ordered across the two parts: the reranked block above everything after it
+        tail = [h.model_copy(update={"rank": len(ranked) + r, "score": -float(r)}) for r, h in enumerate(rest, 1)]
+        return ranked + tail, stats
+
     def search(self, query: str, k: int = 10, with_text: bool = True, min_relevance: float | None = None) -> list[Hit]:
         """The final stage's top-``k`` hits for one query (optionally a stricter relevance cut)."""
         if not query.strip():
@@ -153,8 +193,8 @@ class Pipeline:
                 raise SiftrankError("min_relevance needs a relevance filter stage in the pipeline")
             hits = _renumber([h for h in hits if h.relevance is not None and h.relevance >= min_relevance])
         hits = hits[:k]
-        if with_text and self.index is not None:
-            texts = self.index.texts([h.id for h in hits])
+        if with_text and self.texts is not None:
+            texts = self.texts([h.id for h in hits])
             hits = [h.model_copy(update={"text": t}) for h, t in zip(hits, texts)]
         return hits
 

@@ -130,9 +130,9 @@ def evaluate(
 
     config = _config(pipeline, model=model, kind=kind, precision=precision)
     start = time.perf_counter()
-    data = Dataset.load(dataset, split=split, qrels=qrels, with_corpus=first_stage_run is None)
+    data = Dataset.load(dataset, split=split, qrels=qrels, with_corpus=first_stage_run is None or config.rerank is not None)
     if first_stage_run is not None:
-        pipe = Pipeline(depth=config.index.depth)
+        pipe = Pipeline(depth=config.index.depth, **Pipeline.later_stages(config, data))
     else:
         pipe = Pipeline.from_config(config, data, first_stage=first_stage)
     setup = time.perf_counter() - start
@@ -140,6 +140,11 @@ def evaluate(
     stages = metrics["stages"]
     print_table(stages, title=f"{data.name} / {data.qrels_path.name} ({len(data.queries)} queries)",
                 columns=list(next(iter(stages.values()))))
+    if "rerank" in stages:
+        cost = stages["rerank"]
+        typer.echo(f"ranker: {cost['input_tokens_per_query']:.0f} input and {cost['output_tokens_per_query']:.0f} output "
+                   f"tokens, {cost['seconds_per_query']:.2f} s per query; {cost['parse_failures']} parse failures, "
+                   f"{cost['repaired_answers']} repaired answers")
     if "filter" in stages:
         from eval.report import FILTER_COLUMNS
 
@@ -287,6 +292,49 @@ def finetune(
     tuner.save(out, report, overwrite)
     typer.echo(f"wrote {out}: {method}, {report['trainable']:,} trainable parameters "
                f"({report['trainable_fraction']:.2%}), {report['steps']} steps in {report['wall_seconds']:.0f} s")
+
+
+@app.command("train-ranker")
+def train_ranker(
+    out: Annotated[Path, typer.Option("--out", help="Output: a ranker-adapter artifact (LoRA weights + manifest), written atomically.")],
+    dataset: Annotated[Path, typer.Option(help="Dataset whose qrels give the listwise labels.")] = DEFAULT_DATA / "msmarco-dl19",
+    split: Annotated[str, typer.Option(help="Qrels split.")] = "test",
+    qrels: Annotated[Optional[str], typer.Option(help="Qrels file, a path or a name in the dataset.")] = None,
+    first_stage_run: Annotated[Optional[Path], typer.Option(help="Candidates from this TREC run (default: BM25 over the corpus).")] = None,
+    model: Annotated[str, typer.Option(help="Causal LM: bundled:SmolLM2-135M-Instruct or a local Hugging Face folder.")] = "bundled:SmolLM2-135M-Instruct",
+    loss: Annotated[str, typer.Option(help="importance (the paper's weighted tokens) or ce (plain cross-entropy).")] = "importance",
+    depth: Annotated[int, typer.Option(min=2, help="Candidates per training list.")] = 20,
+    pool: Annotated[int, typer.Option(min=2, help="Candidates per query that random lists are drawn from.")] = 100,
+    samples: Annotated[int, typer.Option(min=1, help="Lists per query: the first-stage top-depth plus shuffled random subsets.")] = 4,
+    extra: Annotated[Optional[list[str]], typer.Option(help="More training data, repeatable: DIR:SPLIT (a dataset; BM25 candidates) or a FlagEmbedding jsonl (query/pos/neg).")] = None,
+    folds: Annotated[int, typer.Option(min=0, help="Query-level k-fold: train on all folds but --fold (0: all queries).")] = 0,
+    fold: Annotated[int, typer.Option(min=0, help="The held-out fold (with --folds).")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 200,
+    accumulation: Annotated[int, typer.Option(min=1, help="Lists per optimiser step (gradient accumulation).")] = 4,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-4,
+    lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank (every linear projection).")] = 16,
+    max_passage_tokens: Annotated[int, typer.Option(min=8, help="Passage truncation (tokens).")] = 48,
+    separator_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the ' >' separators (paper: 1).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the folds, sampling and training.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Train the LLM full-ranker (LoRA) on complete listwise labels with the importance-aware loss."""
+    from retrieval.data import Dataset, read_run
+    from training.listwise import ListwiseTrainer, build_lists
+
+    _logging(verbose)
+    _refuse_existing(out, overwrite)
+    data = Dataset.load(dataset, split=split, qrels=qrels)
+    trainer = ListwiseTrainer(model, loss=loss, depth=depth, max_passage_tokens=max_passage_tokens, lora_rank=lora_rank,
+                              learning_rate=lr, steps=steps, accumulation=accumulation,
+                              separator_weight=separator_weight, seed=seed)
+    lists, used = build_lists(data, read_run(first_stage_run) if first_stage_run else None, extra or [], depth, pool,
+                              samples, folds, fold, seed)
+    report = trainer.train(lists)
+    trainer.save(out, report, data=used, overwrite=overwrite)
+    typer.echo(f"wrote {out}: {report['lists']} lists, {report['steps']} steps in {report['wall_seconds']:.0f} s, "
+               f"{report['trainable']:,} trainable parameters")
 
 
 @app.command()

@@ -173,3 +173,32 @@ def test_prune_writes_a_loadable_sentence_transformers_folder(tiny: Path, tmp_pa
     config.write_text(f'[encoder]\nmodel = "{tmp_path / "pruned"}"\n')
     code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
     assert code == 0, err  # the pruned folder plugs into the pipeline like any encoder
+
+
+def test_train_ranker_then_rerank_a_given_run(tiny: Path, tiny_llm: Path, tmp_path: Path, cli) -> None:
+    """train-ranker writes an adapter; eval re-ranks a first-stage run with it and reports the cost."""
+    code, out, err = cli("train-ranker", "--dataset", tiny, "--model", tiny_llm, "--out", tmp_path / "ranker",
+                         "--depth", "4", "--pool", "6", "--samples", "2", "--steps", "2", "--accumulation", "1",
+                         "--folds", "3", "--fold", "1")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "ranker" / "manifest.json").read_text())
+    assert manifest["data"]["held_out"] and manifest["data"]["train_queries"] == 2
+    config = tmp_path / "rerank.toml"
+    config.write_text(f'[rerank]\nmodel = "{tiny_llm}"\nadapter = "ranker"\ndepth = 3\nmode = "first-token"\n')
+    run = tmp_path / "given.trec"
+    run.write_text("q1 Q0 d5 1 9.0 x\nq1 Q0 d2 2 8.0 x\nq1 Q0 d1 3 7.0 x\nq1 Q0 d9 4 6.0 x\nq2 Q0 d3 1 5.0 x\n")
+    code, out, err = cli("eval", "--dataset", tiny, "--first-stage-run", run, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["run", "rerank"]
+    cost = metrics["stages"]["rerank"]
+    assert cost["input_tokens_per_query"] > 0 and cost["output_tokens_per_query"] == 0 and cost["parse_failures"] == 0
+    assert {"seconds_per_query", "nDCG@10"} <= set(cost) and metrics["ranker"]["mode"] == "first-token"
+    reranked = (tmp_path / "ev" / "run.rerank.trec").read_text().splitlines()
+    q1 = [line.split() for line in reranked if line.startswith("q1 ")]
+    assert {r[2] for r in q1[:3]} == {"d5", "d2", "d1"} and q1[3][2] == "d9"  # only the top 3 are re-ordered
+    assert "ranker:" in out
+
+    config.write_text(f'[rerank]\nmodel = "{tiny_llm}"\nadapter = "nowhere"\n')
+    code, out, err = cli("eval", "--dataset", tiny, "--first-stage-run", run, "--pipeline", config, "--out", tmp_path / "ev2")
+    assert code == 2 and "not a siftrank artifact" in err

@@ -1,0 +1,286 @@
+"""Train the LLM full-ranker on complete listwise labels with the importance-aware loss (Liu et al. 2024).
+
+Labels: for every training query a complete order of its candidates: judged passages first by grade
+(descending), then ties and unjudged passages by a teacher ranking (reciprocal-rank fusion of the runs
+in the dataset's ``runs/`` folder, or the first-stage run itself). Augmentation: besides the
+first-stage top-``depth`` in first-stage order (what the ranker sees at inference), each query gets
+``samples - 1`` random subsets of its candidate pool presented in random order; the target is the
+label order restricted to the shown passages.
+
+Loss over the answer tokens ``[3] > [1] > ...`` (the prompt is masked): (1/T) Σ_t w_t · (−log p(y_t)),
+with w_t = 1 + 1/log2(r + 1) for the tokens of the identifier at rank r and ``separator_weight`` (1 in
+the paper) for the `` >`` separators and the end of sequence; ``loss="ce"`` sets every weight to 1 (the
+ablation). LoRA through peft on every linear projection, gradient checkpointing, the transformers
+Trainer (bf16 autocast where the machine has it). The result is a ranker-adapter artifact that
+:class:`~retrieval.causal_lm.CausalLM` loads and refuses on another base model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from retrieval.artifacts import Manifest, atomic_dir, write_text_atomic
+from retrieval.causal_lm import ADAPTER_KIND, CausalLM
+from retrieval.data import Dataset, Run, read_run
+from retrieval.errors import SiftrankError
+from retrieval.rerank import ListwiseRanker, importance_weight
+
+Loss = Literal["importance", "ce"]
+
+
+@dataclass
+class ListwiseExample:
+    """One training list: the query, its passages in the order shown, and the target order (0-based)."""
+
+    query: str
+    passages: list[str]
+    order: list[int]
+
+
+def fuse_runs(runs: list[Run], k: int = 60) -> Run:
+    """Reciprocal-rank fusion (Cormack et al. 2009): Σ_runs 1 / (k + rank)."""
+    fused: Run = {}
+    for run in runs:
+        for q, scores in run.items():
+            target = fused.setdefault(q, {})
+            for rank, d in enumerate(sorted(scores, key=lambda d: (-scores[d], d)), 1):
+                target[d] = target.get(d, 0.0) + 1.0 / (k + rank)
+    return fused
+
+
+def label_order(judged: dict[str, int], candidates: list[str], teacher: dict[str, float]) -> list[str]:
+    """The complete listwise label of ``candidates``: by grade (unjudged = 0), then teacher score, then
+    the candidates' own order."""
+    position = {d: i for i, d in enumerate(candidates)}
+    return sorted(candidates, key=lambda d: (-judged.get(d, 0), -teacher.get(d, float("-inf")), position[d]))
+
+
+def lists_from_run(dataset: Dataset, qids: list[str], candidates: Run, teacher: Run, depth: int, pool: int,
+                   samples: int, rng: random.Random) -> list[ListwiseExample]:
+    """Training lists for ``qids``: the first-stage top ``depth`` as ranked, plus ``samples - 1`` shuffled
+    random subsets of the top ``pool`` (each with the label order restricted to it)."""
+    examples = []
+    for q in qids:
+        ranked = sorted(candidates.get(q, {}), key=lambda d: (-candidates[q][d], d))[:pool]
+        if len(ranked) < 2:
+            continue
+        labels = label_order(dataset.qrels.get(q, {}), ranked, teacher.get(q, {}))
+        rank_of = {d: r for r, d in enumerate(labels)}
+        shown_lists = [ranked[:depth]] + [rng.sample(ranked, min(depth, len(ranked))) for _ in range(samples - 1)]
+        for shown in shown_lists:
+            texts = dataset.texts(shown)
+            order = sorted(range(len(shown)), key=lambda i: rank_of[shown[i]])
+            examples.append(ListwiseExample(dataset.queries[q], texts, order))
+    return examples
+
+
+def lists_from_hard_negatives(path: Path, depth: int, rng: random.Random) -> list[ListwiseExample]:
+    """Lists from a FlagEmbedding-style jsonl (``query``, ``pos``, ``neg``): positives first, negatives in
+    their file order (as mined), shown shuffled."""
+    examples = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            ranked = list(record["pos"]) + list(record["neg"])
+            query = record["query"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SiftrankError(f"{path}:{number}: expected a JSON object with query, pos and neg ({exc})") from None
+        ranked = ranked[:depth]
+        shown = rng.sample(range(len(ranked)), len(ranked))
+        examples.append(ListwiseExample(query, [ranked[i] for i in shown], sorted(range(len(shown)), key=lambda i: shown[i])))
+    return examples
+
+
+def bm25_run(dataset: Dataset, qids: list[str], depth: int) -> Run:
+    """A BM25 first stage over the dataset's own corpus, for datasets without a run file."""
+    from retrieval.lexical import BM25
+
+    scores, ids = BM25(dataset.corpus).search([dataset.queries[q] for q in qids], depth)
+    return {q: {d: float(s) for d, s in zip(row, srow)} for q, row, srow in zip(qids, ids, scores)}
+
+
+def training_qids(dataset: Dataset, folds: int = 0, fold: int = 0, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Training and held-out queries: all judged queries, or all but fold ``fold`` of a query-level k-fold."""
+    from retrieval.data import query_folds
+
+    qids = sorted(q for q in dataset.queries if any(g > 0 for g in dataset.qrels.get(q, {}).values()))
+    if not qids:
+        raise SiftrankError(f"{dataset.qrels_path}: no query has a relevant judgment: nothing to learn an order from")
+    if not folds:
+        return qids, []
+    if not 0 <= fold < folds:
+        raise SiftrankError(f"fold must be between 0 and {folds - 1}, got {fold}")
+    parts = query_folds(qids, folds, seed)
+    return [q for i, part in enumerate(parts) if i != fold for q in part], parts[fold]
+
+
+def dataset_lists(dataset: Dataset, qids: list[str], first_stage: Run | None, depth: int, pool: int, samples: int,
+                  rng: random.Random) -> list[ListwiseExample]:
+    """Training lists of one dataset: candidates from ``first_stage`` (BM25 over the corpus when None),
+    ties and unjudged ordered by the fused runs of ``runs/`` (or by the first stage when it has none)."""
+    candidates = first_stage if first_stage is not None else bm25_run(dataset, qids, pool)
+    teacher = fuse_runs([read_run(p) for p in dataset.run_paths]) if dataset.run_paths else candidates
+    return lists_from_run(dataset, qids, candidates, teacher, depth, pool, samples, rng)
+
+
+def build_lists(dataset: Dataset, first_stage: Run | None, extra: list[str], depth: int, pool: int, samples: int,
+                folds: int = 0, fold: int = 0, seed: int = 0) -> tuple[list[ListwiseExample], dict[str, Any]]:
+    """Every training list for one run of ``train-ranker`` and a record of the data used: the dataset's
+    training queries (all, or all but one fold), plus each ``extra`` source: a dataset ``DIR[:SPLIT]``
+    (BM25 candidates, all judged queries) or a FlagEmbedding hard-negative jsonl file."""
+    rng = random.Random(seed)
+    train, held_out = training_qids(dataset, folds, fold, seed)
+    lists = dataset_lists(dataset, train, first_stage, depth, pool, samples, rng)
+    used: dict[str, Any] = {"dataset": str(dataset.root), "qrels": str(dataset.qrels_path), "train_queries": len(train),
+                            "folds": folds, "fold": fold, "held_out": held_out, "extra": {}}
+    for spec in extra:
+        if Path(spec).is_file():
+            more = lists_from_hard_negatives(Path(spec), depth, rng)
+        else:
+            root, sep, split = spec.rpartition(":")
+            other = Dataset.load(Path(root if sep else spec), split=split if sep else "train")
+            more = dataset_lists(other, training_qids(other)[0], None, depth, pool, samples, rng)
+        used["extra"][spec] = len(more)
+        lists += more
+    return lists, used
+
+
+class ListwiseTrainer:
+    """LoRA-trains a causal LM to output complete rankings (see the module doc)."""
+
+    def __init__(self, model: str = "bundled:SmolLM2-135M-Instruct", loss: Loss = "importance", depth: int = 20,
+                 max_passage_tokens: int = 48, lora_rank: int = 16, learning_rate: float = 3e-4, steps: int = 200,
+                 accumulation: int = 4, separator_weight: float = 1.0, seed: int = 0, bf16: bool | None = None,
+                 gradient_checkpointing: bool = True) -> None:
+        if loss not in ("importance", "ce"):
+            raise SiftrankError(f"loss must be importance or ce, not '{loss}'")
+        if steps < 1 or accumulation < 1 or lora_rank < 1 or depth < 2:
+            raise SiftrankError("steps, accumulation and lora_rank must be positive and depth at least 2")
+        self.llm = CausalLM(model, precision="auto")
+        self.ranker = ListwiseRanker(self.llm, mode="generate", max_passage_tokens=max_passage_tokens)
+        self.loss, self.depth, self.lora_rank, self.learning_rate = loss, depth, lora_rank, learning_rate
+        self.steps, self.accumulation, self.separator_weight, self.seed = steps, accumulation, separator_weight, seed
+        self.bf16 = self.llm.precision == "bf16" if bf16 is None else bf16
+        self.gradient_checkpointing = gradient_checkpointing
+        self.model = None
+        self.history: list[dict[str, Any]] = []
+
+    def tokens(self, example: ListwiseExample) -> dict[str, list]:
+        """Prompt + answer ids, labels (-100 on the prompt) and the per-token loss weights."""
+        prompt = self.ranker.prompt(example.query, example.passages).ids
+        ids, weights = list(prompt), [0.0] * len(prompt)
+        for piece, rank in self.ranker.answer(example.order):
+            if self.loss == "ce":
+                weight = 1.0
+            else:
+                weight = importance_weight(rank) if rank is not None else self.separator_weight
+            ids += piece
+            weights += [weight] * len(piece)
+        labels = [-100] * len(prompt) + ids[len(prompt):]
+        return {"input_ids": ids, "labels": labels, "weights": weights}
+
+    def train(self, examples: list[ListwiseExample], progress: bool = True) -> dict[str, Any]:
+        """Train on ``examples`` for ``steps`` optimiser steps; returns counts, wall time and history."""
+        import time
+
+        import torch
+        from datasets import Dataset as HFDataset
+        from peft import LoraConfig, get_peft_model
+        from transformers import TrainingArguments
+
+        if not examples:
+            raise SiftrankError("no training lists: every query needs at least 2 candidates")
+        torch.manual_seed(self.seed)
+        rows = [self.tokens(e) for e in examples]
+        model = self.llm.load(trainable=True)
+        model.config.use_cache = False
+        lora = LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.05,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        work = Path(__import__("tempfile").mkdtemp(prefix="siftrank-ranker-"))
+        args = TrainingArguments(
+            output_dir=str(work), max_steps=self.steps, per_device_train_batch_size=1,
+            gradient_accumulation_steps=self.accumulation, learning_rate=self.learning_rate, warmup_steps=0.05,
+            lr_scheduler_type="cosine", bf16=self.bf16, use_cpu=self.llm.device == "cpu", seed=self.seed,
+            data_seed=self.seed, logging_steps=max(1, self.steps // 50), save_strategy="no", report_to="none",
+            gradient_checkpointing=self.gradient_checkpointing, remove_unused_columns=False,
+            gradient_checkpointing_kwargs={"use_reentrant": False}, disable_tqdm=not progress)
+        trainer = weighted_trainer()(model=model, args=args, train_dataset=HFDataset.from_list(rows),
+                                     data_collator=collate)
+        start = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - start
+        self.model = model
+        self.history = [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history]
+        __import__("shutil").rmtree(work, ignore_errors=True)
+        tokens = [len(r["input_ids"]) for r in rows]
+        return {"trainable": trainable, "parameters": total, "wall_seconds": wall, "lists": len(rows),
+                "steps": trainer.state.global_step, "mean_tokens": sum(tokens) / len(tokens),
+                "loss": self.loss, "learning_rate": self.learning_rate}
+
+    def save(self, path: Path, report: dict[str, Any], data: dict[str, Any] | None = None,
+             overwrite: bool = False) -> None:
+        """The LoRA weights as a ranker-adapter artifact tied to the base model, plus the training log."""
+        if self.model is None:
+            raise SiftrankError("train the ranker before saving it")
+        with atomic_dir(Path(path), overwrite=overwrite) as tmp:
+            self.model.save_pretrained(str(tmp))
+            write_text_atomic(tmp / "training_log.json", json.dumps(self.history, indent=1) + "\n")
+            Manifest(kind=ADAPTER_KIND, source_model=self.llm.spec,
+                     parameters={"loss": self.loss, "depth": self.depth, "lora_rank": self.lora_rank,
+                                 "max_passage_tokens": self.ranker.max_passage_tokens,
+                                 "separator_weight": self.separator_weight, "seed": self.seed},
+                     data={**(data or {}), "training": report},
+                     base={"model": self.llm.spec, "fingerprint": self.llm.fingerprint}).write(tmp)
+
+
+def collate(rows: list[dict[str, list]]) -> dict[str, Any]:
+    """Left-pad a batch so every answer ends at the last position (pads: label -100, weight 0, masked,
+    positions counted from each sequence's first real token)."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+
+    def pad(key: str, value: float | int, dtype) -> Any:
+        return torch.tensor([[value] * (width - len(r[key])) + r[key] for r in rows], dtype=dtype)
+
+    mask = torch.tensor([[0] * (width - len(r["input_ids"])) + [1] * len(r["input_ids"]) for r in rows])
+    return {"input_ids": pad("input_ids", 0, torch.long), "labels": pad("labels", -100, torch.long),
+            "weights": pad("weights", 0.0, torch.float32), "attention_mask": mask,
+            "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+
+
+def weighted_loss(logits, labels, weights):
+    """(1/T) Σ_t w_t · (−log p(y_t)) over each sequence's labelled tokens, averaged over the batch."""
+    import torch.nn.functional as F
+
+    logits, labels, weights = logits[:, :-1].float(), labels[:, 1:], weights[:, 1:]
+    mask = labels != -100
+    nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+    per_sequence = (nll * weights * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return per_sequence.mean()
+
+
+def weighted_trainer():
+    """The transformers Trainer subclass with the weighted loss (defined on first use: lazy imports)."""
+    from transformers import Trainer
+
+    class _Weighted(Trainer):
+        """The transformers Trainer with the weighted token loss; logits only for the answer positions."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            labels, weights = inputs.pop("labels"), inputs.pop("weights")
+            answer = int((labels != -100).sum(1).max()) + 1
+            outputs = model(**inputs, logits_to_keep=answer)
+            loss = weighted_loss(outputs.logits, labels[:, -answer:], weights[:, -answer:])
+            return (loss, outputs) if return_outputs else loss
+
+    return _Weighted
