@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study serve eval-serve bench-load ab-session clean
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study rerank-study gpu-rerank-check train-ranker-dl19 eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -93,3 +93,22 @@ finetune-study: install
 
 prune-select: install
 	$(BIN)/python benchmarks/prune_select.py --data $(DATA) --out docs/pruning
+
+DEVICE ?= auto
+# LLM full-ranker: query-level 5-fold study on DL19 (hours on CPU; minutes on a GPU)
+rerank-study: install
+	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device $(DEVICE)
+
+gpu-rerank-check: install
+	$(BIN)/python benchmarks/gpu_rerank_check.py --data $(DATA) --out docs/ranking
+
+# Train the ranker on all DL19 queries + SciFact train (for serving; never evaluate it on DL19)
+train-ranker-dl19: install
+	$(BIN)/siftrank train-ranker --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv \
+		--first-stage-run $(DATA)/msmarco-dl19/runs/run.BM25.trec --extra $(DATA)/scifact:train --out $(OUT)/ranker
+
+# BM25 top-20 of DL19 re-ranked by the zero-shot SmolLM2 (first-token mode)
+eval-rerank: install
+	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --first-stage-run $(DATA)/msmarco-dl19/runs/run.BM25.trec \
+		--pipeline configs/rerank-bm25.toml --out $(OUT)/dl19-rerank
+

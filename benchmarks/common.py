@@ -63,3 +63,28 @@ def bar_chart(path: Path, labels: list[str], values: list[float], ylabel: str, t
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+class ResultStore:
+    """Results of a long study, kept one record at a time in ``path`` (JSON, written atomically), so that
+    the study can be stopped and resumed: ``run(key, fn)`` computes a record only when it is missing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+
+    @property
+    def runs(self) -> dict[str, dict]:
+        return self.data["runs"]
+
+    def keep(self, key: str, record: dict, show: tuple[str, ...] = ()) -> dict:
+        self.runs[key] = record
+        self.data["machine"] = machine()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps(self.data, indent=1) + "\n")
+        shown = ", ".join(f"{m} {record[m]:.4f}" for m in show if isinstance(record.get(m), (int, float)))
+        print(f"{key}: {shown} [{record.get('wall_seconds', record.get('seconds', 0)):.0f}s]", flush=True)
+        return record
+
+    def run(self, key: str, compute, show: tuple[str, ...] = ()) -> dict:
+        return self.runs[key] if key in self.runs else self.keep(key, compute(), show)
