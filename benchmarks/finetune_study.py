@@ -11,18 +11,16 @@ curves.png. Reproduce: `make finetune-study` (~2 hours on 2 CPU cores).
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import arguments, machine, save
+from common import ResultStore, arguments, save
 
 from eval.metrics import MetricSuite
 from eval.report import markdown_table
-from retrieval.artifacts import write_text_atomic
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
@@ -57,28 +55,17 @@ def main() -> None:
                      chain=(int, 1, "1: also GAPrune 50% -> connected (seed 0)"))
     args.out = args.out.parent / "finetuning" if args.out.name == "benchmarks" else args.out
     args.out.mkdir(parents=True, exist_ok=True)
-    store = args.out / "results.json"
-    results = json.loads(store.read_text()) if store.is_file() else {"runs": {}}
+    store = ResultStore(args.out / "results.json")
     train = Dataset.load(args.data / "scifact", split="train")
     test = Dataset.load(args.data / "scifact", split="test")
     work = Path(tempfile.mkdtemp(prefix="siftrank-finetune-study-"))
 
-    def keep(key: str, record: dict) -> None:
-        results["runs"][key] = record
-        results["machine"] = machine()
-        write_text_atomic(store, json.dumps(results, indent=1) + "\n")
-        print(f"{key}: " + ", ".join(f"{m} {record[m]:.4f}" for m in METRICS) + f" [{record.get('wall_seconds', 0):.0f}s]",
-              flush=True)
-
-    if "zero-shot" not in results["runs"]:
-        keep("zero-shot", {"method": "zero-shot", "seed": 0, **test_scores(Encoder(MODEL), test),
-                           "trainable_fraction": 0.0, "wall_seconds": 0.0})
+    store.run("zero-shot", lambda: {"method": "zero-shot", "seed": 0, **test_scores(Encoder(MODEL), test),
+                                    "trainable_fraction": 0.0, "wall_seconds": 0.0}, METRICS)
     for seed in (int(s) for s in args.seeds.split(",")):
         for method in args.methods.split(","):
-            key = f"{method}/seed{seed}"
-            if key not in results["runs"]:
-                keep(key, run_one(MODEL, method, seed, args, train, test, work))
-    if args.chain and "gaprune50+connected/seed0" not in results["runs"]:
+            store.run(f"{method}/seed{seed}", lambda: run_one(MODEL, method, seed, args, train, test, work), METRICS)
+    if args.chain and "gaprune50+connected/seed0" not in store.runs:
         from training.prune import Pruner, calibration_sets
 
         pruned = work / "gaprune50"
@@ -87,12 +74,11 @@ def main() -> None:
         pruner = Pruner(MODEL)
         pruning = pruner.prune("gaprune", 0.5, domain_set, general_set)
         pruner.save(pruned, {k: pruning[k] for k in ("parameters", "data", "metrics")}, overwrite=True)
-        if "gaprune50/zero-shot" not in results["runs"]:
-            keep("gaprune50/zero-shot", {"method": "gaprune50", "seed": 0, **test_scores(Encoder(str(pruned)), test),
-                                         "trainable_fraction": 0.0, "wall_seconds": 0.0})
-        keep("gaprune50+connected/seed0", run_one(str(pruned), "connected", 0, args, train, test, work))
+        store.run("gaprune50/zero-shot", lambda: {"method": "gaprune50", "seed": 0, **test_scores(Encoder(str(pruned)), test),
+                                                  "trainable_fraction": 0.0, "wall_seconds": 0.0}, METRICS)
+        store.keep("gaprune50+connected/seed0", run_one(str(pruned), "connected", 0, args, train, test, work), METRICS)
     shutil.rmtree(work, ignore_errors=True)
-    report(args.out, results)
+    report(args.out, store.data)
 
 
 def report(out: Path, results: dict) -> None:
