@@ -93,3 +93,25 @@ def test_filter_keeps_order_and_refuses_a_calibrator_from_another_encoder(tiny: 
         Pipeline(encoder, index, calibrator=Calibrator("linear", use_embedding=False, k=12, encoder={"model": "x", "fingerprint": "y"}))
     with pytest.raises(SiftrankError, match="min_relevance needs a relevance filter"):
         Pipeline(encoder, index).search("volcano", min_relevance=0.5)
+
+
+def test_rerank_stage_reorders_only_the_top_of_the_previous_stage(tiny: Path, tiny_llm: Path, tmp_path: Path) -> None:
+    data = Dataset.load(tiny)
+    config_file = tmp_path / "p.toml"
+    config_file.write_text(f'[index]\ndepth = 6\n[rerank]\nmodel = "{tiny_llm}"\ndepth = 4\nmode = "first-token"\n')
+    config = PipelineConfig.load(config_file)
+    pipe = Pipeline.from_config(config, data, first_stage="bm25", progress=False)
+    assert pipe.stages == ["bm25", "rerank"]
+    stages = pipe.run(data.queries)
+    for q in data.queries:
+        before, after = stages["bm25"][q], stages["rerank"][q]
+        assert {h.id for h in after[:4]} == {h.id for h in before[:4]} and after[4:] == [
+            h.model_copy(update={"rank": h.rank, "score": -float(h.rank - 4)}) for h in before[4:]]
+        assert [h.rank for h in after] == list(range(1, len(after) + 1))
+        assert [h.score for h in after] == sorted((h.score for h in after), reverse=True)
+        assert pipe.rank_stats[q].calls == 1 and pipe.rank_stats[q].input_tokens > 0
+    assert "rerank" in pipe.timings
+    top = pipe.search("the moon and the tides of the ocean and the python language", k=3)
+    assert len(top) == 3 and all(h.text for h in top)  # texts come from the dataset (no index here)
+    with pytest.raises(SiftrankError, match="reads passages"):
+        Pipeline(lexical=pipe.lexical, ranker=pipe.ranker)
