@@ -90,7 +90,7 @@ class SearchService:
         if request.k > service.max_k:
             raise HTTPException(422, f"k must be <= {service.max_k}")
         query_id = uuid.uuid4().hex
-        flags = ["rerank_unavailable"] if request.rerank else []  # no reranker stage in these pipelines yet
+        flags: list[str] = []
         unit = request.user_id or request.session_id or query_id
         if request.variant is not None:
             if request.variant not in pool.variants:
@@ -103,6 +103,8 @@ class SearchService:
         else:
             mode, names = "primary", [experiment.primary]
         variants = [pool[n] for n in names]
+        if request.rerank and any(v.pipeline.ranker is None for v in variants):
+            flags.append("rerank_unavailable")  # the LLM ranker is a pipeline stage: this variant has none
         answers = await asyncio.gather(*(self._run(v, request, query_id, "served") for v in variants))
         if mode == "interleave":
             (a, hits_a), (b, hits_b) = zip(names, answers)

@@ -18,7 +18,8 @@ class SearchRequest(BaseModel):
     query: str = Field(min_length=1, max_length=QUERY_LIMIT)
     k: int = Field(10, ge=1, le=1000)
     min_relevance: float | None = Field(None, ge=0.0, le=1.0)
-    rerank: bool = False
+    rerank: bool = Field(False, description="Expect LLM re-ranking: flagged rerank_unavailable when the serving "
+                         "variant's pipeline has no [rerank] stage (the stage is configured per variant).")
     variant: str | None = Field(None, max_length=128)
     user_id: str | None = Field(None, max_length=256)
     session_id: str | None = Field(None, max_length=256)
