@@ -276,6 +276,7 @@ def finetune(
     eval_steps: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 20,
     max_fraction: Annotated[Optional[float], typer.Option(help="Trainable-parameter budget as a fraction of the model; exceeding it is an error.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batching and data order.")] = 0,
+    checkpoint_steps: Annotated[int, typer.Option(min=0, help="Every N steps write a loadable checkpoint to OUT.checkpoints/step-N (0: none).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -286,7 +287,8 @@ def finetune(
     _logging(verbose)
     _refuse_existing(out, overwrite)
     tuner = FineTuner(model, method, seed=seed, learning_rate=lr, epochs=epochs, batch_size=batch_size,
-                      eval_steps=eval_steps, max_fraction=max_fraction)
+                      eval_steps=eval_steps, max_fraction=max_fraction, checkpoint_steps=checkpoint_steps,
+                      checkpoint_dir=out.with_name(out.name + ".checkpoints") if checkpoint_steps else None)
     data = Dataset.load(dataset, split=split)
     report = tuner.train(data, steps=steps)
     tuner.save(out, report, overwrite)

@@ -50,13 +50,17 @@ class FineTuner:
 
     def __init__(self, model: str, method: str, seed: int = 0, learning_rate: float | None = None, epochs: float = 4,
                  batch_size: int = 32, eval_steps: int = 20, max_fraction: float | None = None,
-                 validation_share: float = 0.1, bf16: bool | None = None) -> None:
+                 validation_share: float = 0.1, bf16: bool | None = None, checkpoint_dir: Path | None = None,
+                 checkpoint_steps: int = 0) -> None:
         self.encoder = Encoder(model)
         self.source, self.method, self.seed = model, method, seed
         self.setup = TrainableSetup(method, max_fraction=max_fraction)
         self.learning_rate = learning_rate or LEARNING_RATES[method]
         self.epochs, self.batch_size, self.eval_steps = epochs, batch_size, eval_steps
         self.validation_share = validation_share
+        if checkpoint_steps < 0 or (checkpoint_steps and checkpoint_dir is None):
+            raise SiftrankError("checkpoints need a positive step interval and a checkpoint folder")
+        self.checkpoint_dir, self.checkpoint_steps = checkpoint_dir, checkpoint_steps
         self.bf16 = self.encoder.precision == "bf16" if bf16 is None else bf16
         self.history: list[dict[str, Any]] = []
         self.counts: dict[str, Any] = {}
@@ -108,15 +112,19 @@ class FineTuner:
             eval_steps=self.eval_steps, logging_steps=max(1, self.eval_steps // 4), save_strategy="no",
             report_to="none", batch_sampler="no_duplicates", disable_tqdm=not progress, dataloader_drop_last=True)
 
+        tuner = self
+
         class KeepMasks(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
                 with torch.no_grad():
                     for parameter, keep in masks.values():
                         parameter.mul_(keep)
+                if tuner.checkpoint_steps and state.global_step % tuner.checkpoint_steps == 0:
+                    tuner.checkpoint(model, state.global_step)
 
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=HFDataset.from_dict(rows),
                                              loss=MultipleNegativesRankingLoss(model), evaluator=evaluator,
-                                             callbacks=[KeepMasks()] if masks else None)
+                                             callbacks=[KeepMasks()] if masks or self.checkpoint_steps else None)
         start = time.perf_counter()
         first = evaluator(model)
         trainer.train()
@@ -133,19 +141,28 @@ class FineTuner:
         return {**self.counts, "wall_seconds": wall, "train_triplets": len(triplets), "train_queries": len(train_q),
                 "validation_queries": len(val_q), "steps": trainer.state.global_step, "learning_rate": self.learning_rate}
 
+    def checkpoint(self, model, step: int) -> None:
+        """A loadable artifact of the model at ``step`` in ``checkpoint_dir/step-N`` (the same format as
+        :meth:`save`), so a long run can be stopped, inspected or rolled back."""
+        assert self.checkpoint_dir is not None
+        self._write(model, Path(self.checkpoint_dir) / f"step-{step}", {"steps": step, "checkpoint": True}, overwrite=True)
+
     def save(self, path: Path, report: dict[str, Any], overwrite: bool = False) -> None:
         """Adapters: an adapter artifact for the base model. Full and BitFit: a sentence-transformers folder.
         Both with the training log (``training_log.json``)."""
         if self.model is None:
             raise SiftrankError("train the model before saving it")
+        self._write(self.model, path, report, overwrite)
+
+    def _write(self, model, path: Path, report: dict[str, Any], overwrite: bool) -> None:
         base = {"model": self.source, "fingerprint": self.encoder.base_fingerprint}
         extra = {"data": {"training": report}, "seed": self.seed}
         if self.setup.adapters is not None:
-            self.setup.adapters.save(self.model, path, base, extra, overwrite)
+            self.setup.adapters.save(model, path, base, extra, overwrite)
             write_text_atomic(Path(path) / "training_log.json", json.dumps(self.history, indent=1) + "\n")
             return
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
-            self.model.save(str(tmp))
+            model.save(str(tmp))
             write_text_atomic(tmp / "training_log.json", json.dumps(self.history, indent=1) + "\n")
             Manifest(kind="finetuned-encoder", source_model=self.source, parameters={"method": self.method},
                      encoder={**base, "result": model_fingerprint(tmp)}, **extra).write(tmp)

@@ -68,9 +68,12 @@ def test_budget_and_bad_input(tiny: Path) -> None:
 
 
 def test_train_save_and_load_adapter_only_on_its_base(tiny: Path, tmp_path: Path) -> None:
-    tuner = FineTuner("bundled:all-MiniLM-L6-v2", "connected", batch_size=2, eval_steps=1, validation_share=0.34)
+    tuner = FineTuner("bundled:all-MiniLM-L6-v2", "connected", batch_size=2, eval_steps=1, validation_share=0.34,
+                      checkpoint_dir=tmp_path / "checkpoints", checkpoint_steps=2)
     report = tuner.train(Dataset.load(tiny), steps=3, progress=False)
     assert report["steps"] == 3 and report["trainable"] == tuner.counts["trainable"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]  # written atomically, loadable:
+    Encoder(adapter=tmp_path / "checkpoints" / "step-2").encode_queries(TEXTS[:1])
     assert any("loss" in h for h in tuner.history) and tuner.history[0]["step"] == 0
     tuner.save(tmp_path / "adapter", report)
     trained = tuner.model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
