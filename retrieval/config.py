@@ -41,6 +41,7 @@ class IndexSection(_Section):
     path: Path | None = None  # a prebuilt index directory; else built (and cached) from the dataset
     depth: int | None = Field(None, ge=1)  # first-stage candidates per query: 1000, or the calibrator's K
     params: dict[str, int] = Field(default_factory=dict)  # nlist, nprobe, M, ef_construction, ef_search
+    ray: str | None = None  # a sharded index (`index build --ray`) is searched on this Ray cluster: HOST:PORT, auto or local
 
 
 class FilterSection(_Section):

@@ -23,6 +23,7 @@ IndexKind = Literal["flat", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 FAISS_FILE, DOCS_FILE = "index.faiss", "docs.parquet"
 
+SHARDED_KIND = "sharded-index"  # the manifest kind of retrieval.sharded.ShardedIndex (Ray; optional)
 
 def gpu_count() -> int:
     """GPUs that FAISS can use (0 with the CPU wheel)."""

@@ -15,13 +15,14 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
+from retrieval.artifacts import Manifest
 from retrieval.calibration import Calibrator, check_threshold
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
-from retrieval.index import Index
+from retrieval.index import SHARDED_KIND, Index
 from retrieval.indexer import Indexer
 from retrieval.lexical import BM25
 from retrieval.rerank import ListwiseRanker, RankStats
@@ -202,6 +203,10 @@ class Pipeline:
 def open_index(config: PipelineConfig, encoder: Encoder, dataset: Dataset | None, progress: bool = True) -> Index:
     """The config's prebuilt index (``[index].path``), else the dataset's cached one (built if missing)."""
     if config.index.path is not None:
+        if (config.index.path / "manifest.json").is_file() and Manifest.read(config.index.path).kind == SHARDED_KIND:
+            from retrieval.sharded import ShardedIndex
+
+            return ShardedIndex.load(config.index.path, address=config.index.ray)  # type: ignore[return-value]
         return Index.load(config.index.path, device=config.index.device)
     if dataset is None:
         raise SiftrankError("no index: set [index].path in the pipeline config or give a dataset")
