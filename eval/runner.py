@@ -57,7 +57,7 @@ class EvalRunner:
             "qrels": str(self.dataset.qrels_path),
             "queries": len(self.dataset.queries),
             "first_stage_run": str(first_stage_run) if first_stage_run else None,
-            "encoder": self.pipeline.encoder.identity() | {"precision": self.pipeline.encoder.precision,
+            "encoder": self.pipeline.encoder.identity() | {"precision": self.pipeline.encoder.precision, "backend": self.pipeline.encoder.backend,
                                                            "query_precision": self.pipeline.encoder.query_precision,
                                                            "device": self.pipeline.encoder.device}
             if self.pipeline.encoder is not None and candidates is None else None,

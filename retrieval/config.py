@@ -26,13 +26,16 @@ class EncoderSection(_Section):
     query_precision: Literal["auto", "same", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, else as documents; same: as documents
     batch_size: int = Field(64, ge=1)
     max_length: int | None = Field(None, ge=8)
+    backend: Literal["torch", "onnx", "openvino"] = "torch"  # onnx / openvino: exported graph on CPU (fast extra)
+    quantize: Literal["none", "int8"] = "none"  # int8: dynamic quantisation of the exported graph
 
     def build(self):
         """The :class:`~retrieval.encoder.Encoder` this section describes (weights load lazily)."""
         from retrieval.encoder import Encoder
 
         return Encoder(self.model, device=self.device, precision=self.precision, batch_size=self.batch_size,
-                       max_length=self.max_length, query_precision=self.query_precision, adapter=self.adapter)
+                       max_length=self.max_length, query_precision=self.query_precision, adapter=self.adapter,
+                       backend=self.backend, quantize=self.quantize)
 
 
 class IndexSection(_Section):

@@ -120,7 +120,12 @@ class Encoder:
 
     def __init__(self, model: str = "bundled:all-MiniLM-L6-v2", device: str = "auto",
                  precision: Precision = "auto", batch_size: int = 64, max_length: int | None = None,
-                 query_precision: Precision | Literal["same"] = "auto", adapter: Path | str | None = None) -> None:
+                 query_precision: Precision | Literal["same"] = "auto", adapter: Path | str | None = None,
+                 backend: str = "torch", quantize: str = "none") -> None:
+        from retrieval.export import check_backend
+
+        check_backend(backend, quantize)
+        self.backend, self.quantize = backend, quantize
         self.spec = model
         self.path = resolve_model_path(model)
         self.adapter = Path(adapter) if adapter is not None else None
@@ -133,6 +138,12 @@ class Encoder:
         elif query_precision == "same":  # as documents: bf16 on AMX CPUs halves a service's query cost
             query_precision = self.precision  # type: ignore[assignment]
         self.query_precision = pick_precision(query_precision, self.device)
+        if backend != "torch":
+            if self.device != "cpu":
+                raise SiftrankError(f"the {backend} backend runs on CPU; use backend torch on a GPU")
+            # ONNX Runtime runs the fp32 (or int8) graph; OpenVINO may run it in bf16 on CPUs that have it.
+            self.precision = "int8" if quantize == "int8" else ("fp32" if backend == "onnx" or self.precision == "fp16" else self.precision)
+            self.query_precision = self.precision
         self.batch_size = batch_size
         self.max_length = max_length
         self._models: dict[str, object] = {}
@@ -158,11 +169,17 @@ class Encoder:
         """The model for queries (the same object when both precisions agree)."""
         return self._load(self.query_precision)
 
+    @property
+    def numerics(self) -> str:
+        """How vectors are computed (part of index cache keys): the precision, with the backend if not torch."""
+        return self.precision if self.backend == "torch" else f"{self.backend}-{self.precision}"
+
     def _load(self, precision: str):
         if precision not in self._models:
             import torch
 
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            exported = self.backend != "torch"
+            dtype = torch.float32 if exported else {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
             try:
                 model = load_sentence_transformer(self.path, self.device, dtype)
             except (OSError, ValueError) as exc:
@@ -174,6 +191,10 @@ class Encoder:
 
                 ConnectedAdapters.load(self.adapter, model, {"model": self.spec, "fingerprint": self.base_fingerprint})
                 model.eval()
+            if exported:
+                from retrieval.export import use_exported
+
+                use_exported(model, f"{self.fingerprint}-{self.backend}-{self.quantize}", self.backend, self.quantize, precision)
             self._models[precision] = model
         return self._models[precision]
 

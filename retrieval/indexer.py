@@ -43,13 +43,13 @@ class Indexer:
                             params=self.params, data={"corpus": str(dataset.corpus_path), "corpus_sha256": dataset.corpus_digest()})
         index.manifest.metrics = {"encode_seconds": round(encode_s, 2), "passages_per_second": round(len(vectors) / encode_s, 1),
                                   "build_seconds": round(time.perf_counter() - start - encode_s, 2),
-                                  "encoder_precision": self.encoder.precision, "encoder_device": self.encoder.device}
+                                  "encoder_precision": self.encoder.numerics, "encoder_device": self.encoder.device}
         return index
 
     def cache_key(self, dataset: Dataset) -> str:
         params = {**default_params(self.kind, len(dataset.corpus)), **self.params}
         # Precision is part of the key: bf16 and fp32 vectors differ slightly, and benchmarks compare them.
-        blob = json.dumps([VECTOR_FORMAT, dataset.corpus_digest(), self.encoder.fingerprint, self.encoder.precision,
+        blob = json.dumps([VECTOR_FORMAT, dataset.corpus_digest(), self.encoder.fingerprint, self.encoder.numerics,
                            self.kind, params],
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
