@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study rerank-study gpu-rerank-check train-ranker-dl19 eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study gpu-rerank-check train-ranker-dl19 eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -111,4 +111,13 @@ train-ranker-dl19: install
 eval-rerank: install
 	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --first-stage-run $(DATA)/msmarco-dl19/runs/run.BM25.trec \
 		--pipeline configs/rerank-bm25.toml --out $(OUT)/dl19-rerank
+
+# Encoder backends (torch, ONNX Runtime, OpenVINO; fp32, bf16, int8; with the structured-pruned model)
+bench-backends: install
+	$(BIN)/python benchmarks/encode_backends.py --data $(DATA)
+
+# Index build: one process vs Ray shards (local Ray cluster unless RAY=HOST:PORT)
+RAY ?= local
+bench-ray: install
+	$(BIN)/python benchmarks/ray_build.py --data $(DATA) --address $(RAY)
 
