@@ -4,7 +4,8 @@ Run on a machine with a GPU and the `gpu` extra (faiss-gpu): `make FAISS=gpu ins
 Encodes the DL19 corpus on the GPU (fp16) and a slice on the CPU (auto precision) for the speed
 ratio; builds flat and IVF indexes through the one Index code path with device=gpu and device=cpu;
 searches the 43 DL19 queries plus `--synthetic` random unit vectors; reports top-10 agreement for flat
-(exact search: GPU fp16 storage may swap near-ties) and IVF, and QPS of each device.
+(exact search: GPU fp16 storage may swap near-ties) and IVF, and QPS of each device; then flat and IVF
+over 1M synthetic 384-d vectors on each device: build time, QPS, recall@10 of each against exact CPU search.
 Without a GPU it says so and exits 2: nothing is measured, nothing is written.
 Results: docs/benchmarks/gpu_check.{json,md}.
 """
@@ -30,7 +31,8 @@ def qps(index: Index, queries: np.ndarray, k: int, rounds: int = 5) -> tuple[flo
 
 
 def main() -> None:
-    args = arguments(__doc__, synthetic=(int, 10000, "extra random queries"), cpu_slice=(int, 2000, "passages encoded on CPU"))
+    args = arguments(__doc__, synthetic=(int, 10000, "extra random queries"), cpu_slice=(int, 2000, "passages encoded on CPU"),
+                     base=(int, 1_000_000, "synthetic vectors for the large-index check"))
     import torch
 
     if gpu_count() == 0 or not torch.cuda.is_available():
@@ -64,6 +66,7 @@ def main() -> None:
         rows[kind] = {"cpu_qps": cpu_qps, "gpu_qps": gpu_qps, "speedup": gpu_qps / cpu_qps,
                       "identical_top10_lists": float(np.mean([a == b for a, b in zip(cpu_ids, gpu_ids)])),
                       "top10_set_overlap": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(cpu_ids, gpu_ids)]))}
+    large = synthetic_scale(args.base, vectors.shape[1], gpu_encoder.identity())
     device_name = torch.cuda.get_device_name(0)
     lines = [f"# GPU check on {device_name} ({gpu_count()} GPU(s) visible to FAISS)", "",
              f"Encoding DL19: GPU fp16 {gpu_pps:.0f} passages/s vs CPU {cpu_encoder.precision} {cpu_pps:.0f} passages/s "
@@ -72,9 +75,43 @@ def main() -> None:
              "| index | CPU QPS | GPU QPS | GPU / CPU | identical top-10 lists | top-10 overlap |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {k} | {r['cpu_qps']:.0f} | {r['gpu_qps']:.0f} | {r['speedup']:.1f}x | {r['identical_top10_lists']:.4f} | "
               f"{r['top10_set_overlap']:.4f} |" for k, r in rows.items()]
+    lines += ["", f"{args.base:,} synthetic {vectors.shape[1]}-d unit vectors, 1,000 queries, k=10 "
+              "(recall@10 against exact CPU search):", "",
+              "| index | device | build s | QPS | recall@10 vs exact | identical top-10 lists vs CPU flat |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['kind']} | {r['device']} | {r['build_seconds']:.1f} | {r['qps']:.0f} | {r['recall@10']:.4f} | "
+              f"{r['identical_vs_cpu_flat']:.4f} |" for r in large]
     lines += ["", "Reproduce: `make FAISS=gpu install gpu-check` on a GPU machine.", ""]
     save(args.out, "gpu_check", {"device": device_name, "machine": machine(), "encode_pps": {"gpu": gpu_pps, "cpu": cpu_pps},
-                                 "embedding_min_cosine": agreement, "search": rows}, "\n".join(lines))
+                                 "embedding_min_cosine": agreement, "search": rows, "synthetic": large}, "\n".join(lines))
+
+
+def synthetic_scale(n: int, dim: int, identity: dict, queries: int = 1000, devices: tuple[str, ...] = ("cpu", "gpu")) -> list[dict]:
+    """Flat and IVF over ``n`` random unit vectors on CPU and GPU: build time, QPS, recall@10 vs exact."""
+    import polars as pl
+
+    rng = np.random.default_rng(1)
+    # clustered like real embeddings (isotropic noise has no neighbourhoods for IVF to find)
+    centres = rng.normal(size=(max(1, n // 1000), dim)).astype(np.float32)
+    base = centres[rng.integers(len(centres), size=n)] + rng.normal(size=(n, dim)).astype(np.float32) * 0.6
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    picks = centres[rng.integers(len(centres), size=queries)] + rng.normal(size=(queries, dim)).astype(np.float32) * 0.6
+    picks /= np.linalg.norm(picks, axis=1, keepdims=True)
+    docs = pl.DataFrame({"id": [str(i) for i in range(n)], "title": [""] * n, "text": [""] * n})
+    out, exact = [], None
+    for kind in ("flat", "ivf"):
+        for device in devices:
+            start = time.perf_counter()
+            index = Index.build(base, docs, {**identity, "dim": dim}, kind=kind, device=device)
+            index.warm()
+            build = time.perf_counter() - start
+            speed, ids = qps(index, picks, 10, rounds=3)
+            if exact is None:  # CPU flat comes first: the exact answer
+                exact = ids
+            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)]))
+            same = float(np.mean([a == b for a, b in zip(ids, exact)]))
+            out.append({"kind": kind, "device": device, "build_seconds": build, "qps": speed, "recall@10": recall,
+                        "identical_vs_cpu_flat": same})
+    return out
 
 
 if __name__ == "__main__":
