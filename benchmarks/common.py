@@ -52,10 +52,16 @@ def bar_chart(path: Path, labels: list[str], values: list[float], ylabel: str, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bars = ax.bar(labels, values, color=["#888888"] + ["#2a6fb0"] * (len(values) - 1))
+    colors = ["#888888"] + ["#2a6fb0"] * (len(values) - 1)
+    if len(labels) > 5:  # many bars: horizontal, so that the labels stay readable
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
+        bars = ax.barh(labels[::-1], values[::-1], color=colors[::-1])
+        ax.set_xlabel(ylabel)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        bars = ax.bar(labels, values, color=colors)
+        ax.set_ylabel(ylabel)
     ax.bar_label(bars, fmt="%.3g")
-    ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
