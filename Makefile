@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study gpu-rerank-check train-ranker-dl19 eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study rerank-study-cpu gpu-rerank-check train-ranker-dl19 eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -99,6 +99,12 @@ DEVICE ?= auto
 rerank-study: install
 	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device $(DEVICE)
 
+# The same study sized for 2 CPU cores (~80 min): 20 steps x 4 lists per training run, in-domain lists only
+# (other folds' DL19 queries + the MS MARCO toy file), generate mode on BM25 candidates only.
+rerank-study-cpu: install
+	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device cpu --steps 20 --lr 1e-3 \
+		--extra msmarco-train-toy/flagembedding_msmarco_10q_25hardneg.jsonl --dense-modes first-token --checkpointing 0
+
 gpu-rerank-check: install
 	$(BIN)/python benchmarks/gpu_rerank_check.py --data $(DATA) --out docs/ranking
 
@@ -118,6 +124,7 @@ bench-backends: install
 
 # Index build: one process vs Ray shards (local Ray cluster unless RAY=HOST:PORT)
 RAY ?= local
+PRECISION ?= auto
 bench-ray: install
-	$(BIN)/python benchmarks/ray_build.py --data $(DATA) --address $(RAY)
+	$(BIN)/python benchmarks/ray_build.py --data $(DATA) --address $(RAY) --precision $(PRECISION)
 

@@ -5,9 +5,11 @@ labels from the qrels with ties and unjudged ordered by the fused published runs
 the MS MARCO toy lists, once with plain cross-entropy and once with the importance-aware loss; then the
 held-out queries' top-``depth`` candidates of BM25 (runs/run.BM25.trec) and of our dense first stage are
 re-ranked by the zero-shot model and by both trained models. nDCG@10 is over the held-out queries of
-each fold (mean ± std over folds). Cost: on ``--cost-queries`` queries at equal depth, full ranking
-(generate) vs the sliding window, and first-token vs generate: input/output tokens and seconds per
-query. Depth: nDCG@10 and seconds per query of first-token ranking at each of ``--depths``.
+each fold (mean ± std over folds). Cost: on up to ``--cost-queries`` of fold 0's held-out queries at
+equal depth, with fold 0's adapter, full ranking (generate) vs the sliding window, and first-token vs
+generate: input/output tokens and seconds per query. Depth: nDCG@10 and seconds per query of
+first-token ranking at each of ``--depths``, every query ranked by the adapter of the fold that held it
+out (so no number here comes from a query the ranker was trained on).
 Records are stored one by one (docs/ranking/results.json) and skipped when present, so the study can
 be resumed; trained adapters are kept in the siftrank cache. Results: docs/ranking/results.{md,json},
 depth.png. Reproduce: `make rerank-study` (CPU: hours; GPU: `make rerank-study DEVICE=cuda`).
@@ -15,6 +17,7 @@ depth.png. Reproduce: `make rerank-study` (CPU: hours; GPU: `make rerank-study D
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -78,7 +81,9 @@ def main() -> None:
                      samples=(int, 4, "lists per training query"), steps=(int, 300, "optimiser steps"),
                      accumulation=(int, 4, "lists per step"), lr=(float, 3e-4, "learning rate"),
                      max_passage_tokens=(int, 48, "passage truncation"), losses=(str, "ce,importance", "losses"),
-                     modes=(str, "first-token,generate", "modes of the CV evaluation"),
+                     modes=(str, "first-token,generate", "modes of the CV evaluation on BM25 candidates"),
+                     dense_modes=(str, "first-token,generate", "modes of the CV evaluation on dense candidates"),
+                     checkpointing=(int, 1, "1: gradient checkpointing (less memory, ~30% more compute)"),
                      extra=(str, "scifact:train,msmarco-train-toy/flagembedding_msmarco_10q_25hardneg.jsonl", "extra training data"),
                      cost_queries=(int, 10, "queries for the cost comparison"), window=(int, 10, "sliding window"),
                      stride=(int, 5, "sliding stride"), queries=(int, 0, "use only the first N queries (smoke runs)"))
@@ -93,7 +98,8 @@ def main() -> None:
     stages = first_stages(data, args.pool)
     extra = [str(args.data / e) for e in args.extra.split(",") if e]
     zero = CausalLM(args.model, device=args.device)
-    adapters = cache_dir("rerank-study") / f"{Path(args.model).name}-s{args.steps}x{args.accumulation}-d{args.depth}"
+    recipe = hashlib.sha1(repr((args.lr, args.samples, args.pool, args.max_passage_tokens, args.extra)).encode()).hexdigest()[:8]
+    adapters = cache_dir("rerank-study") / f"{Path(args.model).name}-s{args.steps}x{args.accumulation}-d{args.depth}-{recipe}"
 
     for fold in range(args.folds):
         _, held = training_qids(data, args.folds, fold)
@@ -105,16 +111,18 @@ def main() -> None:
             if not (folder / "manifest.json").is_file():
                 started = time.perf_counter()
                 trainer = ListwiseTrainer(args.model, loss=loss, depth=args.depth, max_passage_tokens=args.max_passage_tokens,
-                                          learning_rate=args.lr, steps=args.steps, accumulation=args.accumulation, seed=fold)
+                                          learning_rate=args.lr, steps=args.steps, accumulation=args.accumulation, seed=fold,
+                                          gradient_checkpointing=bool(args.checkpointing))
                 lists, used = build_lists(data, stages["bm25"], extra, args.depth, args.pool, args.samples, args.folds, fold)
                 log = trainer.train(lists)
                 trainer.save(folder, log, data=used, overwrite=True)
                 store.keep(f"train/{loss}/fold{fold}", {**log, "wall_seconds": time.perf_counter() - started})
             rankers[loss] = CausalLM(args.model, adapter=folder, device=args.device)
+        modes = {"bm25": args.modes.split(","), "dense": args.dense_modes.split(",")}
         for name, llm in rankers.items():
-            for mode in args.modes.split(","):
-                ranker = ListwiseRanker(llm, mode=mode, max_passage_tokens=args.max_passage_tokens)
-                for first, run in stages.items():
+            for first, run in stages.items():
+                for mode in modes[first]:
+                    ranker = ListwiseRanker(llm, mode=mode, max_passage_tokens=args.max_passage_tokens)
                     def evaluate(ranker=ranker, run=run) -> dict:
                         started = time.perf_counter()
                         reranked, stats = rerank_run(ranker, data, run, held, args.depth)
@@ -122,22 +130,29 @@ def main() -> None:
                     store.run(f"cv/{first}/{name}/{mode}/fold{fold}", evaluate, SHOW)
         rankers.clear()
 
+    # Cost and depth use the last loss's adapters, each on the queries its fold held out (never trained on).
     best = args.losses.split(",")[-1]
-    trained = CausalLM(args.model, adapter=adapters / f"{best}-fold0", device=args.device) if (adapters / f"{best}-fold0").is_dir() else zero
-    cost_q = qids[: args.cost_queries]
+    def trained(fold: int) -> CausalLM:
+        return CausalLM(args.model, adapter=adapters / f"{best}-fold{fold}", device=args.device)
+    cost_q = training_qids(data, args.folds, 0)[1][: args.cost_queries]
     for mode in ("generate", "sliding-window", "first-token"):
-        ranker = ListwiseRanker(trained, mode=mode, window=args.window, stride=args.stride, max_passage_tokens=args.max_passage_tokens)
+        ranker = ListwiseRanker(trained(0), mode=mode, window=args.window, stride=args.stride, max_passage_tokens=args.max_passage_tokens)
         def cost(ranker=ranker) -> dict:
             started = time.perf_counter()
             reranked, stats = rerank_run(ranker, data, stages["bm25"], cost_q, args.depth)
             return scored(data, reranked, cost_q, stats, started)
         store.run(f"cost/{mode}/d{args.depth}", cost, SHOW)
     for depth in (int(d) for d in args.depths.split(",")):
-        ranker = ListwiseRanker(trained, mode="first-token", max_passage_tokens=args.max_passage_tokens)
-        def curve(ranker=ranker, depth=depth) -> dict:
+        def curve(depth=depth) -> dict:
             started = time.perf_counter()
-            reranked, stats = rerank_run(ranker, data, stages["bm25"], qids, depth)
-            return scored(data, reranked, qids, stats, started)
+            reranked: Run = {}
+            total = RankStats()
+            for fold in range(args.folds):
+                ranker = ListwiseRanker(trained(fold), mode="first-token", max_passage_tokens=args.max_passage_tokens)
+                part, stats = rerank_run(ranker, data, stages["bm25"], training_qids(data, args.folds, fold)[1], depth)
+                reranked.update(part)
+                total.add(stats)
+            return scored(data, reranked, qids, total, started)
         store.run(f"depth/first-token/d{depth}", curve, SHOW)
     report(args.out, store)
 
@@ -176,7 +191,7 @@ def report(out: Path, store: ResultStore) -> None:
         if f:
             lines.append(f"First-token is {g['seconds_per_query'] / f['seconds_per_query']:.1f}x faster than generate.")
         lines.append("")
-    lines += ["## Depth (first-token, BM25 candidates, all queries)", "",
+    lines += ["## Depth (first-token, BM25 candidates, all queries, each by its held-out fold's adapter)", "",
               markdown_table({f"top-{d}": depth[d] for d in sorted(depth)}, "depth", columns) if depth else "(not run)", "",
               "![depth](depth.png)", "", "Reproduce: `make rerank-study`.", ""]
     from common import save
