@@ -4,12 +4,13 @@ For each fold the ranker is LoRA-trained on the other folds' DL19 queries (BM25 
 labels from the qrels with ties and unjudged ordered by the fused published runs) plus SciFact train and
 the MS MARCO toy lists, once with plain cross-entropy and once with the importance-aware loss; then the
 held-out queries' top-``depth`` candidates of BM25 (runs/run.BM25.trec) and of our dense first stage are
-re-ranked by the zero-shot model and by both trained models. nDCG@10 is over the held-out queries of
-each fold (mean ± std over folds). Cost: on up to ``--cost-queries`` of fold 0's held-out queries at
-equal depth, with fold 0's adapter, full ranking (generate) vs the sliding window, and first-token vs
-generate: input/output tokens and seconds per query. Depth: nDCG@10 and seconds per query of
-first-token ranking at each of ``--depths``, every query ranked by the adapter of the fold that held it
-out (so no number here comes from a query the ranker was trained on).
+re-ranked by the zero-shot model and by both trained models, and shuffled (the floor: 20 random orders).
+nDCG@10 is over the held-out queries of each fold (mean ± std over folds). Cost: on up to
+``--cost-queries`` of fold 0's held-out queries at equal depth, with fold 0's adapter, full ranking
+(generate) vs the sliding window, and first-token vs generate: input/output tokens and seconds per
+query. Depth: nDCG@10 and seconds per query of first-token ranking at each of ``--depths``, every query
+ranked by the adapter of the fold that held it out (so no number here comes from a query the ranker was
+trained on).
 Records are stored one by one (docs/ranking/results.json) and skipped when present, so the study can
 be resumed; trained adapters are kept in the siftrank cache. Results: docs/ranking/results.{md,json},
 depth.png. Reproduce: `make rerank-study` (CPU: hours; GPU: `make rerank-study DEVICE=cuda`).
@@ -18,6 +19,7 @@ depth.png. Reproduce: `make rerank-study` (CPU: hours; GPU: `make rerank-study D
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def first_stages(data: Dataset, pool: int) -> dict[str, Run]:
     return {"bm25": bm25, "dense": {q: {h.id: h.score for h in hs} for q, hs in hits.items()}}
 
 
-def rerank_run(ranker: ListwiseRanker, data: Dataset, run: Run, qids: list[str], depth: int) -> tuple[Run, RankStats]:
+def rerank_run(ranker: ListwiseRanker | RandomOrder, data: Dataset, run: Run, qids: list[str], depth: int) -> tuple[Run, RankStats]:
     """``run`` with each query's top ``depth`` re-ordered by ``ranker``; the rest keep their order below."""
     out: Run = {}
     total = RankStats()
@@ -58,6 +60,24 @@ def rerank_run(ranker: ListwiseRanker, data: Dataset, run: Run, qids: list[str],
         out[q] = {top[i]: float(2 * len(ranked) - r) for r, i in enumerate(order)}
         out[q].update({d: float(len(ranked) - r) for r, d in enumerate(ranked[depth:])})
     return out, total
+
+
+class RandomOrder:
+    """The floor a ranker must beat: the candidates in a random order (seeded)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def rank(self, query: str, passages: list[str]) -> tuple[list[int], RankStats]:
+        order = list(range(len(passages)))
+        self.rng.shuffle(order)
+        return order, RankStats()
+
+
+def shuffled(data: Dataset, run: Run, qids: list[str], depth: int, seeds: int = 20) -> dict:
+    """nDCG@10 of the top ``depth`` in random order, averaged over ``seeds`` shuffles."""
+    values = [scored(data, rerank_run(RandomOrder(seed), data, run, qids, depth)[0], qids)["nDCG@10"] for seed in range(seeds)]
+    return {"nDCG@10": float(np.mean(values)), "queries": len(qids), "shuffles": seeds}
 
 
 def scored(data: Dataset, run: Run, qids: list[str], stats: RankStats | None = None, started: float | None = None) -> dict:
@@ -105,6 +125,7 @@ def main() -> None:
         _, held = training_qids(data, args.folds, fold)
         for first, run in stages.items():
             store.run(f"cv/{first}/first-stage/fold{fold}", lambda: scored(data, run, held), SHOW)
+            store.run(f"cv/{first}/random-order/fold{fold}", lambda: shuffled(data, run, held, args.depth), SHOW)
         rankers = {"zero-shot": zero}
         for loss in args.losses.split(","):
             folder = adapters / f"{loss}-fold{fold}"
