@@ -99,7 +99,7 @@ DEVICE ?= auto
 rerank-study: install
 	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device $(DEVICE)
 
-# The same study sized for 2 CPU cores (~80 min): 20 steps x 4 lists per training run, in-domain lists only
+# The same study sized for 2 CPU cores (~2 h): 20 steps x 4 lists per training run, in-domain lists only
 # (other folds' DL19 queries + the MS MARCO toy file), generate mode on BM25 candidates only.
 rerank-study-cpu: install
 	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device cpu --steps 20 --lr 1e-3 \

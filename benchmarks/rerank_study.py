@@ -18,6 +18,7 @@ depth.png. Reproduce: `make rerank-study` (CPU: hours; GPU: `make rerank-study D
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import time
@@ -153,6 +154,7 @@ def main() -> None:
 
     # Cost and depth use the last loss's adapters, each on the queries its fold held out (never trained on).
     best = args.losses.split(",")[-1]
+    @functools.cache  # one merged model per fold, shared by the cost modes and every depth
     def trained(fold: int) -> CausalLM:
         return CausalLM(args.model, adapter=adapters / f"{best}-fold{fold}", device=args.device)
     cost_q = training_qids(data, args.folds, 0)[1][: args.cost_queries]
