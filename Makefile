@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study rerank-study-cpu gpu-rerank-check train-ranker-dl19 eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study rerank-study-cpu gpu-rerank-check train-ranker-dl19 eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -31,7 +31,10 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Lint (ruff), type-check (mypy) and the tests: what .ci/run runs.
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 eval-dl19: install
@@ -60,6 +63,10 @@ bench: bench-encode bench-search bench-load
 
 bench-encode: install
 	$(BIN)/python benchmarks/encode_throughput.py --data $(DATA) --out docs/benchmarks
+
+# Dense, BM25 and the hybrid first stage on DL19 and SciFact test (paired tests vs dense)
+bench-first-stages: install
+	$(BIN)/python benchmarks/first_stages.py --data $(DATA) --out docs/benchmarks
 
 bench-search: install
 	$(BIN)/python benchmarks/search_latency.py --data $(DATA) --out docs/benchmarks

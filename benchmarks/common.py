@@ -34,7 +34,9 @@ def dl19(data: Path, with_corpus: bool = True) -> Dataset:
 def machine() -> dict[str, object]:
     import torch
 
-    return {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__,
+    from eval.machine import cpu_model
+
+    return {"cpu": cpu_model(), "python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
 
 

@@ -24,6 +24,7 @@ from retrieval.artifacts import cache_dir
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
 from retrieval.pipeline import Pipeline
+from retrieval.stages.dense import DenseRetriever
 
 BACKENDS = [("torch", "none", "fp32"), ("torch", "none", "bf16"), ("onnx", "none", "fp32"), ("onnx", "int8", "fp32"),
             ("openvino", "none", "fp32"), ("openvino", "none", "bf16"), ("openvino", "int8", "bf16")]
@@ -75,7 +76,7 @@ def main() -> None:
                 row["min cosine"] = float((vectors * baseline).sum(axis=1).min())
             if not args.skip_quality:
                 index = Indexer(encoder, progress=False).cached(data)
-                hits = Pipeline(encoder, index).run(data.queries)["dense"]
+                hits = Pipeline(DenseRetriever(encoder, index)).run(data.queries).hits
                 row["nDCG@10"] = suite.evaluate({q: {h.id: h.score for h in hs} for q, hs in hits.items()})["nDCG@10"]
             label = f"{model_name} {backend} {encoder.precision}"
             rows[label] = row
@@ -111,7 +112,7 @@ def llm_seconds(data, queries: int) -> dict[str, float]:
         seconds = 0.0
         for q in qids:
             top = sorted(run[q], key=lambda d: -run[q][d])[:20]
-            seconds += ranker.rank(data.queries[q], data.texts(top))[1].seconds
+            seconds += ranker.rank(data.queries[q], data.store.texts(top))[1].seconds
         out[precision] = seconds / len(qids)
     return out
 

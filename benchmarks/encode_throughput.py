@@ -17,6 +17,7 @@ from eval.metrics import MetricSuite
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
 from retrieval.pipeline import Pipeline
+from retrieval.stages.dense import DenseRetriever
 
 
 def timed(fn, texts: list[str]) -> tuple[float, object]:
@@ -55,7 +56,7 @@ def main() -> None:
         suite = MetricSuite(data.qrels)
         for label, encoder in (("fp32", fp32), (f"auto ({auto.precision} documents, {auto.query_precision} queries)", auto)):
             index = Indexer(encoder).cached(data)
-            hits = Pipeline(encoder, index).run(data.queries)["dense"]
+            hits = Pipeline(DenseRetriever(encoder, index)).run(data.queries).hits
             quality[label] = suite.evaluate({q: {h.id: h.score for h in hs} for q, hs in hits.items()})["nDCG@10"]
 
     payload = {"passages": len(texts), "batch_size": args.batch_size, "machine": machine(),

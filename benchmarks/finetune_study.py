@@ -25,6 +25,7 @@ from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
 from retrieval.pipeline import Pipeline
+from retrieval.stages.dense import DenseRetriever
 from training.finetune import FineTuner
 
 MODEL = "bundled:all-MiniLM-L6-v2"
@@ -33,7 +34,7 @@ METRICS = ("nDCG@10", "R@100")
 
 def test_scores(encoder: Encoder, data: Dataset) -> dict[str, float]:
     index = Indexer(encoder, progress=False).build(data)
-    hits = Pipeline(encoder, index, depth=100).run(data.queries)["dense"]
+    hits = Pipeline(DenseRetriever(encoder, index)).run(data.queries, depth=100).hits
     scores = MetricSuite(data.qrels).evaluate({q: {h.id: h.score for h in hs} for q, hs in hits.items()})
     return {m: scores[m] for m in METRICS}
 
@@ -64,7 +65,7 @@ def main() -> None:
                                     "trainable_fraction": 0.0, "wall_seconds": 0.0}, METRICS)
     for seed in (int(s) for s in args.seeds.split(",")):
         for method in args.methods.split(","):
-            store.run(f"{method}/seed{seed}", lambda: run_one(MODEL, method, seed, args, train, test, work), METRICS)
+            store.run(f"{method}/seed{seed}", lambda method=method, seed=seed: run_one(MODEL, method, seed, args, train, test, work), METRICS)
     if args.chain and "gaprune50+connected/seed0" not in store.runs:
         from training.prune import Pruner, calibration_sets
 

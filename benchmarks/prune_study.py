@@ -26,6 +26,7 @@ from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
 from retrieval.pipeline import Pipeline
+from retrieval.stages.dense import DenseRetriever
 from training.prune import DEFAULT_BETA, DEFAULT_NORMALISE, Pruner, calibration_sets
 
 MODEL = "bundled:all-MiniLM-L6-v2"
@@ -37,7 +38,7 @@ def evaluate(folder: str, datasets: dict[str, Dataset]) -> dict[str, float]:
     out = {}
     for name, data in datasets.items():
         index = Indexer(encoder, progress=False).build(data)
-        hits = Pipeline(encoder, index, depth=100).run(data.queries)["dense"]
+        hits = Pipeline(DenseRetriever(encoder, index)).run(data.queries, depth=100).hits
         out[name] = MetricSuite(data.qrels).evaluate({q: {h.id: h.score for h in hs} for q, hs in hits.items()})["nDCG@10"]
     return out
 

@@ -40,12 +40,12 @@ SHOW = ("nDCG@10", "first_stage_nDCG@10", "seconds_per_query")
 
 def first_stages(data: Dataset, pool: int) -> dict[str, Run]:
     """BM25 (the published run) and our dense retrieval (bundled MiniLM, flat index) over DL19."""
-    from retrieval.config import IndexSection, PipelineConfig
+    from retrieval.config import PipelineConfig
     from retrieval.pipeline import Pipeline
 
     bm25 = read_run(data.root / "runs" / "run.BM25.trec")
-    dense = Pipeline.from_config(PipelineConfig(index=IndexSection(depth=pool)), data)
-    hits = dense.run(data.queries)["dense"]
+    dense = Pipeline.from_config(PipelineConfig(), data)
+    hits = dense.run(data.queries, depth=pool).hits
     return {"bm25": bm25, "dense": {q: {h.id: h.score for h in hs} for q, hs in hits.items()}}
 
 
@@ -56,7 +56,7 @@ def rerank_run(ranker: ListwiseRanker | RandomOrder, data: Dataset, run: Run, qi
     for q in qids:
         ranked = sorted(run.get(q, {}), key=lambda d: (-run[q][d], d))
         top = ranked[:depth]
-        order, stats = ranker.rank(data.queries[q], data.texts(top))
+        order, stats = ranker.rank(data.queries[q], data.store.texts(top))
         total.add(stats)
         out[q] = {top[i]: float(2 * len(ranked) - r) for r, i in enumerate(order)}
         out[q].update({d: float(len(ranked) - r) for r, d in enumerate(ranked[depth:])})
@@ -125,8 +125,8 @@ def main() -> None:
     for fold in range(args.folds):
         _, held = training_qids(data, args.folds, fold)
         for first, run in stages.items():
-            store.run(f"cv/{first}/first-stage/fold{fold}", lambda: scored(data, run, held), SHOW)
-            store.run(f"cv/{first}/random-order/fold{fold}", lambda: shuffled(data, run, held, args.depth), SHOW)
+            store.run(f"cv/{first}/first-stage/fold{fold}", lambda run=run, held=held: scored(data, run, held), SHOW)
+            store.run(f"cv/{first}/random-order/fold{fold}", lambda run=run, held=held: shuffled(data, run, held, args.depth), SHOW)
         rankers = {"zero-shot": zero}
         for loss in args.losses.split(","):
             folder = adapters / f"{loss}-fold{fold}"
@@ -145,7 +145,7 @@ def main() -> None:
             for first, run in stages.items():
                 for mode in modes[first]:
                     ranker = ListwiseRanker(llm, mode=mode, max_passage_tokens=args.max_passage_tokens)
-                    def evaluate(ranker=ranker, run=run) -> dict:
+                    def evaluate(ranker=ranker, run=run, held=held) -> dict:
                         started = time.perf_counter()
                         reranked, stats = rerank_run(ranker, data, run, held, args.depth)
                         return scored(data, reranked, held, stats, started)

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from eval.filtering import FilterReport
+from eval.metrics import MetricSuite
 from retrieval.calibration import Calibrator, baseline_scores
 from retrieval.data import Qrels, query_folds
 from training.calibrate import CalibratorTrainer, CandidateSet
-
-from eval.filtering import FilterReport
-from eval.metrics import MetricSuite
 
 Table = dict[str, dict[str, float | None]]
 
@@ -53,7 +52,7 @@ def aggregate(tables: list[Table]) -> dict[str, dict[str, dict[str, float]]]:
     for name in tables[0]:
         out[name] = {}
         for metric in tables[0][name]:
-            values = [t[name][metric] for t in tables if name in t and t[name][metric] is not None]
+            values = [float(v) for t in tables if name in t and (v := t[name][metric]) is not None]
             if values:
                 out[name][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
     return out

@@ -19,6 +19,7 @@ _EXPORTS = {
     "Hit": "retrieval.hits",
     "PipelineConfig": "retrieval.config",
     "Pipeline": "retrieval.pipeline",
+    "DocStore": "retrieval.docstore",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -119,7 +119,7 @@ class ConnectedAdapters:
         return adapters
 
 
-class AsidePathway(_torch().nn.Module):
+class AsidePathway(_torch().nn.Module):  # type: ignore[misc]  # torch is imported lazily
     """The aside modules, one per layer, joined into one path by forward hooks on the encoder layers."""
 
     def __init__(self, hidden: int, layers: int, dim: int) -> None:

@@ -35,6 +35,8 @@ class Manifest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    encoder: dict[str, Any] = Field(default_factory=dict)  # the encoder identity an artifact is bound to
+    extra: dict[str, Any] = Field(default_factory=dict)
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def write(self, directory: Path) -> None:

@@ -20,8 +20,9 @@ increasing in c, so the ranking inside a query never changes; one global thresho
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,8 +79,10 @@ def _torch_net(family: str, in_dim: int, hidden: int):
             if in_dim > 0:
                 layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, n_params)] if hidden else \
                     [nn.Linear(in_dim, n_params)]
-                nn.init.zeros_(layers[-1].weight)
-                nn.init.zeros_(layers[-1].bias)
+                last = layers[-1]
+                assert isinstance(last, nn.Linear)
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
                 self.delta = nn.Sequential(*layers)
             self.register_buffer("bias", torch.zeros(()))  # intercept correction fitted after training
 
@@ -88,7 +91,7 @@ def _torch_net(family: str, in_dim: int, hidden: int):
             if self.delta is not None:
                 raw = raw + self.delta(features)
             a = nn.functional.softplus(raw[:, 0])
-            b = raw[:, 1] + self.bias
+            b = raw[:, 1] + self.bias  # type: ignore[operator]  # a registered buffer (a Tensor)
             p = nn.functional.softplus(raw[:, 2]) + 0.05 if raw.shape[1] > 2 else torch.ones_like(a)
             return torch.stack([a, b, p], dim=1)
 
@@ -135,7 +138,7 @@ class Calibrator:
             parts.append(np.asarray(query_vectors, dtype=np.float32).reshape(len(cosine_lists), -1))
         if self.use_stats:
             stats = np.stack([cosine_stats(c[: self.k]) for c in cosine_lists]) if len(cosine_lists) else np.zeros((0, N_STATS))
-            parts.append((stats - self.stats_mean) / self.stats_std)
+            parts.append(((stats - self.stats_mean) / self.stats_std).astype(np.float32))
         out = np.concatenate(parts, axis=1) if parts else np.zeros((len(cosine_lists), 0), dtype=np.float32)
         if not np.all(np.isfinite(out)):
             raise SiftrankError("calibrator features contain NaN or infinite values")

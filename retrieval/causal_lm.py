@@ -43,10 +43,10 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     # The weights are plain fp32 tensors now; only the GGUF quantiser's bookkeeping forbids saving them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     model.config.__dict__.pop("quantization_config", None)
     with atomic_dir(target, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
@@ -99,7 +99,7 @@ class CausalLM:
     def tokenizer(self):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
@@ -119,12 +119,12 @@ class CausalLM:
         hf_logging.disable_progress_bar()
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
             "fp32" if trainable else self.precision]
-        model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype, local_files_only=True)
         if self.adapter is not None and not trainable:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(self.adapter)).merge_and_unload()
-        model.to(self.device)
+            model = PeftModel.from_pretrained(model, str(self.adapter)).merge_and_unload()  # type: ignore[arg-type, operator]
+        model.to(self.device)  # type: ignore[arg-type]
         return model if trainable else model.eval()
 
     @property
@@ -132,7 +132,7 @@ class CausalLM:
         """Tokens the model can attend to (from its config; tokenizers often report a placeholder)."""
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(str(self.path))
+        config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
         for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
             value = getattr(config, key, None) or getattr(getattr(config, "text_config", None), key, None)
             if isinstance(value, int) and value > 0:

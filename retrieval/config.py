@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from retrieval.errors import SiftrankError
-
+from retrieval.stages.base import StageParams
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -42,62 +42,103 @@ class IndexSection(_Section):
     kind: Literal["flat", "ivf", "hnsw"] = "flat"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     path: Path | None = None  # a prebuilt index directory; else built (and cached) from the dataset
-    depth: int | None = Field(None, ge=1)  # first-stage candidates per query: 1000, or the calibrator's K
     params: dict[str, int] = Field(default_factory=dict)  # nlist, nprobe, M, ef_construction, ef_search
     ray: str | None = None  # a sharded index (`index build --ray`) is searched on this Ray cluster: HOST:PORT, auto or local
 
 
-class FilterSection(_Section):
-    calibrator: Path  # a calibrator artifact from `siftrank calibrate`
-    threshold: float | None = Field(None, ge=0.0, le=1.0)  # override the artifact's global threshold
+class _StageSection(_Section):
+    """A stage: ``kind`` (a registry name) and that kind's own keys, validated by its ``Params`` model."""
+
+    model_config = ConfigDict(extra="allow")
+    group: ClassVar[str]
+    kind: str
+    _params: StageParams | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check_params(self) -> _StageSection:
+        from retrieval.stages.registry import stage_class
+
+        try:
+            cls = stage_class(self.group, self.kind)
+            self._params = cls.Params.model_validate(self.model_extra or {})
+        except SiftrankError as exc:
+            raise ValueError(str(exc)) from None
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return self
+
+    @property
+    def params(self) -> Any:
+        """The kind's validated parameters (a ``StageParams`` subclass)."""
+        assert self._params is not None
+        return self._params
+
+    def resolved(self, base: Path) -> Self:
+        """A copy whose relative paths point into ``base`` (the config file's folder)."""
+        params = self.params.resolve(base)
+        return type(self).model_validate({"kind": self.kind, **{k: getattr(self, k) for k in type(self).model_fields if k != "kind"},
+                                          **params.model_dump()})
+
+    def build(self, context: Any) -> Any:
+        from retrieval.stages.registry import stage_class
+
+        return stage_class(self.group, self.kind).from_config(self.params, context)
 
 
-class RerankSection(_Section):
-    model: str = "bundled:SmolLM2-135M-Instruct"  # or a local Hugging Face causal-LM folder
-    adapter: Path | None = None  # a LoRA artifact from `siftrank train-ranker` (for this base model only)
-    depth: int = Field(20, ge=1)  # candidates from the previous stage that the LLM orders
-    mode: Literal["generate", "sliding-window", "first-token"] = "generate"
-    window: int = Field(20, ge=2)
-    stride: int = Field(10, ge=1)
-    max_passage_tokens: int = Field(100, ge=8)
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+class FirstStageSection(_StageSection):
+    group: ClassVar[str] = "first_stage"
+    kind: str = "dense"  # dense | bm25 | hybrid | run
+    depth: int | None = Field(None, ge=1)  # candidates per query: 1000, or the filter's K (a service: its max k)
 
-    def build(self):
-        """The :class:`~retrieval.rerank.ListwiseRanker` this section describes (weights load lazily)."""
-        from retrieval.causal_lm import CausalLM
-        from retrieval.rerank import ListwiseRanker
 
-        llm = CausalLM(self.model, adapter=self.adapter, device=self.device, precision=self.precision)
-        return ListwiseRanker(llm, mode=self.mode, window=self.window, stride=self.stride,
-                              max_passage_tokens=self.max_passage_tokens)
+class FilterSection(_StageSection):
+    group: ClassVar[str] = "filter"
+    kind: str = "cosine-adapter"
+
+
+class RerankSection(_StageSection):
+    group: ClassVar[str] = "rerank"
+    kind: str = "llm"
 
 
 class PipelineConfig(_Section):
-    """Validated pipeline config; unknown sections or keys are errors, not silently ignored."""
+    """Validated pipeline config: the whole pipeline, first stage included; unknown sections, kinds or
+    keys are errors, not silently ignored."""
 
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     index: IndexSection = Field(default_factory=IndexSection)
+    first_stage: FirstStageSection = Field(default_factory=FirstStageSection)
     filter: FilterSection | None = None
     rerank: RerankSection | None = None
 
     @classmethod
     def load(cls, path: Path | None) -> PipelineConfig:
-        """Read a TOML config (``None``: the defaults: bundled MiniLM, flat index)."""
+        """Read a TOML config (``None``: the defaults: bundled MiniLM, dense first stage, flat index)."""
         if path is None:
             return cls()
         path = Path(path)
-        config = load_toml(cls, path, "pipeline config")
-        # Artifact paths are relative to the config file, wherever the command runs.
-        if config.index.path is not None and not config.index.path.is_absolute():
-            config.index.path = path.parent / config.index.path
-        if config.encoder.adapter is not None and not config.encoder.adapter.is_absolute():
-            config.encoder.adapter = path.parent / config.encoder.adapter
-        if config.filter is not None and not config.filter.calibrator.is_absolute():
-            config.filter.calibrator = path.parent / config.filter.calibrator
-        if config.rerank is not None and config.rerank.adapter is not None and not config.rerank.adapter.is_absolute():
-            config.rerank.adapter = path.parent / config.rerank.adapter
-        return config
+        return load_toml(cls, path, "pipeline config").resolved(path.parent)
+
+    def resolved(self, base: Path) -> PipelineConfig:
+        """Artifact paths made relative to ``base`` (the config file's folder), wherever the command runs."""
+        update: dict[str, Any] = {"first_stage": self.first_stage.resolved(base)}
+        if self.index.path is not None:
+            update["index"] = self.index.model_copy(update={"path": _under(base, self.index.path)})
+        if self.encoder.adapter is not None:
+            update["encoder"] = self.encoder.model_copy(update={"adapter": _under(base, self.encoder.adapter)})
+        for name in ("filter", "rerank"):
+            section = getattr(self, name)
+            if section is not None:
+                update[name] = section.resolved(base)
+        return self.model_copy(update=update)
+
+    def stages(self) -> list[str]:
+        """Stage kinds in order, e.g. ``['dense', 'filter', 'rerank']``."""
+        return [self.first_stage.kind] + [n for n in ("filter", "rerank") if getattr(self, n) is not None]
+
+
+def _under(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
 
 
 def load_toml(model: type[M], path: Path, what: str) -> M:
@@ -110,5 +151,6 @@ def load_toml(model: type[M], path: Path, what: str) -> M:
     except tomllib.TOMLDecodeError as exc:
         raise SiftrankError(f"{path}: invalid TOML ({exc})") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
         raise SiftrankError(f"{path}: {problems}") from None

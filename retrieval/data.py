@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
+from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
 
 Qrels = dict[str, dict[str, int]]
@@ -172,7 +173,7 @@ def read_run(path: Path, ties: str = "trec_eval") -> Run:
 
 def format_run(run: Mapping[str, Mapping[str, float]], tag: str) -> str:
     """TREC run text, documents of each query sorted by descending score (ties by id)."""
-    lines = []
+    lines: list[str] = []
     for qid in sorted(run):
         ranked = sorted(run[qid].items(), key=lambda item: (-item[1], item[0]))
         lines.extend(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}" for rank, (doc, score) in enumerate(ranked, 1))
@@ -262,22 +263,14 @@ class Dataset:
     def name(self) -> str:
         return self.root.name
 
-    def doc_texts(self) -> list[str]:
-        """Texts to encode: title and body joined (BEIR convention), in corpus order."""
-        return [f"{t} {x}" if t else x for t, x in zip(self.corpus["title"].to_list(), self.corpus["text"].to_list())]
-
     @functools.cached_property
-    def _text_of(self) -> dict[str, str]:
-        return dict(zip(self.corpus["id"].to_list(), self.doc_texts()))
+    def store(self) -> DocStore:
+        """The corpus's passages by id (title and body joined, BEIR convention)."""
+        return DocStore(self.corpus, str(self.corpus_path))
 
-    def texts(self, doc_ids: list[str]) -> list[str]:
-        """Texts of documents by id (for stages that read passages: the LLM ranker)."""
-        text_of = self._text_of
-        missing = [d for d in doc_ids if d not in text_of]
-        if missing:
-            raise SiftrankError(f"{self.corpus_path}: {len(missing)} candidate documents are not in the corpus "
-                                f"(first: {missing[0]})")
-        return [text_of[d] for d in doc_ids]
+    def doc_texts(self) -> list[str]:
+        """Texts to encode, in corpus order."""
+        return self.store.all_texts()
 
     def corpus_digest(self) -> str:
         return file_digest(self.corpus_path)

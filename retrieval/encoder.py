@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from retrieval.errors import SiftrankError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 BUNDLED_PREFIX = "bundled:"
@@ -61,8 +57,8 @@ def load_sentence_transformer(path: Path, device: str, dtype=None):
     from sentence_transformers import SentenceTransformer
 
     hf_logging.disable_progress_bar()
-    kwargs = {"model_kwargs": {"dtype": dtype}} if dtype is not None else {}
-    return SentenceTransformer(str(path), device=device, **kwargs)
+    return SentenceTransformer(str(path), device=device, local_files_only=True,
+                               model_kwargs={"dtype": dtype} if dtype is not None else None)
 
 
 def model_fingerprint(path: Path) -> str:
@@ -137,7 +133,7 @@ class Encoder:
             query_precision = "fp32" if self.device == "cpu" else self.precision  # type: ignore[assignment]
         elif query_precision == "same":  # as documents: bf16 on AMX CPUs halves a service's query cost
             query_precision = self.precision  # type: ignore[assignment]
-        self.query_precision = pick_precision(query_precision, self.device)
+        self.query_precision = pick_precision(query_precision, self.device)  # type: ignore[arg-type]  # 'same' resolved above
         if backend != "torch":
             if self.device != "cpu":
                 raise SiftrankError(f"the {backend} backend runs on CPU; use backend torch on a GPU")

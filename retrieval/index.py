@@ -9,6 +9,7 @@ encoder identity it was built with, sizes, parameters), written atomically and l
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from retrieval.artifacts import Manifest, atomic_dir
+from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
@@ -49,12 +51,11 @@ def _make_cpu_index(kind: str, dim: int, params: dict[str, Any]):
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
     if kind == "ivf":
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT)
-        return index
+        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(params["ef_construction"])
-        return index
+        hnsw = faiss.IndexHNSWFlat(dim, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = int(params["ef_construction"])
+        return hnsw
     raise SiftrankError(f"index kind must be one of {', '.join(KINDS)}, not '{kind}'")
 
 
@@ -78,7 +79,6 @@ class Index:
         self._cpu_index = cpu_index
         self._search_index = None
         self._docs = docs
-        self._positions: dict[str, int] | None = None
         self._id_array: np.ndarray | None = None
 
     # ---- building and persistence -------------------------------------------------------------
@@ -219,16 +219,7 @@ class Index:
         out_ids = [[str(ids[p]) for p in row if p >= 0] for row in positions]
         return scores, out_ids
 
-    def position(self, doc_id: str) -> int:
-        """Row of ``doc_id`` in the index (for text lookup)."""
-        if self._positions is None:
-            self._positions = {d: i for i, d in enumerate(self.docs["id"].to_list())}
-        if doc_id not in self._positions:
-            raise SiftrankError(f"document '{doc_id}' is not in the index")
-        return self._positions[doc_id]
-
-    def texts(self, doc_ids: list[str]) -> list[str]:
-        """Display text (title and body) of documents by id."""
-        rows = [self.position(d) for d in doc_ids]
-        titles, bodies = self.docs["title"], self.docs["text"]
-        return [f"{titles[r]} {bodies[r]}".strip() for r in rows]
+    @functools.cached_property
+    def store(self) -> DocStore:
+        """The passages kept beside the vectors, by id (display text, the ranker's input)."""
+        return DocStore(self.docs, str(self.path or "index"))

@@ -24,7 +24,7 @@ import inspect
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from retrieval.causal_lm import CausalLM
@@ -261,8 +261,7 @@ class ListwiseRanker:
         if len(texts) != len(hits):
             raise SiftrankError(f"{len(hits)} hits but {len(texts)} passage texts")
         order, stats = self.rank(query, texts)
-        return [hits[i].model_copy(update={"rank": r, "score": float(len(order) - r + 1)})
-                for r, i in enumerate(order, 1)], stats
+        return [replace(hits[i], rank=r, score=float(len(order) - r + 1)) for r, i in enumerate(order, 1)], stats
 
 
 def importance_weight(rank: int) -> float:

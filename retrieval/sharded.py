@@ -16,6 +16,7 @@ API use it unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from retrieval.artifacts import Manifest, atomic_dir
 from retrieval.data import Dataset
+from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
-from retrieval.index import SHARDED_KIND, Index
+from retrieval.index import DOCS_FILE, SHARDED_KIND, Index
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,6 @@ class ShardedIndex:
     def __init__(self, manifest: Manifest, path: Path, address: str | None = None) -> None:
         self.manifest, self.path, self.address = manifest, Path(path), address
         self._actors: list[Any] | None = None
-        self._shard_of: dict[str, int] | None = None
 
     # ---- building -----------------------------------------------------------------------------
     @classmethod
@@ -218,23 +220,13 @@ class ShardedIndex:
             ids.append([d for _, d in top])
         return scores, ids
 
-    def texts(self, doc_ids: list[str]) -> list[str]:
-        """Passage texts by id, each asked of the shard that holds it."""
-        import ray
-
-        if self._shard_of is None:
-            self._shard_of = {d: i for i, shard_ids in enumerate(ray.get([a.ids.remote() for a in self.actors]))
-                              for d in shard_ids}
-        missing = [d for d in doc_ids if d not in self._shard_of]
-        if missing:
-            raise SiftrankError(f"document '{missing[0]}' is not in the index")
-        wanted: dict[int, list[str]] = {}
-        for d in doc_ids:
-            wanted.setdefault(self._shard_of[d], []).append(d)
-        found: dict[str, str] = {}
-        for shard, texts in zip(wanted, ray.get([self.actors[s].texts.remote(ds) for s, ds in wanted.items()])):
-            found.update(zip(wanted[shard], texts))
-        return [found[d] for d in doc_ids]
+    @functools.cached_property
+    def store(self) -> DocStore:
+        """Every shard's passages, read from the shards' documents tables (texts are looked up here, not
+        on the actors)."""
+        shards = int(self.manifest.parameters["shards"])
+        return DocStore(pl.concat([pl.read_parquet(self.path / f"shard-{i}" / DOCS_FILE) for i in range(shards)]),
+                        str(self.path))
 
     def close(self) -> None:
         """Stop the shard actors."""
@@ -258,8 +250,6 @@ class _Shard:
     def ids(self) -> list[str]:
         return self.index.docs["id"].to_list()
 
-    def texts(self, doc_ids: list[str]) -> list[str]:
-        return self.index.texts(doc_ids)
 
 
 def _complete(shard_dir: Path, identity: dict[str, Any], expected: dict[str, Any]) -> bool:

@@ -25,6 +25,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
 from serving.eventlog import EventLog
-from serving.experiment import ExperimentConfig, bucket
+from serving.experiment import ExperimentConfig, ServiceSection, bucket
 from serving.interleave import TeamDraft
 from serving.metrics import ServiceMetrics
-from serving.schemas import (FeedbackRequest, FeedbackResponse, HitOut, PromoteRequest, SearchRequest,
-                             SearchResponse)
+from serving.schemas import FeedbackRequest, FeedbackResponse, HitOut, PromoteRequest, SearchRequest, SearchResponse
 from serving.shadow import ShadowRunner
 from serving.variants import Variant, VariantPool
 
@@ -76,66 +76,78 @@ class SearchService:
             self.load_error = str(exc)
             log.error("variants failed to load: %s", exc)
 
-    # ---- search ---------------------------------------------------------------------------------------
-    async def search(self, request: SearchRequest, after: list[Callable[[], None]] | None = None) -> SearchResponse:
+    # ---- search: route, run, merge, record ------------------------------------------------------------
+    async def search(self, request: SearchRequest, after: list[Callable[[], object]] | None = None) -> SearchResponse:
         """Answer one search. Shadow jobs are appended to ``after`` (run once the response is sent);
         without it they are offered right away."""
         start = time.perf_counter()
         pool = self.pool  # one snapshot for the whole request: a reload swaps the reference, never this
         if pool is None:
             raise HTTPException(503, "variants are still loading")
-        service, experiment = pool.config.service, pool.config.experiment
+        self._validate(request, pool.config.service)
+        query_id = uuid.uuid4().hex
+        mode, names = self._route(request, pool, request.user_id or request.session_id or query_id)
+        flags = ["rerank_unavailable"] if request.rerank and any("rerank" not in pool[n].stages for n in names) else []
+        answers = await asyncio.gather(*(self._run(pool[n], request, query_id, "served") for n in names))
+        served, shown = self._merge(mode, names, answers, request.k, query_id)
+        latency_ms = 1000 * (time.perf_counter() - start)
+        self._record(pool, request, query_id, mode, served, shown, flags, latency_ms, names, after)
+        return SearchResponse(query_id=query_id, variant=served, mode=mode, flags=flags, latency_ms=latency_ms,
+                              hits=[HitOut(id=h.id, rank=h.rank, text=h.text, cosine=h.cosine, relevance=h.relevance,
+                                           score=h.score, variant=team) for h, team in shown])
+
+    @staticmethod
+    def _validate(request: SearchRequest, service: ServiceSection) -> None:
         if len(request.query) > service.max_query_chars:
             raise HTTPException(422, f"query longer than {service.max_query_chars} characters")
         if request.k > service.max_k:
             raise HTTPException(422, f"k must be <= {service.max_k}")
-        query_id = uuid.uuid4().hex
-        flags: list[str] = []
-        unit = request.user_id or request.session_id or query_id
+
+    @staticmethod
+    def _route(request: SearchRequest, pool: VariantPool, unit: str) -> tuple[str, list[str]]:
+        """Which variants answer: the one asked for, an interleaved pair, an A/B arm, or the primary."""
+        experiment = pool.config.experiment
         if request.variant is not None:
             if request.variant not in pool.variants:
                 raise HTTPException(404, f"unknown variant '{request.variant}'; known: {', '.join(pool.variants)}")
-            mode, names = "explicit", [request.variant]
-        elif pool.config.interleaves(unit):
-            mode, names = "interleave", list(experiment.interleave)
-        elif experiment.ab:
-            mode, names = "ab", [pool.config.assign(unit)]
-        else:
-            mode, names = "primary", [experiment.primary]
-        variants = [pool[n] for n in names]
-        if request.rerank and any(v.pipeline.ranker is None for v in variants):
-            flags.append("rerank_unavailable")  # the LLM ranker is a pipeline stage: this variant has none
-        answers = await asyncio.gather(*(self._run(v, request, query_id, "served") for v in variants))
-        if mode == "interleave":
-            (a, hits_a), (b, hits_b) = zip(names, answers)
-            draft = TeamDraft.merge((a, [h.id for h in hits_a]), (b, [h.id for h in hits_b]), request.k, query_id)
-            by_id = {h.id: h for h in hits_b} | {h.id: h for h in hits_a}
-            shown = [(by_id[d].model_copy(update={"rank": r}), team) for r, (d, team) in
-                     enumerate(zip(draft.docs, draft.teams), 1)]
-            self._remember(query_id, draft)
-            served_name = f"{a}+{b}"
-        else:
-            shown = [(h, names[0]) for h in answers[0]]
-            served_name = names[0]
-        latency_ms = 1000 * (time.perf_counter() - start)
+            return "explicit", [request.variant]
+        if pool.config.interleaves(unit):
+            return "interleave", list(experiment.interleave)
+        if experiment.ab:
+            return "ab", [pool.config.assign(unit)]
+        return "primary", [experiment.primary]
+
+    def _merge(self, mode: str, names: list[str], answers: list[list[Hit]], k: int,
+               query_id: str) -> tuple[str, list[tuple[Hit, str]]]:
+        """The list shown (with each hit's team) and who served it; interleaved lists are remembered for credit."""
+        if mode != "interleave":
+            return names[0], [(h, names[0]) for h in answers[0]]
+        (a, hits_a), (b, hits_b) = zip(names, answers)
+        draft = TeamDraft.merge((a, [h.id for h in hits_a]), (b, [h.id for h in hits_b]), k, query_id)
+        by_id = {h.id: h for h in hits_b} | {h.id: h for h in hits_a}
+        self._remember(query_id, draft)
+        return f"{a}+{b}", [(replace(by_id[d], rank=r), team) for r, (d, team) in enumerate(zip(draft.docs, draft.teams), 1)]
+
+    def _record(self, pool: VariantPool, request: SearchRequest, query_id: str, mode: str, served: str,
+                shown: list[tuple[Hit, str]], flags: list[str], latency_ms: float, names: list[str],
+                after: list[Callable[[], object]] | None) -> None:
+        """Log the query and what was shown, observe the latency, and offer the shadows their copy."""
+        experiment = pool.config.experiment
         self.log.add("queries", query_id, time.time(), experiment.name, request.user_id, request.session_id,
-                     request.query, mode, served_name, request.k, latency_ms, json.dumps(flags))
-        self.log.add_many("results", [(query_id, served_name, "shown", h.rank, h.id, h.score, h.cosine, h.relevance, team)
+                     request.query, mode, served, request.k, latency_ms, json.dumps(flags))
+        self.log.add_many("results", [(query_id, served, "shown", h.rank, h.id, h.score, h.cosine, h.relevance, team)
                                       for h, team in shown])
-        self.metrics.request.labels(served_name, "served").observe(latency_ms / 1000)
+        self.metrics.request.labels(served, "served").observe(latency_ms / 1000)
         for shadow in experiment.shadows:
             if shadow.variant not in names and bucket(f"{query_id}:{shadow.variant}") < shadow.sample_rate:
-                variant = pool[shadow.variant]
-                offer = functools.partial(self.shadows.offer, shadow.variant, shadow.timeout_ms / 1000,
-                                          lambda v=variant: self._run(v, request, query_id, "shadow"))
+                job = functools.partial(self._run, pool[shadow.variant], request, query_id, "shadow")
+                offer = functools.partial(self.shadows.offer, shadow.variant, shadow.timeout_ms / 1000, job)
                 if after is not None:
                     after.append(offer)
                 else:
                     offer()
         self.metrics.queue.labels("shadow").set(self.shadows.depth)
         self.metrics.queue.labels("events").set(self.log.pending)
-        return SearchResponse(query_id=query_id, variant=served_name, mode=mode, flags=flags, latency_ms=latency_ms,
-                              hits=[HitOut(**h.model_dump(exclude={"rank"}), rank=h.rank, variant=team) for h, team in shown])
 
     async def _run(self, variant: Variant, request: SearchRequest, query_id: str, role: str) -> list[Hit]:
         """One variant's top-k (micro-batched), logged with its stage timings and threshold cut."""
@@ -258,7 +270,7 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
                                                                      503: {"description": "not ready"}})
     async def search(request: SearchRequest, background: BackgroundTasks) -> SearchResponse:
         """Search with the variant this request is assigned to (A/B, interleaving, or the primary)."""
-        after: list[Callable[[], None]] = []
+        after: list[Callable[[], object]] = []
         response = await service.search(request, after)
         for offer in after:  # shadows are queued only once the response has been sent
             background.add_task(offer)

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from retrieval.hits import Hit
 from retrieval.pipeline import Pipeline
@@ -36,9 +37,12 @@ class Answer:
 class MicroBatcher:
     """Queue queries for one pipeline and run them in batches on a single worker thread."""
 
-    def __init__(self, pipeline: Pipeline, name: str, window_ms: float = 0.0, max_batch: int = 32, nice: int = 0,
-                 threads: int | None = None, process: ProcessSpec | None = None) -> None:
-        self.pipeline, self.name = pipeline, name
+    def __init__(self, pipeline: Pipeline | None, name: str, window_ms: float = 0.0, max_batch: int = 32, nice: int = 0,
+                 threads: int | None = None, process: ProcessSpec | None = None, depth: int | None = None) -> None:
+        if (pipeline is None) == (process is None):
+            raise ValueError("a batcher runs either a pipeline here or a process spec in its own process")
+        self.pipeline, self.name, self.process = pipeline, name, process
+        self.run_depth = process.depth if process is not None else depth  # the first stage's depth per query
         self.window, self.max_batch = window_ms / 1000, max_batch
         # A positive ``nice`` lowers the worker's CPU priority (a thread's is inherited by the threads it
         # starts, e.g. its OpenMP team) and ``threads`` caps its torch intra-op threads (a per-thread
@@ -78,7 +82,8 @@ class MicroBatcher:
         return self._run_here(queries)
 
     def _run_here(self, queries: list[str]) -> list[Answer]:
-        return answer_batch(self.pipeline, queries)
+        assert self.pipeline is not None
+        return answer_batch(self.pipeline, queries, self.run_depth)
 
     async def _drain(self) -> None:
         assert self._queue is not None
@@ -129,14 +134,14 @@ def _worker_setup(nice: int, threads: int | None) -> None:
             pass  # not permitted or not Linux: the nice value (or normal priority) stands
 
 
-def answer_batch(pipeline: Pipeline, queries: list[str]) -> list[Answer]:
-    """Run ``pipeline`` on ``queries``: each query's final ranking, the batch's stage times and cuts."""
-    stages = pipeline.run({str(i): q for i, q in enumerate(queries)})
-    timings = {stage: 1000 * spent for stage, spent in pipeline.timings.items()}
-    final = list(stages.values())[-1]
-    first = next(iter(stages.values()))
-    return [Answer(final[str(i)], timings, len(first[str(i)]) - len(final[str(i)]), len(queries))
-            for i in range(len(queries))]
+def answer_batch(pipeline: Pipeline, queries: list[str], depth: int | None = None) -> list[Answer]:
+    """Run ``pipeline`` on ``queries``: each query's final ranking, the batch's stage times and filter cuts."""
+    qids = [str(i) for i in range(len(queries))]
+    result = pipeline.run(dict(zip(qids, queries)), depth)
+    timings = {stage: 1000 * spent for stage, spent in result.timings.items()}
+    kept = result.stages.get("filter")
+    return [Answer(result.hits[q], timings, len(result.first[q]) - len(kept[q]) if kept is not None else 0, len(queries))
+            for q in qids]
 
 
 @dataclass(frozen=True)
@@ -145,12 +150,11 @@ class ProcessSpec:
 
     pipeline: Path | None
     data: Path | None
-    first_stage: str
-    depth: int
+    depth: int | None
     cache: str | None = None  # the siftrank cache folder, so the child reuses the parent's index
 
 
-_CHILD: dict[str, Pipeline] = {}
+_CHILD: dict[str, Any] = {}
 
 
 def _child_setup(spec: ProcessSpec, nice: int, threads: int | None) -> None:
@@ -161,10 +165,9 @@ def _child_setup(spec: ProcessSpec, nice: int, threads: int | None) -> None:
     from retrieval.data import Dataset
 
     dataset = Dataset.corpus_only(spec.data) if spec.data is not None else None
-    pipeline = Pipeline.from_config(PipelineConfig.load(spec.pipeline), dataset, spec.first_stage, progress=False)
-    pipeline.depth = spec.depth
-    _CHILD["pipeline"] = pipeline
+    _CHILD["pipeline"] = Pipeline.from_config(PipelineConfig.load(spec.pipeline), dataset, progress=False)
+    _CHILD["depth"] = spec.depth
 
 
 def _child_run(queries: list[str]) -> list[Answer]:
-    return answer_batch(_CHILD["pipeline"], queries)
+    return answer_batch(_CHILD["pipeline"], queries, _CHILD["depth"])

@@ -4,9 +4,9 @@
     data = "../shared/data/msmarco-dl19"   # dataset a variant's index is built from (cached) without [index].path
     event_log = "out/events.db"
 
-    [variants.dense]                # each variant is a pipeline config (or the defaults) and a first stage
-    [variants.bm25]
-    first_stage = "bm25"
+    [variants.dense]                # each variant is a pipeline config (or the defaults: dense), or a folder
+    [variants.bm25]                 # holding pipeline.toml (what `siftrank build` writes)
+    pipeline = "configs/bm25.toml"
 
     [experiment]
     name = "dl19"
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -52,8 +51,7 @@ class ServiceSection(_Strict):
 
 
 class VariantSection(_Strict):
-    pipeline: Path | None = None  # a pipeline config (encoder, index, filter); None: the defaults
-    first_stage: Literal["dense", "bm25"] = "dense"
+    pipeline: Path | None = None  # a pipeline config (its first stage included) or a folder with pipeline.toml; None: the defaults
     data: Path | None = None  # overrides [service].data for this variant
 
 
@@ -110,10 +108,12 @@ class ExperimentConfig(_Strict):
         config = load_toml(cls, path, "experiment config")
         base = path.parent
         service = config.service
-        service.event_log = _under(base, service.event_log)
-        service.data = _under(base, service.data)
+        service.event_log = _under(base, service.event_log)  # type: ignore[assignment]
+        service.data = _under(base, service.data)  # type: ignore[assignment]  # None stays None
         for variant in config.variants.values():
             variant.pipeline, variant.data = _under(base, variant.pipeline), _under(base, variant.data)
+            if variant.pipeline is not None and variant.pipeline.is_dir():
+                variant.pipeline = variant.pipeline / "pipeline.toml"
         return config
 
     def interleaves(self, unit: str) -> bool:

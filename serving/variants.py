@@ -1,7 +1,8 @@
 """The variants a service runs: one pipeline (and micro-batcher) per named variant, loaded and warmed together.
 
 A pool is immutable once built: reloading builds a new pool beside the old one and the service swaps
-the reference in one assignment, so a failed reload leaves the old pool serving.
+the reference in one assignment, so a failed reload leaves the old pool serving. A shadow-only variant
+that runs in its own process is built only there: the serving process holds its config, not its index.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from retrieval.calibration import check_threshold
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
-from retrieval.hits import Hit
+from retrieval.hits import Hit, renumber
 from retrieval.pipeline import Pipeline
 from serving.batcher import MicroBatcher, ProcessSpec
 from serving.experiment import ExperimentConfig
@@ -25,16 +27,27 @@ WARM_QUERIES = ["what is the boiling point of water", "effects of exercise on he
 
 @dataclass
 class Variant:
+    """A named pipeline behind its batcher; ``pipeline`` is None when it runs in its own process."""
+
     name: str
-    pipeline: Pipeline
+    config: PipelineConfig
     batcher: MicroBatcher
-    texts: dict[str, str] | None  # doc id -> text where the pipeline has no dense index (BM25 variants)
+    pipeline: Pipeline | None = None
+
+    @property
+    def stages(self) -> list[str]:
+        return self.pipeline.stages if self.pipeline is not None else self.config.stages()
 
     def finish(self, hits: list[Hit], k: int, min_relevance: float | None) -> list[Hit]:
-        hits = self.pipeline.finish(hits, k, with_text=self.texts is None, min_relevance=min_relevance)
-        if self.texts is not None:
-            hits = [h.model_copy(update={"text": self.texts.get(h.id)}) for h in hits]
-        return hits
+        """The top-``k`` with texts (a process-run shadow's are logged, never shown: no texts)."""
+        if self.pipeline is not None:
+            return self.pipeline.finish(hits, k, with_text=True, min_relevance=min_relevance)
+        if min_relevance is not None:
+            check_threshold(min_relevance)
+            if self.config.filter is None:
+                raise SiftrankError("min_relevance needs a relevance filter stage in the pipeline")
+            hits = renumber([h for h in hits if h.relevance is not None and h.relevance >= min_relevance])
+        return hits[:k]
 
 
 class VariantPool:
@@ -48,51 +61,58 @@ class VariantPool:
         """Load (or build and cache) each variant's index, then warm every pipeline with a small batch."""
         datasets: dict[Path, Dataset] = {}
         variants = {}
-        experiment = config.experiment
+        service, experiment = config.service, config.experiment
         shadow_only = {s.variant for s in experiment.shadows} - {experiment.primary, *experiment.ab, *experiment.interleave}
         for name, section in config.variants.items():
             pipeline_config = PipelineConfig.load(section.pipeline)
-            root = section.data or config.service.data
+            root = section.data or service.data
+            if root is None and pipeline_config.index.path is None:
+                raise SiftrankError(f"variant '{name}': no corpus (set [service].data or the variant's data) "
+                                    "and no [index].path in its pipeline config")
+            # the API never returns more than max_k: a first stage without its own depth stops there
+            depth = None if pipeline_config.first_stage.depth or pipeline_config.filter else service.max_k
+            if name in shadow_only and service.shadow_process:
+                spec = ProcessSpec(section.pipeline, root, depth, os.environ.get("SIFTRANK_CACHE"))
+                batcher = MicroBatcher(None, name, service.batch_window_ms, service.max_batch, service.shadow_nice,
+                                       service.shadow_threads, spec)
+                variants[name] = Variant(name, pipeline_config, batcher)
+                continue
             dataset = None
             if root is not None:
                 dataset = datasets.get(root) or datasets.setdefault(root, Dataset.corpus_only(root))
-            if dataset is None and (section.first_stage == "bm25" or pipeline_config.index.path is None):
-                raise SiftrankError(f"variant '{name}': no corpus (set [service].data or the variant's data) "
-                                    "and no [index].path in its pipeline config")
-            pipeline = Pipeline.from_config(pipeline_config, dataset, section.first_stage, progress)
-            if pipeline_config.index.depth is None and pipeline.calibrator is None:
-                pipeline.depth = config.service.max_k  # the API never returns more than max_k
-            texts = None
-            if pipeline.index is None and dataset is not None:
-                texts = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
+            pipeline = Pipeline.from_config(pipeline_config, dataset, progress)
             if name in shadow_only:
-                process = ProcessSpec(section.pipeline, root, section.first_stage, pipeline.depth,
-                                      os.environ.get("SIFTRANK_CACHE")) if config.service.shadow_process else None
-                batcher = MicroBatcher(pipeline, name, config.service.batch_window_ms, config.service.max_batch,
-                                       config.service.shadow_nice, config.service.shadow_threads, process)
+                batcher = MicroBatcher(pipeline, name, service.batch_window_ms, service.max_batch, service.shadow_nice,
+                                       service.shadow_threads, depth=depth)
             else:
-                batcher = MicroBatcher(pipeline, name, config.service.batch_window_ms, config.service.max_batch)
-            variants[name] = Variant(name, pipeline, batcher, texts)
+                batcher = MicroBatcher(pipeline, name, service.batch_window_ms, service.max_batch, depth=depth)
+            variants[name] = Variant(name, pipeline_config, batcher, pipeline)
         pool = cls(config, variants)
         pool.warm()
         return pool
 
     def promoted(self, config: ExperimentConfig, name: str) -> VariantPool:
         """The same variants under ``config``, with ``name`` (a former shadow) given a full-priority
-        in-process batcher; the shadow batcher is returned to be closed by the caller."""
+        in-process batcher (built here if it ran in its own process); the caller closes the old batcher."""
         variants = dict(self.variants)
         old = variants[name]
         service = config.service
-        variants[name] = Variant(name, old.pipeline, MicroBatcher(old.pipeline, name, service.batch_window_ms,
-                                                                   service.max_batch), old.texts)
+        pipeline = old.pipeline
+        if pipeline is None:
+            spec = old.batcher.process
+            assert spec is not None
+            dataset = Dataset.corpus_only(spec.data) if spec.data is not None else None
+            pipeline = Pipeline.from_config(old.config, dataset, progress=False)
+        batcher = MicroBatcher(pipeline, name, service.batch_window_ms, service.max_batch, depth=old.batcher.run_depth)
+        variants[name] = Variant(name, old.config, batcher, pipeline)
         return VariantPool(config, variants)
 
     def warm(self) -> None:
         for variant in self.variants.values():
-            if variant.pipeline.index is not None:
-                variant.pipeline.index.warm()
+            if variant.pipeline is not None:
+                variant.pipeline.first_stage.warm()
             variant.batcher.run_batch(WARM_QUERIES)
-            log.info("variant %s warmed (%s)", variant.name, " -> ".join(variant.pipeline.stages))
+            log.info("variant %s warmed (%s)", variant.name, " -> ".join(variant.stages))
 
     def __getitem__(self, name: str) -> Variant:
         if name not in self.variants:
@@ -102,9 +122,10 @@ class VariantPool:
     def describe(self) -> list[dict[str, object]]:
         experiment = self.config.experiment
         shadows = {s.variant: s for s in experiment.shadows}
-        return [{"name": name, "stages": v.pipeline.stages, "primary": name == experiment.primary,
+        return [{"name": name, "stages": v.stages, "primary": name == experiment.primary,
                  "ab_weight": experiment.ab.get(name), "interleaved": name in experiment.interleave,
-                 "shadow_sample_rate": shadows[name].sample_rate if name in shadows else None}
+                 "shadow_sample_rate": shadows[name].sample_rate if name in shadows else None,
+                 "own_process": v.pipeline is None}
                 for name, v in self.variants.items()]
 
     async def close(self) -> None:

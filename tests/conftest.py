@@ -46,6 +46,12 @@ def tiny(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "tiny")
 
 
+@pytest.fixture
+def tiny_binary(tmp_path: Path) -> Path:
+    """The tiny collection with BEIR-style binary qrels: every positive grade is relevant (grade 1 too)."""
+    return write_dataset(tmp_path / "tiny-binary", qrels=[(q, d, int(g > 0)) for q, d, g in QRELS])
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own siftrank cache, so no test sees another's indexes."""

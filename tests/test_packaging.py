@@ -35,19 +35,83 @@ def test_offline_model_and_field_packages_present(package: str) -> None:
     assert _version(package) is not None
 
 
-LAYERS = {"retrieval": {"training", "eval", "serving"}, "training": {"eval", "serving"}, "eval": {"serving"}}
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("siftrank", "retrieval", "training", "eval", "serving")
+LAYERS = {"retrieval": {"siftrank", "training", "eval", "serving"}, "training": {"siftrank", "eval", "serving"},
+          "eval": {"siftrank", "serving"}, "serving": {"siftrank"}}
+
+
+def _imports(path: Path) -> list[str]:
+    """Absolute first-party modules a file imports, anywhere but under ``if TYPE_CHECKING:``."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for child in node.body for n in ast.walk(child)}
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+    return [n for n in names if n.split(".")[0] in PACKAGES]
+
+
+def _module_graph() -> dict[str, set[str]]:
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+    return {module: {n for n in _imports(path) if n in files and n != module} for module, path in files.items()}
 
 
 @pytest.mark.parametrize("package", sorted(LAYERS))
 def test_layers_import_only_downwards(package: str) -> None:
     """retrieval is the core; training and eval build on it; serving sits on top (imports parsed, not run)."""
-    import ast
-
-    root = Path(__file__).resolve().parents[1] / package
-    bad = []
-    for path in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] in LAYERS[package]]
+    bad = [f"{module}: {n}" for module, targets in _module_graph().items() if module.split(".")[0] == package
+           for n in targets if n.split(".")[0] in LAYERS[package]]
     assert not bad, bad
+
+
+def test_no_import_cycles() -> None:
+    """No module imports itself back through others, at module level or inside functions."""
+    graph = _module_graph()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target] if target in path else [module, target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
+
+
+def test_importing_the_library_changes_no_environment() -> None:
+    """Only the CLI may set process-wide variables (HF offline flags); importing the library must not
+    (variables that third-party libraries set for their own allocators are not ours to judge)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, json; before = dict(os.environ); import siftrank, retrieval.encoder, retrieval.causal_lm, "
+            "retrieval.pipeline, training.finetune; print(json.dumps(sorted(set(os.environ) - set(before))))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ours = [k for k in json.loads(out.stdout) if k.startswith(("HF_", "TRANSFORMERS_", "SIFTRANK", "TOKENIZERS_", "OMP_"))]
+    assert not ours, ours
+
+
+def test_public_api_names_resolve() -> None:
+    import siftrank
+
+    assert {name: getattr(siftrank, name).__name__ for name in siftrank.__all__} == {n: n for n in siftrank.__all__}

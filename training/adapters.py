@@ -19,6 +19,7 @@ from retrieval.adapters import ConnectedAdapters
 from retrieval.errors import SiftrankError
 
 METHODS: tuple[str, ...] = ("connected", "lora", "bitfit", "full")
+FFN_PATTERN = r"layer\.\d+\.(intermediate\.dense|output\.dense)\.weight$"  # both FFN matrices of a layer
 ALL_LINEAR = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"  # attention, its output, both FFN matrices
 
 

@@ -20,14 +20,32 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from retrieval.calibration import (BASELINES, Calibrator, baseline_scores, cosine_stats, threshold_for_precision,
-                                   threshold_for_recall)
+from retrieval.calibration import (
+    BASELINES,
+    Calibrator,
+    baseline_scores,
+    cosine_stats,
+    threshold_for_precision,
+    threshold_for_recall,
+)
 from retrieval.data import Dataset, relevant_grade
 from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
 from retrieval.index import Index
 
 log = logging.getLogger(__name__)
+
+
+# --features: (query embedding, top-K cosine statistics) as inputs of the map's query network
+FEATURES = {"auto": (True, True), "global": (False, False), "embedding": (True, False), "stats": (False, True),
+            "embedding+stats": (True, True)}
+
+
+def feature_flags(name: str) -> tuple[bool, bool]:
+    """(use_embedding, use_stats) for a ``--features`` name; an unknown name is one error."""
+    if name not in FEATURES:
+        raise SiftrankError(f"--features must be one of {', '.join(FEATURES)}, not '{name}'")
+    return FEATURES[name]
 
 
 @dataclass

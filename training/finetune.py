@@ -21,28 +21,11 @@ from retrieval.artifacts import Manifest, atomic_dir, write_text_atomic
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder, load_sentence_transformer, model_fingerprint
 from retrieval.errors import SiftrankError
-from retrieval.index import Index
-from training.adapters import TrainableSetup
+from training.adapters import FFN_PATTERN, TrainableSetup
+from training.triplets import judged_queries, relevant_docs, training_pairs
 
 log = logging.getLogger(__name__)
 LEARNING_RATES = {"full": 5e-5, "bitfit": 1e-3, "lora": 5e-4, "connected": 5e-4}
-
-
-def training_pairs(dataset: Dataset, encoder: Encoder, index: Index, qids: list[str], depth: int = 30,
-                   per_query: int | None = None) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
-    """(query, positive, hard negative) for every judged-relevant passage of ``qids`` (at most
-    ``per_query`` each), and each query's top-``depth`` candidates (for the validation corpus)."""
-    if not qids:
-        raise SiftrankError(f"{dataset.root}: no training queries with relevant passages")
-    _, ranked = index.search(encoder.encode_queries([dataset.queries[q] for q in qids]), depth)
-    text = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
-    triplets = []
-    for q, hits in zip(qids, ranked):
-        negative = next((d for d in hits if dataset.qrels[q].get(d, 0) <= 0), None)
-        positives = [d for d, grade in dataset.qrels[q].items() if grade > 0 and d in text]
-        if negative is not None:
-            triplets += [(dataset.queries[q], text[d], text[negative]) for d in positives[:per_query]]
-    return triplets, dict(zip(qids, ranked))
 
 
 class FineTuner:
@@ -68,7 +51,7 @@ class FineTuner:
 
     def split(self, dataset: Dataset) -> tuple[list[str], list[str]]:
         """Training and validation query ids (judged-relevant queries only; seeded shuffle)."""
-        qids = sorted(q for q in dataset.queries if any(g > 0 for g in dataset.qrels[q].values()))
+        qids = sorted(judged_queries(dataset))
         if len(qids) < 2:
             raise SiftrankError(f"{dataset.root}: need at least 2 training queries with relevant passages, got {len(qids)}")
         random.Random(0).shuffle(qids)  # the split is fixed across seeds: seeds vary the training only
@@ -95,11 +78,12 @@ class FineTuner:
         _, candidates = training_pairs(dataset, self.encoder, index, val_q, depth=10)
         if not triplets:
             raise SiftrankError(f"{dataset.root}: no training triplets")
-        text = dict(zip(dataset.corpus["id"].to_list(), dataset.doc_texts()))
-        val_docs = {d for q in val_q for d in candidates[q]} | {d for q in val_q for d, g in dataset.qrels[q].items() if g > 0}
+        relevant = {q: set(relevant_docs(dataset.qrels, q)) for q in val_q}
+        val_docs = sorted(d for d in {d for q in val_q for d in candidates[q]} | {d for q in val_q for d in relevant[q]}
+                          if d in dataset.store)
         evaluator = InformationRetrievalEvaluator(
-            {q: dataset.queries[q] for q in val_q}, {d: text[d] for d in val_docs if d in text},
-            {q: {d for d, g in dataset.qrels[q].items() if g > 0} for q in val_q}, name="val", write_csv=False,
+            {q: dataset.queries[q] for q in val_q}, dict(zip(val_docs, dataset.store.texts(val_docs))),
+            relevant, name="val", write_csv=False,
             ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[10], precision_recall_at_k=[10], map_at_k=[10])
 
         masks = _pruned_masks(model) if self.method == "full" else {}
@@ -171,8 +155,6 @@ class FineTuner:
 def _pruned_masks(model) -> dict[str, Any]:
     """Keep-masks of matrices that a pruned model left with exact zeros (so fine-tuning keeps them zero)."""
     import re
-
-    from training.prune import FFN_PATTERN
 
     out = {}
     for name, parameter in model.named_parameters():

@@ -28,6 +28,7 @@ from retrieval.causal_lm import ADAPTER_KIND, CausalLM
 from retrieval.data import Dataset, Run, read_run
 from retrieval.errors import SiftrankError
 from retrieval.rerank import ListwiseRanker, importance_weight
+from training.triplets import judged_queries
 
 Loss = Literal["importance", "ce"]
 
@@ -72,7 +73,7 @@ def lists_from_run(dataset: Dataset, qids: list[str], candidates: Run, teacher: 
         rank_of = {d: r for r, d in enumerate(labels)}
         shown_lists = [ranked[:depth]] + [rng.sample(ranked, min(depth, len(ranked))) for _ in range(samples - 1)]
         for shown in shown_lists:
-            texts = dataset.texts(shown)
+            texts = dataset.store.texts(shown)
             order = sorted(range(len(shown)), key=lambda i: rank_of[shown[i]])
             examples.append(ListwiseExample(dataset.queries[q], texts, order))
     return examples
@@ -109,7 +110,7 @@ def training_qids(dataset: Dataset, folds: int = 0, fold: int = 0, seed: int = 0
     """Training and held-out queries: all judged queries, or all but fold ``fold`` of a query-level k-fold."""
     from retrieval.data import query_folds
 
-    qids = sorted(q for q in dataset.queries if any(g > 0 for g in dataset.qrels.get(q, {}).values()))
+    qids = sorted(judged_queries(dataset))
     if not qids:
         raise SiftrankError(f"{dataset.qrels_path}: no query has a relevant judgment: nothing to learn an order from")
     if not folds:
@@ -218,7 +219,7 @@ class ListwiseTrainer:
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start
-        self.model = model
+        self.model = model  # type: ignore[assignment]
         self.history = [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history]
         __import__("shutil").rmtree(work, ignore_errors=True)
         tokens = [len(r["input_ids"]) for r in rows]

@@ -23,7 +23,6 @@ structured variant removes whole FFN neurons by summed DAI, so the matrices real
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -37,12 +36,11 @@ from retrieval.artifacts import Manifest, atomic_dir
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
-from retrieval.index import Index
+from training.adapters import FFN_PATTERN
+from training.triplets import Triplet, domain_triplets, general_triplets
 
 log = logging.getLogger(__name__)
 
-Triplet = tuple[str, str, str]
-FFN_PATTERN = r"layer\.\d+\.(intermediate\.dense|output\.dense)\.weight$"
 METHODS: tuple[str, ...] = ("gaprune", "magnitude", "random", "fisher-domain", "fisher-general")
 
 
@@ -56,31 +54,6 @@ NORMALISERS = {"mean": lambda t: t.mean(), "max": lambda t: t.max(), "rms": _rms
 # Chosen on held-out SciFact-train queries (benchmarks/prune_select.py, docs/pruning/selection.md): the
 # paper's β = 1 prunes the weights that matter most for general data first, and those matter for the domain too.
 DEFAULT_BETA, DEFAULT_NORMALISE = 0.0, "rms"
-
-
-def general_triplets(root: Path, limit: int = 256) -> list[Triplet]:
-    """General-domain triplets from the MS MARCO training samples in ``root`` (msmarco-train-toy)."""
-    triplets: list[Triplet] = []
-    flag = root / "flagembedding_msmarco_10q_25hardneg.jsonl"
-    if flag.is_file():
-        for line in flag.read_text().splitlines():
-            record = json.loads(line)
-            triplets += [(record["query"], record["pos"][0], neg) for neg in record["neg"][:10]]
-    splade = root / "splade_toy_triples_100.tsv"
-    if splade.is_file():
-        triplets += [tuple(line.split("\t")[:3]) for line in splade.read_text().splitlines() if line.count("\t") >= 2]  # type: ignore[misc]
-    if not triplets:
-        raise SiftrankError(f"{root}: no general calibration triplets (expected the msmarco-train-toy files)")
-    return triplets[:limit]
-
-
-def domain_triplets(dataset: Dataset, encoder: Encoder, index: Index, limit: int = 256, depth: int = 20) -> list[Triplet]:
-    """Domain triplets from a dataset's training qrels, one per query (its first relevant passage); the
-    hard negative is the encoder's highest-ranked passage that is not judged relevant."""
-    from training.finetune import training_pairs
-
-    qids = [q for q in dataset.queries if any(g > 0 for g in dataset.qrels[q].values())][:limit]
-    return training_pairs(dataset, encoder, index, qids, depth, per_query=1)[0]
 
 
 def calibration_sets(model: str, domain: Path, domain_split: str, general: Path, limit: int = 256

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.calibration import (FAMILIES, Calibrator, baseline_scores, check_threshold, threshold_for_precision,
-                                   threshold_for_recall)
+from retrieval.calibration import (
+    FAMILIES,
+    Calibrator,
+    baseline_scores,
+    check_threshold,
+    threshold_for_precision,
+    threshold_for_recall,
+)
 from retrieval.errors import SiftrankError
 
 ENCODER = {"model": "m", "fingerprint": "f1", "dim": 8}

@@ -42,7 +42,7 @@ def test_save_load_is_lazy_and_identical(tmp_path: Path) -> None:
     s1, i1 = built.search(vectors[10:20], 10)
     s2, i2 = loaded.search(vectors[10:20], 10)
     assert i1 == i2 and np.allclose(s1, s2)
-    assert loaded.texts(["doc-7"]) == ["text 7"]
+    assert loaded.store.texts(["doc-7"]) == ["text 7"]
     with pytest.raises(SiftrankError, match="already exists"):
         built.save(tmp_path / "idx")
 

@@ -64,15 +64,15 @@ def test_sharded_search_equals_the_single_index_and_a_failed_build_resumes(tiny:
         want_scores, want_ids = single.search(queries, k)
         assert ids == want_ids
         assert np.allclose(scores, want_scores, atol=1e-5)
-    assert index.texts(["d12", "d1"]) == single.texts(["d12", "d1"])
-    with pytest.raises(SiftrankError, match="is not in the index"):
-        index.texts(["nope"])
+    assert index.store.texts(["d12", "d1"]) == single.store.texts(["d12", "d1"])
+    with pytest.raises(SiftrankError, match="not in the corpus"):
+        index.store.texts(["nope"])
     index.close()
 
     # The pipeline opens it from a config like any index and gives the same ranking.
     config = tmp_path / "p.toml"
     config.write_text(f'[encoder]\nprecision = "fp32"\nquery_precision = "fp32"\n[index]\npath = "{out}"\n')
-    stages = Pipeline.from_config(PipelineConfig.load(config), progress=False).run(data.queries)
+    stages = Pipeline.from_config(PipelineConfig.load(config), progress=False).run(data.queries).stages
     assert [h.id for h in stages["dense"]["q2"]] == single.search(queries[1:2], 12)[1][0]
 
     # A shard from another model is refused at load.

@@ -20,7 +20,7 @@ event_flush_ms = 5
 
 [variants.dense]
 [variants.bm25]
-first_stage = "bm25"
+pipeline = "bm25.toml"
 
 [experiment]
 name = "test"
@@ -36,6 +36,7 @@ def write_experiment(folder: Path, share: float = 0.5) -> Path:
     write_dataset(folder / "tiny")
     path = folder / "experiment.toml"
     path.write_text(EXPERIMENT.format(share=share))
+    (folder / "bm25.toml").write_text('[first_stage]\nkind = "bm25"\n')
     return path
 
 

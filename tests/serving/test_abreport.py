@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from eval.abreport import ABReport, kendall, rbo
 from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
-from serving.abreport import ABReport, kendall, rbo
 from serving.app import create_app
 from serving.replay import Replayer
 from serving.variants import VariantPool

@@ -141,7 +141,7 @@ def test_shadow_runs_after_response_and_its_failures_stay_inside(built, tmp_path
             async def search(self, query: str):
                 raise RuntimeError("shadow exploded")
 
-        broken.variants["bm25"] = type(original)(original.name, original.pipeline, Boom(), original.texts)
+        broken.variants["bm25"] = type(original)(original.name, original.config, Boom(), original.pipeline)
         service.pool = broken
         again = client.post("/search", json={"query": "why do tides happen", "k": 3}).json()
         assert [h["id"] for h in again["hits"]] == [h["id"] for h in body["hits"]]
@@ -190,7 +190,7 @@ def test_admin_reload_and_promote(built, tmp_path: Path, monkeypatch: pytest.Mon
 def test_experiment_config_errors(tmp_path: Path) -> None:
     from retrieval.errors import SiftrankError
 
-    good = ('[variants.dense]\n[variants.bm25]\nfirst_stage = "bm25"\n[experiment]\nprimary = "dense"\n')
+    good = ('[variants.dense]\n[variants.bm25]\npipeline = "bm25.toml"\n[experiment]\nprimary = "dense"\n')
     path = tmp_path / "e.toml"
     path.write_text(good.replace('primary = "dense"', 'primary = "ghost"'))
     with pytest.raises(SiftrankError, match="unknown variant"):
@@ -216,11 +216,13 @@ def test_shadow_only_variant_runs_in_its_own_process(tmp_path: Path, monkeypatch
     write_dataset(tmp_path / "tiny")
     path = tmp_path / "experiment.toml"
     path.write_text('[service]\ndata = "tiny"\nevent_log = "events.db"\nevent_flush_ms = 5\n'
-                    '[variants.dense]\n[variants.bm25]\nfirst_stage = "bm25"\n'
+                    '[variants.dense]\n[variants.bm25]\npipeline = "bm25.toml"\n'
                     '[experiment]\nprimary = "dense"\nshadows = [{ variant = "bm25" }]\n')
+    (tmp_path / "bm25.toml").write_text('[first_stage]\nkind = "bm25"\n')
     config = ExperimentConfig.load(path)
     pool = VariantPool.build(config)
     assert pool["bm25"].batcher.in_process and not pool["dense"].batcher.in_process
+    assert pool["bm25"].pipeline is None and pool["bm25"].stages == ["bm25"]  # built only in its own process
     monkeypatch.setenv(API_KEY_ENV, "k")
     app = create_app(config, path, pool)
     with TestClient(app) as client:

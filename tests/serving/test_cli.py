@@ -146,12 +146,12 @@ def test_filter_config_errors(tiny: Path, tmp_path: Path, cli) -> None:
     config = tmp_path / "pipe.toml"
     config.write_text('[filter]\ncalibrator = "cal"\nthreshold = 1.5\n')
     code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
-    assert code == 2 and "filter.threshold" in err
+    assert code == 2 and "filter: threshold: Input should be less than or equal to 1" in err
     config.write_text('[filter]\ncalibrator = "missing"\n')
     code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
     assert code == 2 and "calibrator directory not found" in err
     assert cli("calibrate", "--dataset", tiny, "--split", "test", "--k", "12", "--out", tmp_path / "cal")[0] == 0
-    config.write_text('[index]\ndepth = 50\n[filter]\ncalibrator = "cal"\n')
+    config.write_text('[first_stage]\ndepth = 50\n[filter]\ncalibrator = "cal"\n')
     code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
     assert code == 2 and "trained on top-12 candidates" in err
 
@@ -193,7 +193,7 @@ def test_train_ranker_then_rerank_a_given_run(tiny: Path, tiny_llm: Path, tmp_pa
     assert list(metrics["stages"]) == ["run", "rerank"]
     cost = metrics["stages"]["rerank"]
     assert cost["input_tokens_per_query"] > 0 and cost["output_tokens_per_query"] == 0 and cost["parse_failures"] == 0
-    assert {"seconds_per_query", "nDCG@10"} <= set(cost) and metrics["ranker"]["mode"] == "first-token"
+    assert {"seconds_per_query", "nDCG@10"} <= set(cost) and metrics["pipeline"]["rerank"]["mode"] == "first-token"
     reranked = (tmp_path / "ev" / "run.rerank.trec").read_text().splitlines()
     q1 = [line.split() for line in reranked if line.startswith("q1 ")]
     assert {r[2] for r in q1[:3]} == {"d5", "d2", "d1"} and q1[3][2] == "d9"  # only the top 3 are re-ordered
@@ -202,3 +202,26 @@ def test_train_ranker_then_rerank_a_given_run(tiny: Path, tiny_llm: Path, tmp_pa
     config.write_text(f'[rerank]\nmodel = "{tiny_llm}"\nadapter = "nowhere"\n')
     code, out, err = cli("eval", "--dataset", tiny, "--first-stage-run", run, "--pipeline", config, "--out", tmp_path / "ev2")
     assert code == 2 and "not a siftrank artifact" in err
+
+
+def test_every_command_runs_every_stage_of_its_config(tiny: Path, tiny_llm: Path, tmp_path: Path, cli) -> None:
+    """search --pipeline and eval --first-stage-run run the filter and the ranker the config names."""
+    assert cli("calibrate", "--dataset", tiny, "--split", "test", "--k", "12", "--out", tmp_path / "cal")[0] == 0
+    assert cli("index", "build", "--corpus", tiny, "--out", tmp_path / "idx")[0] == 0
+    config = tmp_path / "full.toml"
+    config.write_text(f'[filter]\ncalibrator = "cal"\nthreshold = 0.0\n[rerank]\nmodel = "{tiny_llm}"\ndepth = 3\n'
+                      'mode = "first-token"\n')
+    code, out, err = cli("search", "why do volcanoes erupt", "--index", tmp_path / "idx", "--pipeline", config, "-k", "4", "--json")
+    assert code == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    assert len(hits) == 4 and all(h["relevance"] is not None for h in hits)  # the filter ran
+    assert [h["score"] for h in hits[:3]] == [3.0, 2.0, 1.0] and hits[3]["score"] < 0  # the ranker ordered the top 3
+    run = tmp_path / "given.trec"
+    run.write_text("".join(f"q{q} Q0 d{d} {d} {20 - d}.0 x\n" for q in (1, 2, 3) for d in range(1, 13)))
+    code, out, err = cli("eval", "--dataset", tiny, "--first-stage-run", run, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["run", "filter", "rerank"] and metrics["final_stage"] == "rerank"
+    assert "PR-AUC" in metrics["stages"]["filter"]  # the filter scored the run's candidates (cosines computed)
+    code, _, err = cli("eval", "--dataset", tiny, "--first-stage", "splade", "--out", tmp_path / "ev2")
+    assert code == 2 and "kind must be one of dense, bm25, run, hybrid" in err

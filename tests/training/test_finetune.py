@@ -67,10 +67,10 @@ def test_budget_and_bad_input(tiny: Path) -> None:
         FineTuner("bundled:all-MiniLM-L6-v2", "lora").train(one)
 
 
-def test_train_save_and_load_adapter_only_on_its_base(tiny: Path, tmp_path: Path) -> None:
+def test_train_save_and_load_adapter_only_on_its_base(tiny_binary: Path, tmp_path: Path) -> None:
     tuner = FineTuner("bundled:all-MiniLM-L6-v2", "connected", batch_size=2, eval_steps=1, validation_share=0.34,
                       checkpoint_dir=tmp_path / "checkpoints", checkpoint_steps=2)
-    report = tuner.train(Dataset.load(tiny), steps=3, progress=False)
+    report = tuner.train(Dataset.load(tiny_binary), steps=3, progress=False)
     assert report["steps"] == 3 and report["trainable"] == tuner.counts["trainable"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]  # written atomically, loadable:
     Encoder(adapter=tmp_path / "checkpoints" / "step-2").encode_queries(TEXTS[:1])
@@ -87,7 +87,7 @@ def test_train_save_and_load_adapter_only_on_its_base(tiny: Path, tmp_path: Path
     Encoder(precision="fp32").model.save(str(other))
     (other / "extra.txt").write_text("a different model folder")
     with pytest.raises(SiftrankError, match="belongs to base model"):
-        Encoder(str(other), adapter=tmp_path / "adapter").model
+        _ = Encoder(str(other), adapter=tmp_path / "adapter").model
     with pytest.raises(SiftrankError, match="adapter .* not found"):
         Encoder(adapter=tmp_path / "missing")
 

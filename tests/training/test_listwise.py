@@ -13,8 +13,17 @@ from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
 from retrieval.rerank import ListwiseRanker
 from tests.conftest import write_tiny_llm
-from training.listwise import (ListwiseExample, ListwiseTrainer, build_lists, collate, fuse_runs, label_order,
-                               lists_from_hard_negatives, training_qids, weighted_loss)
+from training.listwise import (
+    ListwiseExample,
+    ListwiseTrainer,
+    build_lists,
+    collate,
+    fuse_runs,
+    label_order,
+    lists_from_hard_negatives,
+    training_qids,
+    weighted_loss,
+)
 
 
 def test_labels_put_grades_first_then_the_teacher_order() -> None:

@@ -1,0 +1,51 @@
+"""The document store: the one owner of passage texts by id, for every stage that reads passages.
+
+Built from a corpus or an index's documents table (columns ``id``, ``title``, ``text``); the display
+and ranking text is title and body joined (BEIR convention). The id → row map is built on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import polars as pl
+
+from retrieval.errors import SiftrankError
+
+
+class DocStore:
+    """Texts of documents by id, read from one documents table (``source`` names it in errors)."""
+
+    def __init__(self, docs: pl.DataFrame, source: str) -> None:
+        missing = {"id", "text"} - set(docs.columns)
+        if missing:
+            raise SiftrankError(f"{source}: documents table lacks column(s) {', '.join(sorted(missing))}")
+        self.docs, self.source = docs, source
+
+    def __len__(self) -> int:
+        return self.docs.height
+
+    @functools.cached_property
+    def _rows(self) -> dict[str, int]:
+        return {d: i for i, d in enumerate(self.docs["id"].to_list())}
+
+    @functools.cached_property
+    def _joined(self) -> list[str]:
+        bodies = self.docs["text"].to_list()
+        titles = self.docs["title"].to_list() if "title" in self.docs.columns else [""] * len(bodies)
+        return [f"{t} {x}" if t else x for t, x in zip(titles, bodies)]
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._rows
+
+    def texts(self, doc_ids: list[str]) -> list[str]:
+        """Title and body of each document, in the order asked; an unknown id is an error."""
+        rows, joined = self._rows, self._joined
+        missing = [d for d in doc_ids if d not in rows]
+        if missing:
+            raise SiftrankError(f"{self.source}: {len(missing)} documents are not in the corpus (first: {missing[0]})")
+        return [joined[rows[d]] for d in doc_ids]
+
+    def all_texts(self) -> list[str]:
+        """Every document's text, in table order (what an encoder or BM25 indexes)."""
+        return list(self._joined)

@@ -1,0 +1,63 @@
+"""What every command shares: the typer app, option types, the config loader with overrides, and the
+refuse-to-overwrite check."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from retrieval.config import PipelineConfig
+from retrieval.errors import SiftrankError
+
+app = typer.Typer(name="siftrank", help="Dense retrieval, relevance calibration and LLM full ranking, measured end to end.\n\n"
+                  "Bad input ends with one 'error: ...' line on stderr and exit status 2, never a traceback.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+# The shared data folder beside the repository (../shared/data), or $SIFTRANK_DATA.
+DEFAULT_DATA = Path(os.environ.get("SIFTRANK_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens (cache hits, builds) to stderr.")]
+ModelOpt = Annotated[Optional[str], typer.Option(help="Encoder: 'bundled:all-MiniLM-L6-v2' or a local sentence-transformers folder. Default: the pipeline config's.")]
+PipelineOpt = Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline config (TOML): encoder, index, first stage and later stages. Default: bundled MiniLM, dense first stage, flat index.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output (only once the new one is complete).")]
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """Never replace an artifact unless asked: checked before any work is done."""
+    if out.exists() and not overwrite:
+        raise SiftrankError(f"{out} already exists (pass --overwrite to replace it)")
+
+
+ENCODER_KEYS = {"model", "precision", "backend"}
+INDEX_KEYS = {"kind", "device"}
+
+
+def load_config(path: Optional[Path], first_stage: Optional[str] = None, first_stage_run: Optional[Path] = None,
+                index: Optional[Path] = None, **overrides: Optional[str]) -> PipelineConfig:
+    """The pipeline config with command-line overrides applied (and validated again): encoder and index
+    keys, the first stage's kind, a run file as first stage, a prebuilt index."""
+    config = PipelineConfig.load(path)
+    raw = config.model_dump(mode="json", exclude_none=True)
+    for key, value in overrides.items():
+        if value is not None:
+            raw["encoder" if key in ENCODER_KEYS else "index"][key] = value
+    if first_stage is not None or first_stage_run is not None:
+        if first_stage is not None and first_stage_run is not None:
+            raise SiftrankError("give --first-stage or --first-stage-run, not both")
+        section = {"kind": first_stage or "run"} | ({"path": str(first_stage_run)} if first_stage_run else {})
+        raw["first_stage"] = section | ({"depth": config.first_stage.depth} if config.first_stage.depth else {})
+    if index is not None:
+        raw["index"]["path"] = str(index)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except Exception as exc:  # pydantic ValidationError: a bad --kind, --precision or --first-stage
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in getattr(exc, "errors", lambda: [])())
+        raise SiftrankError(f"invalid option: {problems or exc}") from None

@@ -1,0 +1,56 @@
+"""``siftrank index build``: encode a corpus into a FAISS index directory (or a sharded one on Ray)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from serving.cli.common import ModelOpt, PipelineOpt, Verbose, app, load_config, refuse_existing, setup_logging
+
+index_app = typer.Typer(help="Build FAISS indexes over a corpus.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+@index_app.command("build")
+def index_build(
+    corpus: Annotated[Path, typer.Option("--corpus", help="A corpus file (corpus.jsonl[.gz], collection.tsv) or a dataset directory holding one.")],
+    out: Annotated[Path, typer.Option("--out", help="Index directory to write (written atomically).")],
+    pipeline: PipelineOpt = None,
+    model: ModelOpt = None,
+    kind: Annotated[Optional[str], typer.Option(help="flat (exact), ivf (inverted lists) or hnsw (graph). Default: the config's (flat).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Index device: auto (GPU when FAISS sees one), cpu or gpu.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Encoder precision: auto (fp16 GPU, bf16 on CPUs with native bf16, else fp32), fp32, bf16, fp16.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing index directory (only once the new one is complete).")] = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Build a sharded index on Ray: a cluster address (HOST:PORT, ray://HOST:PORT, auto) or 'local'. A failed build resumes when run again.")] = None,
+    shards: Annotated[int, typer.Option(min=1, help="With --ray: number of FAISS shards (one search actor each).")] = 2,
+    verbose: Verbose = False,
+) -> None:
+    """Encode a corpus and write a FAISS index directory (index.faiss, docs.parquet, manifest.json), or with
+    --ray a sharded one (encoded by Ray Data actors, one FAISS shard per partition)."""
+    from retrieval.data import Dataset
+    from retrieval.indexer import Indexer
+
+    setup_logging(verbose)
+    config = load_config(pipeline, model=model, kind=kind, device=device, precision=precision)
+    refuse_existing(out, overwrite)
+    dataset = Dataset.corpus_only(corpus)
+    if ray is not None:
+        from retrieval.sharded import ShardedIndex
+
+        start = time.perf_counter()
+        sharded = ShardedIndex.build(dataset, config.encoder.model_dump(mode="json"), out, shards, config.index.kind,
+                                     config.index.params, address=ray, overwrite=overwrite)
+        typer.echo(f"wrote {out}: {len(sharded)} passages in {shards} {config.index.kind} shards "
+                   f"({time.perf_counter() - start:.1f} s on Ray)")
+        return
+    index = Indexer(config.encoder.build(), config.index.kind, config.index.params, config.index.device).build(dataset)
+    index.save(out, overwrite=overwrite)
+    m = index.manifest.metrics
+    typer.echo(f"wrote {out}: {len(index)} passages, {index.kind}, {m['passages_per_second']} passages/s "
+               f"({m['encoder_precision']} on {m['encoder_device']})")
+
+

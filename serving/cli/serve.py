@@ -1,0 +1,101 @@
+"""Service commands: ``serve`` (the search API), ``replay`` (drive a running service with a collection's
+queries and simulated clicks) and ``ab-report`` (the statistics of an event log)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from retrieval.errors import SiftrankError
+from serving.cli.common import DEFAULT_DATA, PipelineOpt, Verbose, app, setup_logging
+
+
+@app.command()
+def serve(
+    experiment: Annotated[Optional[Path], typer.Option(help="Experiment config (TOML): variants, primary, shadows, A/B, interleaving. Default: one variant serving --pipeline over --dataset.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(help="Corpus to serve (a dataset folder or corpus file); its index is built once and cached. Ignored with --experiment.")] = None,
+    pipeline: PipelineOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    event_log: Annotated[Optional[Path], typer.Option(help="SQLite event log (WAL). Default: the experiment's, or out/events.db.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Serve the search API (FastAPI + uvicorn): /search, /feedback, /variants, /readyz, /metrics, /docs."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.experiment import ExperimentConfig
+    from serving.variants import VariantPool
+
+    setup_logging(verbose)
+    if experiment is not None:
+        config = ExperimentConfig.load(experiment)
+        if event_log is not None:
+            config.service.event_log = event_log
+    else:
+        config = ExperimentConfig.single(dataset or DEFAULT_DATA / "msmarco-dl19", pipeline, event_log)
+    # Load and warm before listening, so a bad config or corpus fails here with one error line.
+    pool = VariantPool.build(config, progress=True)
+    typer.echo(f"serving {', '.join(pool.variants)} on http://{host}:{port} (docs: /docs)", err=True)
+    uvicorn.run(create_app(config, experiment, pool), host=host, port=port, log_level="info" if verbose else "warning")
+
+
+@app.command("ab-report")
+def ab_report(
+    log: Annotated[Path, typer.Option("--log", help="The service's SQLite event log.")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for report.md, report.json and report.png.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(help="Dataset with queries and qrels: adds nDCG@10 per variant on judged queries.")] = None,
+    qrels: Annotated[Optional[str], typer.Option(help="Qrels file (a name in the dataset or a path); default: the split's.")] = None,
+) -> None:
+    """Per-variant latency, primary-vs-shadow agreement, interleaving wins and (with qrels) nDCG@10."""
+    from eval.abreport import ABReport
+    from eval.report import markdown_table
+    from retrieval.artifacts import write_text_atomic
+    from retrieval.data import Dataset
+
+    report = ABReport(log)
+    latency, agreement, wins = report.latency(), report.shadow_agreement(), report.interleaving()
+    ndcg = None
+    if dataset is not None:
+        data = Dataset.load(dataset, qrels=qrels, with_corpus=False)
+        ndcg = report.ndcg(data.queries, data.qrels)
+    sections = [("Latency (ms)", latency, "variant"), ("Primary vs shadow", agreement, "pair"),
+                ("Team-draft interleaving", wins, "pair")] + ([("nDCG@10 on judged queries", ndcg, "variant")] if ndcg else [])
+    text = "\n\n".join(f"## {title}\n\n{markdown_table(rows, label) if rows else '(none in this log)'}"
+                        for title, rows, label in sections) + "\n"
+    typer.echo(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "report.md", f"# A/B report: {log.name}\n\n{text}")
+        write_text_atomic(out / "report.json", json.dumps({"latency": latency, "shadow": agreement,
+                                                           "interleaving": wins, "ndcg": ndcg}, indent=2) + "\n")
+        report.plot(out / "report.png", latency, wins, ndcg)
+        typer.echo(f"wrote {out}/report.md, report.json, report.png", err=True)
+
+
+@app.command()
+def replay(
+    dataset: Annotated[Path, typer.Option(help="Dataset whose queries are replayed and whose qrels drive the simulated clicks.")] = DEFAULT_DATA / "msmarco-dl19",
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8000",
+    users: Annotated[int, typer.Option(min=1, help="Simulated users; each issues every query once.")] = 10,
+    k: Annotated[int, typer.Option(min=1, max=100, help="Hits per search.")] = 10,
+    qrels: Annotated[Optional[str], typer.Option(help="Qrels file (a name in the dataset or a path).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the click simulation and query order.")] = 0,
+) -> None:
+    """Drive a running service with a collection's queries and clicks simulated from its qrels."""
+    import httpx
+
+    from retrieval.data import Dataset
+    from serving.replay import Replayer
+
+    data = Dataset.load(dataset, qrels=qrels, with_corpus=False)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            counts = Replayer(client, data.queries, data.qrels, k=k, seed=seed).run(users)
+    except httpx.HTTPError as exc:
+        raise SiftrankError(f"{url}: {exc}") from None
+    typer.echo(json.dumps(dict(counts), indent=2))
+

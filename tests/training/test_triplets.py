@@ -1,0 +1,34 @@
+"""One definition of "relevant" for every trainer and for eval: the dataset's level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.config import PipelineConfig
+from retrieval.data import Dataset, relevant_grade
+from retrieval.stages.context import StageContext
+from training.triplets import judged_queries, relevant_docs, training_pairs
+
+
+def test_graded_qrels_take_grade_2_binary_qrels_grade_1(tiny: Path, tiny_binary: Path) -> None:
+    graded, binary = Dataset.load(tiny), Dataset.load(tiny_binary)
+    assert relevant_grade(graded.qrels) == 2 and relevant_grade(binary.qrels) == 1
+    # q2: d3 is grade 3, d4 grade 1 ("related"): a positive only where grades are binary
+    assert relevant_docs(graded.qrels, "q2") == ["d3"] and relevant_docs(binary.qrels, "q2") == ["d3", "d4"]
+    assert relevant_docs(graded.qrels, "q1") == ["d1", "d2"]  # best grade first
+    assert judged_queries(graded) == ["q1", "q2", "q3"]
+
+
+def test_triplets_use_the_level_and_never_take_a_related_passage_as_negative(tiny: Path) -> None:
+    data = Dataset.load(tiny)
+    context = StageContext(PipelineConfig(), data, progress=False)
+    triplets, candidates = training_pairs(data, context.encoder, context.index, ["q1", "q2", "q3"], depth=12)
+    texts = dict(zip(data.corpus["id"].to_list(), data.doc_texts()))
+    positives = {(q, p) for q, p, _ in triplets}
+    assert len(triplets) == 5  # d1, d2 | d3 | d5, d6: the grade-1 d4 is no positive
+    assert (data.queries["q2"], texts["d4"]) not in positives
+    doc_of = {t: d for d, t in texts.items()}
+    qid_of = {t: q for q, t in data.queries.items()}
+    grades = [data.qrels[qid_of[q]].get(doc_of[n], 0) for q, _, n in triplets]
+    assert grades and all(g <= 0 for g in grades)  # negatives are judged 0 or unjudged, never "related"
+    assert all(len(c) == 12 for c in candidates.values())

@@ -1,0 +1,73 @@
+"""Training examples from qrels, with one definition of "relevant" for every trainer and for eval.
+
+Relevant means the dataset's level (:func:`retrieval.data.relevant_grade`): grade ≥ 2 on graded TREC
+DL qrels (grade 1 is "related", not relevant), ≥ 1 on binary qrels. Hard negatives are passages judged
+0 or unjudged, so a grade-1 passage is neither a positive nor a negative.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from retrieval.data import Dataset, Qrels, relevant_grade
+from retrieval.encoder import Encoder
+from retrieval.errors import SiftrankError
+from retrieval.index import Index
+
+Triplet = tuple[str, str, str]
+
+
+def relevant_docs(qrels: Qrels, qid: str, level: int | None = None) -> list[str]:
+    """The passages judged relevant to ``qid`` at the dataset's level (or ``level``), best grade first."""
+    level = relevant_grade(qrels) if level is None else level
+    judged = qrels.get(qid, {})
+    return [d for d, g in sorted(judged.items(), key=lambda item: (-item[1], item[0])) if g >= level]
+
+
+def judged_queries(dataset: Dataset) -> list[str]:
+    """Queries (in the dataset's order) with at least one relevant passage: the ones a trainer can use."""
+    level = relevant_grade(dataset.qrels)
+    return [q for q in dataset.queries if relevant_docs(dataset.qrels, q, level)]
+
+
+def training_pairs(dataset: Dataset, encoder: Encoder, index: Index, qids: list[str], depth: int = 30,
+                   per_query: int | None = None) -> tuple[list[Triplet], dict[str, list[str]]]:
+    """(query, positive, hard negative) for every relevant passage of ``qids`` (at most ``per_query``
+    each), the negative being the encoder's best-ranked passage judged 0 or unjudged; and each query's
+    top-``depth`` candidates (for a validation corpus)."""
+    if not qids:
+        raise SiftrankError(f"{dataset.root}: no training queries with relevant passages")
+    _, ranked = index.search(encoder.encode_queries([dataset.queries[q] for q in qids]), depth)
+    store, level = dataset.store, relevant_grade(dataset.qrels)
+    triplets: list[Triplet] = []
+    for q, hits in zip(qids, ranked):
+        negative = next((d for d in hits if dataset.qrels[q].get(d, 0) <= 0), None)
+        positives = [d for d in relevant_docs(dataset.qrels, q, level) if d in store]
+        if negative is not None and positives:
+            chosen = positives[:per_query]
+            texts = store.texts(chosen + [negative])
+            triplets += [(dataset.queries[q], t, texts[-1]) for t in texts[:-1]]
+    return triplets, dict(zip(qids, ranked))
+
+
+def domain_triplets(dataset: Dataset, encoder: Encoder, index: Index, limit: int = 256, depth: int = 20) -> list[Triplet]:
+    """Domain triplets from a dataset's training qrels, one per query (its best relevant passage)."""
+    return training_pairs(dataset, encoder, index, judged_queries(dataset)[:limit], depth, per_query=1)[0]
+
+
+def general_triplets(root: Path, limit: int = 256) -> list[Triplet]:
+    """General-domain triplets from the MS MARCO training samples in ``root`` (msmarco-train-toy)."""
+    triplets: list[Triplet] = []
+    flag = root / "flagembedding_msmarco_10q_25hardneg.jsonl"
+    if flag.is_file():
+        for line in flag.read_text().splitlines():
+            record = json.loads(line)
+            triplets += [(record["query"], record["pos"][0], neg) for neg in record["neg"][:10]]
+    splade = root / "splade_toy_triples_100.tsv"
+    if splade.is_file():
+        triplets += [(a, b, c) for a, b, c, *_ in (line.split("\t") for line in splade.read_text().splitlines()
+                                                    if line.count("\t") >= 2)]
+    if not triplets:
+        raise SiftrankError(f"{root}: no general calibration triplets (expected the msmarco-train-toy files)")
+    return triplets[:limit]
