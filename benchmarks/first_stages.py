@@ -27,6 +27,9 @@ CONFIGS = {
 }
 
 
+COLUMNS = ["nDCG@10", "R@100", "R@1000", "ms/query", "Δ nDCG@10 vs dense", "t-test p", "randomisation p"]
+
+
 def main() -> None:
     args = arguments(__doc__ or "", depth=(int, 1000, "first-stage depth"))
     datasets = {"DL19": Dataset.load(args.data / "msmarco-dl19", qrels="qrels.test.in_corpus.tsv"),
@@ -54,7 +57,8 @@ def main() -> None:
     cpu = payload["machine"]["cpu"]
     markdown = (f"# First stages: dense, BM25, hybrid\n\nMeasured on {cpu}; depth {args.depth}; "
                 "ms/query includes encoding the queries (batches of 128).\n"
-                "Reproduce: `make bench-first-stages`.\n\n" + markdown_table(rows, "dataset / first stage") + "\n")
+                "Reproduce: `make bench-first-stages`.\n\n" + markdown_table(rows, "dataset / first stage", columns=COLUMNS)
+                + "\n![first stages](first_stages.png)\n")
     save(args.out, "first_stages", payload, markdown)
     plot(args.out / "first_stages.png", rows)
 
@@ -65,7 +69,7 @@ def plot(path, rows: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = sorted({k.split(" / ")[0] for k in rows}, key=list(rows).index)
+    sets = list(dict.fromkeys(k.split(" / ")[0] for k in rows))
     fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.4))
     for ax, name in zip(axes, sets):
         labels = [k.split(" / ")[1] for k in rows if k.startswith(name)]

@@ -172,7 +172,7 @@ def main() -> None:
 
     lines = ["# Load test: siftrank service vs a naive endpoint (loopback, DL19 queries)", "",
              f"{args.seconds:.0f} s per level; both serve the same FAISS flat index over {14_581:,} passages; "
-             f"k = 10. Machine: {machine()['cpus']} CPUs.", "", markdown_table(rows, "level"), "",
+             f"k = 10. Machine: {machine()['cpu']}.", "", markdown_table(rows, "level"), "",
              f"Shadow overhead at concurrency {c}: primary p50 {ours[c]['p50']:.2f} ms without a shadow, "
              f"{with_shadow[c]['p50']:.2f} ms with a dense shadow at sample rate 1 ({overhead:+.1%}); "
              f"p99 {ours[c]['p99']:.2f} vs {with_shadow[c]['p99']:.2f} ms.", "", "![load](load.png)", "",

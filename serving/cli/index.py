@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from serving.cli.common import ModelOpt, PipelineOpt, Verbose, app, load_config, refuse_existing, setup_logging
+from serving.cli.common import ModelOpt, OverwriteOpt, PipelineOpt, Verbose, app, load_config, refuse_existing, setup_logging
 
 index_app = typer.Typer(help="Build FAISS indexes over a corpus.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -24,7 +24,7 @@ def index_build(
     kind: Annotated[Optional[str], typer.Option(help="flat (exact), ivf (inverted lists) or hnsw (graph). Default: the config's (flat).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Index device: auto (GPU when FAISS sees one), cpu or gpu.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="Encoder precision: auto (fp16 GPU, bf16 on CPUs with native bf16, else fp32), fp32, bf16, fp16.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing index directory (only once the new one is complete).")] = False,
+    overwrite: OverwriteOpt = False,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Build a sharded index on Ray: a cluster address (HOST:PORT, ray://HOST:PORT, auto) or 'local'. A failed build resumes when run again.")] = None,
     shards: Annotated[int, typer.Option(min=1, help="With --ray: number of FAISS shards (one search actor each).")] = 2,
     verbose: Verbose = False,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.errors import SiftrankError
-from serving.cli.common import DEFAULT_DATA, PipelineOpt, Verbose, app, load_config, refuse_existing, setup_logging
+from serving.cli.common import DEFAULT_DATA, OverwriteOpt, PipelineOpt, Verbose, app, load_config, refuse_existing, setup_logging
 
 
 @app.command()
@@ -26,7 +26,7 @@ def calibrate(
     target_precision: Annotated[Optional[float], typer.Option(help="Or for this precision.")] = None,
     folds: Annotated[int, typer.Option(help="Also run query-level k-fold cross-validation with this many folds (0: off) and report it.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for the validation split, initialisation and negative sampling.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
+    overwrite: OverwriteOpt = False,
     verbose: Verbose = False,
 ) -> None:
     """Train a Cosine Adapter relevance calibrator on a dataset's top-K candidates and choose its threshold."""
@@ -95,7 +95,7 @@ def prune(
     seed: Annotated[int, typer.Option(help="Seed for random pruning and retraining batches.")] = 0,
     beta: Annotated[Optional[float], typer.Option(help="DAI weight of the general Fisher term (paper: 1; default chosen on held-out SciFact-train queries, docs/pruning.md).")] = None,
     normalise: Annotated[Optional[str], typer.Option(help="Per-tensor scale of the DAI terms: mean, rms, max, or raw (the paper's scale).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: OverwriteOpt = False,
     verbose: Verbose = False,
 ) -> None:
     """Prune the embedding model with GAPrune (or a baseline) and write a sentence-transformers folder."""
@@ -130,7 +130,7 @@ def finetune(
     max_fraction: Annotated[Optional[float], typer.Option(help="Trainable-parameter budget as a fraction of the model; exceeding it is an error.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batching and data order.")] = 0,
     checkpoint_steps: Annotated[int, typer.Option(min=0, help="Every N steps write a loadable checkpoint to OUT.checkpoints/step-N (0: none).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: OverwriteOpt = False,
     verbose: Verbose = False,
 ) -> None:
     """Fine-tune the embedding model contrastively (in-batch + mined hard negatives) with one method."""
@@ -171,7 +171,7 @@ def train_ranker(
     max_passage_tokens: Annotated[int, typer.Option(min=8, help="Passage truncation (tokens).")] = 48,
     separator_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the ' >' separators (paper: 1).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the folds, sampling and training.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: OverwriteOpt = False,
     verbose: Verbose = False,
 ) -> None:
     """Train the LLM full-ranker (LoRA) on complete listwise labels with the importance-aware loss."""
