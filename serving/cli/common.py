@@ -61,3 +61,13 @@ def load_config(path: Optional[Path], first_stage: Optional[str] = None, first_s
     except Exception as exc:  # pydantic ValidationError: a bad --kind, --precision or --first-stage
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in getattr(exc, "errors", lambda: [])())
         raise SiftrankError(f"invalid option: {problems or exc}") from None
+
+
+def refuse_stages(config: PipelineConfig, command: str, first_stages: tuple[str, ...] = ("dense",)) -> None:
+    """Commands that use a config's encoder and index but run no pipeline refuse the stages they would
+    otherwise silently drop."""
+    extra = [name for name in ("filter", "rerank") if getattr(config, name) is not None]
+    if extra or config.first_stage.kind not in first_stages:
+        named = ", ".join(f"[{n}]" for n in extra) or f"[first_stage] kind = '{config.first_stage.kind}'"
+        raise SiftrankError(f"{command} uses only the config's [encoder] and [index] (a dense first stage); "
+                            f"it does not run {named}: give it a config without them")

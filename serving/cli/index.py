@@ -8,7 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from serving.cli.common import ModelOpt, OverwriteOpt, PipelineOpt, Verbose, app, load_config, refuse_existing, setup_logging
+from retrieval.stages.registry import FIRST_STAGES
+from serving.cli.common import (
+    ModelOpt,
+    OverwriteOpt,
+    PipelineOpt,
+    Verbose,
+    app,
+    load_config,
+    refuse_existing,
+    refuse_stages,
+    setup_logging,
+)
 
 index_app = typer.Typer(help="Build FAISS indexes over a corpus.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -36,6 +47,7 @@ def index_build(
 
     setup_logging(verbose)
     config = load_config(pipeline, model=model, kind=kind, device=device, precision=precision)
+    refuse_stages(config, "index build", first_stages=tuple(FIRST_STAGES))
     refuse_existing(out, overwrite)
     dataset = Dataset.corpus_only(corpus)
     if ray is not None:

@@ -9,7 +9,17 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.errors import SiftrankError
-from serving.cli.common import DEFAULT_DATA, OverwriteOpt, PipelineOpt, Verbose, app, load_config, refuse_existing, setup_logging
+from serving.cli.common import (
+    DEFAULT_DATA,
+    OverwriteOpt,
+    PipelineOpt,
+    Verbose,
+    app,
+    load_config,
+    refuse_existing,
+    refuse_stages,
+    setup_logging,
+)
 
 
 @app.command()
@@ -55,6 +65,7 @@ def calibrate(
     if family not in FAMILIES:
         raise SiftrankError(f"--family must be one of {', '.join(FAMILIES)}, not '{family}'")
     config = load_config(pipeline)
+    refuse_stages(config, "calibrate")
     data = Dataset.load(dataset, split=split, qrels=qrels)
     CandidateSet.check_judgments(data)
     context = StageContext(config, data)

@@ -76,6 +76,9 @@ BAD_INPUTS = [
     (["finetune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--max-fraction", "0.01"], "over the budget"),
     (["finetune", "--dataset", "{tmp}/empty", "--out", "{tmp}/idx"], "no corpus"),
     # serving
+    (["calibrate", "--dataset", "{tiny}", "--k", "5", "--out", "{tmp}/idx", "--pipeline", "{tmp}/bm25.toml"],
+     "calibrate uses only the config's [encoder] and [index] (a dense first stage); it does not run [first_stage] kind = 'bm25'"),
+    (["index", "build", "--corpus", "{tiny}", "--out", "{tmp}/idx", "--pipeline", "{tmp}/rerank.toml"], "it does not run [rerank]"),
     (["serve", "--experiment", "{tmp}/nope.toml"], "experiment config not found"),
     (["ab-report", "--log", "{tmp}/nope.db"], "event log not found"),
 ]
@@ -88,6 +91,8 @@ def test_bad_input_gives_one_clear_error(args: list[str], message: str, tiny: Pa
     (tmp_path / "dup.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
     (tmp_path / "unjudged.tsv").write_text("q1\td1\t0\nq2\td3\t0\n")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "bm25.toml").write_text('[first_stage]\nkind = "bm25"\n')
+    (tmp_path / "rerank.toml").write_text('[rerank]\ndepth = 5\n')
     code, out, err = cli(*[a.format(tmp=tmp_path, tiny=tiny) for a in args])
     assert code == 2
     assert message in err and err.startswith("error: ") and "Traceback" not in err
