@@ -64,7 +64,7 @@ class _StageSection(_Section):
         except SiftrankError as exc:
             raise ValueError(str(exc)) from None
         except ValidationError as exc:
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+            raise ValueError(describe_errors(exc)) from None
         return self
 
     @property
@@ -76,8 +76,7 @@ class _StageSection(_Section):
     def resolved(self, base: Path) -> Self:
         """A copy whose relative paths point into ``base`` (the config file's folder)."""
         params = self.params.resolve(base)
-        return type(self).model_validate({"kind": self.kind, **{k: getattr(self, k) for k in type(self).model_fields if k != "kind"},
-                                          **params.model_dump()})
+        return type(self).model_validate(self.model_dump() | params.model_dump())
 
     def build(self, context: Any) -> Any:
         from retrieval.stages.registry import stage_class
@@ -141,6 +140,12 @@ def _under(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def describe_errors(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``section.key: message`` for each problem."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors())
+
+
 def load_toml(model: type[M], path: Path, what: str) -> M:
     """Read a TOML file into a pydantic model; a missing file, bad TOML or invalid fields are one clear error."""
     if not path.is_file():
@@ -151,6 +156,5 @@ def load_toml(model: type[M], path: Path, what: str) -> M:
     except tomllib.TOMLDecodeError as exc:
         raise SiftrankError(f"{path}: invalid TOML ({exc})") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
+        problems = describe_errors(exc)
         raise SiftrankError(f"{path}: {problems}") from None

@@ -134,12 +134,17 @@ class Pipeline:
 
     def finish(self, hits: list[Hit], k: int = 10, with_text: bool = True, min_relevance: float | None = None) -> list[Hit]:
         """The top-``k`` of a final-stage ranking, after an optional stricter relevance cut, with texts."""
-        if min_relevance is not None:
-            check_threshold(min_relevance)
-            if self.filter is None:
-                raise SiftrankError("min_relevance needs a relevance filter stage in the pipeline")
-            hits = renumber([h for h in hits if h.relevance is not None and h.relevance >= min_relevance])
-        hits = hits[:k]
+        hits = relevance_cut(hits, min_relevance, self.filter is not None)[:k]
         if with_text and self.store is not None and hits:
             hits = [replace(h, text=t) for h, t in zip(hits, self.store.texts([h.id for h in hits]))]
         return hits
+
+
+def relevance_cut(hits: list[Hit], min_relevance: float | None, has_filter: bool) -> list[Hit]:
+    """The hits at or over a stricter per-request relevance, renumbered (unchanged when ``None``)."""
+    if min_relevance is None:
+        return hits
+    check_threshold(min_relevance)
+    if not has_filter:
+        raise SiftrankError("min_relevance needs a relevance filter stage in the pipeline")
+    return renumber([h for h in hits if h.relevance is not None and h.relevance >= min_relevance])

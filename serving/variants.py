@@ -12,12 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.calibration import check_threshold
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
-from retrieval.hits import Hit, renumber
-from retrieval.pipeline import Pipeline
+from retrieval.hits import Hit
+from retrieval.pipeline import Pipeline, relevance_cut
 from serving.batcher import MicroBatcher, ProcessSpec
 from serving.experiment import ExperimentConfig
 
@@ -42,12 +41,7 @@ class Variant:
         """The top-``k`` with texts (a process-run shadow's are logged, never shown: no texts)."""
         if self.pipeline is not None:
             return self.pipeline.finish(hits, k, with_text=True, min_relevance=min_relevance)
-        if min_relevance is not None:
-            check_threshold(min_relevance)
-            if self.config.filter is None:
-                raise SiftrankError("min_relevance needs a relevance filter stage in the pipeline")
-            hits = renumber([h for h in hits if h.relevance is not None and h.relevance >= min_relevance])
-        return hits[:k]
+        return relevance_cut(hits, min_relevance, self.config.filter is not None)[:k]
 
 
 class VariantPool:

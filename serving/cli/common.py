@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import ValidationError
 
-from retrieval.config import PipelineConfig
+from retrieval.config import PipelineConfig, describe_errors
 from retrieval.errors import SiftrankError
 
 app = typer.Typer(name="siftrank", help="Dense retrieval, relevance calibration and LLM full ranking, measured end to end.\n\n"
@@ -58,9 +59,8 @@ def load_config(path: Optional[Path], first_stage: Optional[str] = None, first_s
         raw["index"]["path"] = str(index)
     try:
         return PipelineConfig.model_validate(raw)
-    except Exception as exc:  # pydantic ValidationError: a bad --kind, --precision or --first-stage
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in getattr(exc, "errors", lambda: [])())
-        raise SiftrankError(f"invalid option: {problems or exc}") from None
+    except ValidationError as exc:  # a bad --kind, --precision or --first-stage
+        raise SiftrankError(f"invalid option: {describe_errors(exc)}") from None
 
 
 def refuse_stages(config: PipelineConfig, command: str, first_stages: tuple[str, ...] = ("dense",)) -> None:
