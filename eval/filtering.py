@@ -59,7 +59,20 @@ class FilterReport:
             "ECE": expected_calibration_error(s, y) if self.probabilistic else None,
             "kept_per_query": float(np.mean([(q >= self.threshold).sum() for q in self.scores])) if self.scores else 0.0,
             "threshold": float(self.threshold),
+            **self.recall_interval(),
         }
+
+    def recall_interval(self, reps: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float | None]:
+        """Query-bootstrap interval of the recall kept at the threshold (queries resampled with replacement)."""
+        kept = np.array([float(y[s >= self.threshold].sum()) for s, y in zip(self.scores, self.labels)])
+        total = np.array([float(y.sum()) for y in self.labels])
+        if total.sum() == 0:
+            return {"recall_ci_low": None, "recall_ci_high": None}
+        rows = np.random.default_rng(seed).integers(0, len(total), size=(reps, len(total)))
+        sums = total[rows].sum(axis=1)
+        recalls = kept[rows].sum(axis=1)[sums > 0] / sums[sums > 0]
+        low, high = np.quantile(recalls, [(1 - level) / 2, (1 + level) / 2])
+        return {"recall_ci_low": float(low), "recall_ci_high": float(high)}
 
     def pr_curve(self) -> tuple[np.ndarray, np.ndarray]:
         precision, recall, _ = precision_recall_curve(np.concatenate(self.labels), np.concatenate(self.scores))

@@ -8,7 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-FILTER_COLUMNS = ("PR-AUC", "P@R95", "filter_rate", "recall_at_threshold", "ECE", "kept_per_query", "nDCG@10")
+FILTER_COLUMNS = ("PR-AUC", "P@R95", "filter_rate", "recall_at_threshold", "recall_ci_low", "recall_ci_high", "ECE",
+                  "kept_per_query", "nDCG@10")
 
 
 def _columns(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:

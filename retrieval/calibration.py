@@ -4,7 +4,9 @@ After Rossi et al., "Relevance Filtering for Embedding-based Retrieval" (CIKM 20
 with top-K raw cosines c, a small network g reads the query's features (its embedding and, as our
 ablation, statistics of its top-K cosine list) and outputs the parameters of a monotone map f:
 
-    x = (c + 1) / 2                      cosine moved to [0, 1]
+    x = input(c)                         cosine moved to [0, 1], or a per-query normalisation of it:
+                                         minmax (c - min) / (max - min), zscore sigmoid((c - mean) / std),
+                                         gap 1 + (c - max) / 2, rank 1 - (rank - 1) / K  (see INPUTS)
     linear     f = a x + b               a = softplus(.) > 0
     sqrt       f = a sqrt(x) + b
     quadratic  f = a x^2 + b
@@ -14,7 +16,9 @@ ablation, statistics of its top-K cosine list) and outputs the parameters of a m
 Parameters are a global vector plus a query-dependent correction g(features) whose last layer starts
 at zero and is weight-decayed: with too few training queries the decay shrinks it to the global map,
 and with no query part at all the linear family is exactly global Platt scaling. Every map is strictly
-increasing in c, so the ranking inside a query never changes; one global threshold on s filters.
+increasing in c (every input is an increasing function of c within one query; ``rank`` is
+non-decreasing, ties aside), so the ranking inside a query never changes; one global threshold on s
+filters. A per-query input makes even the global map query-dependent without learned query parameters.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from retrieval.artifacts import Manifest, atomic_dir
 from retrieval.errors import SiftrankError
 
 FAMILIES: tuple[str, ...] = ("linear", "sqrt", "quadratic", "power")
+INPUTS: tuple[str, ...] = ("cosine", "minmax", "zscore", "gap", "rank")
 WEIGHTS_FILE = "calibrator.safetensors"
 N_STATS = 6
 
@@ -41,6 +46,34 @@ def cosine_stats(cosines: np.ndarray) -> np.ndarray:
         return np.zeros(N_STATS, dtype=np.float32)
     top10 = c[: min(10, c.size)]
     return np.array([c[0], top10.mean(), c.mean(), c.std(), c[0] - top10[-1], top10[-1] - c[-1]], dtype=np.float32)
+
+
+def map_input(name: str, cosine_lists: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The map's input x in [0, 1] for every candidate of every query (see the module doc)."""
+    out = []
+    for raw in cosine_lists:
+        c = np.asarray(raw, dtype=np.float64)
+        if c.size == 0:
+            out.append(c.astype(np.float32))
+            continue
+        if name == "cosine":
+            x = (c + 1) / 2
+        elif name == "minmax":
+            span = c.max() - c.min()
+            x = (c - c.min()) / span if span > 0 else np.ones_like(c)
+        elif name == "zscore":
+            std = c.std()
+            x = 1 / (1 + np.exp(-(c - c.mean()) / std)) if std > 0 else np.full_like(c, 0.5)
+        elif name == "gap":
+            x = 1 + (c - c.max()) / 2
+        elif name == "rank":
+            ranks = np.empty(c.size)
+            ranks[np.argsort(-c, kind="stable")] = np.arange(c.size)
+            x = 1 - ranks / c.size
+        else:
+            raise SiftrankError(f"calibrator input must be one of {', '.join(INPUTS)}, not '{name}'")
+        out.append(np.clip(x, 1e-6, 1.0).astype(np.float32))
+    return out
 
 
 def threshold_for_recall(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
@@ -95,10 +128,9 @@ def _torch_net(family: str, in_dim: int, hidden: int):
             p = nn.functional.softplus(raw[:, 2]) + 0.05 if raw.shape[1] > 2 else torch.ones_like(a)
             return torch.stack([a, b, p], dim=1)
 
-        def forward(self, features: torch.Tensor, cosines: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-            """Logits for pairs: ``cosines[i]`` belongs to query ``query_index[i]``."""
+        def forward(self, features: torch.Tensor, x: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+            """Logits for pairs: map input ``x[i]`` (in [0, 1]) belongs to query ``query_index[i]``."""
             a, b, p = self.params(features)[query_index].unbind(1)
-            x = ((cosines + 1) / 2).clamp(1e-6, 1.0)
             shaped = {"linear": x, "sqrt": x.sqrt(), "quadratic": x * x, "power": x.pow(p)}[family]
             return a * shaped + b
 
@@ -111,7 +143,11 @@ class Calibrator:
     def __init__(self, family: str = "power", embedding_dim: int = 384, use_embedding: bool = True,
                  use_stats: bool = False, hidden: int = 0, k: int = 100, threshold: float = 0.5,
                  stats_mean: Sequence[float] | None = None, stats_std: Sequence[float] | None = None,
-                 encoder: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+                 encoder: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                 input: str = "cosine") -> None:
+        if input not in INPUTS:
+            raise SiftrankError(f"calibrator input must be one of {', '.join(INPUTS)}, not '{input}'")
+        self.input = input
         if family not in FAMILIES:
             raise SiftrankError(f"calibrator family must be one of {', '.join(FAMILIES)}, not '{family}'")
         check_threshold(threshold)
@@ -151,6 +187,7 @@ class Calibrator:
         flat = np.concatenate([np.asarray(c, dtype=np.float32) for c in cosine_lists]) if lengths else np.zeros(0, np.float32)
         if not np.all(np.isfinite(flat)):
             raise SiftrankError("cosine scores contain NaN or infinite values")
+        flat = np.concatenate(map_input(self.input, cosine_lists)) if lengths else flat
         index = np.repeat(np.arange(len(lengths)), lengths)
         with torch.no_grad():
             out = self.net(torch.from_numpy(features), torch.from_numpy(flat), torch.from_numpy(index)).numpy()
@@ -177,7 +214,7 @@ class Calibrator:
 
     # ---- persistence -----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {"family": self.family, "embedding_dim": self.embedding_dim, "use_embedding": self.use_embedding,
+        return {"family": self.family, "input": self.input, "embedding_dim": self.embedding_dim, "use_embedding": self.use_embedding,
                 "use_stats": self.use_stats, "hidden": self.hidden, "k": self.k, "threshold": self.threshold,
                 "stats_mean": self.stats_mean.tolist(), "stats_std": self.stats_std.tolist()}
 
@@ -217,13 +254,13 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-BASELINES: tuple[str, ...] = ("raw_cosine", "platt", "minmax", "top_k")
+BASELINES: tuple[str, ...] = ("raw_cosine", "platt", "minmax", "zscore", "top_k")
 
 
 def baseline_scores(name: str, spec: dict[str, float], cosine_lists: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Scores of the query-independent baselines (each filtered by one global threshold on them):
-    raw cosine; global Platt scaling sigmoid(a c + b); per-query min-max normalised cosine; and fixed
-    top-k, scored 1/rank so that the threshold 1/k keeps exactly the top k."""
+    raw cosine; global Platt scaling sigmoid(a c + b); per-query min-max normalised cosine; per-query
+    z-score of cosine; and fixed top-k, scored 1/rank so that the threshold 1/k keeps exactly the top k."""
     lists = [np.asarray(c, dtype=np.float64) for c in cosine_lists]
     if name == "raw_cosine":
         return lists
@@ -231,6 +268,8 @@ def baseline_scores(name: str, spec: dict[str, float], cosine_lists: Sequence[np
         return [1.0 / (1.0 + np.exp(-(spec["a"] * c + spec["b"]))) for c in lists]
     if name == "minmax":
         return [(c - c.min()) / (c.max() - c.min()) if c.size and c.max() > c.min() else np.ones_like(c) for c in lists]
+    if name == "zscore":
+        return [(c - c.mean()) / c.std() if c.size and c.std() > 0 else np.zeros_like(c) for c in lists]
     if name == "top_k":
         return [1.0 / np.arange(1, c.size + 1) for c in lists]
     raise SiftrankError(f"unknown baseline '{name}' (known: {', '.join(BASELINES)})")

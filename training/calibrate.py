@@ -2,12 +2,12 @@
 
 Candidates are the index's top-K for each training query; labels come from the qrels (grade >= 2 is
 relevant on graded qrels, >= 1 on binary ones; unjudged counts as not relevant, as TREC does). Loss:
-binary cross-entropy with class balancing (positive weight = negatives / positives), Adam, full batch,
-early stopping on a validation split of queries. Capacity (linear or one hidden layer) and the weight
-decay that shrinks the query-dependent part toward the global map are chosen on the validation
-queries, with the global map itself among the choices. Class balancing shifts the probabilities, so
-an intercept correction is fitted on the validation queries afterwards (unweighted BCE): the output is
-a calibrated probability again. One global threshold is then chosen for a target recall or precision.
+binary cross-entropy with class balancing (positive weight = negatives / positives), Adam, full batch.
+The map's input (raw cosine or a per-query normalisation), the query part and its shrinkage toward
+the global map are chosen by query-level cross-validation on the training queries; the threshold for
+a target recall or precision comes from the out-of-fold scores of all of them (cross-fitting).
+Class balancing shifts the probabilities, so an intercept is refitted afterwards (unweighted BCE):
+the output is a calibrated probability again.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from sklearn.metrics import average_precision_score
 
 from retrieval.calibration import (
     BASELINES,
+    INPUTS,
     Calibrator,
     baseline_scores,
     cosine_stats,
+    map_input,
     threshold_for_precision,
     threshold_for_recall,
 )
-from retrieval.data import Dataset, relevant_grade
+from retrieval.data import Dataset, query_folds, relevant_grade
 from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
 from retrieval.index import Index
@@ -61,7 +63,10 @@ class CandidateSet:
 
     @staticmethod
     def check_judgments(dataset: Dataset) -> None:
-        """Refuse qrels without a single relevant judgment before anything is encoded."""
+        """Refuse qrels without a single relevant judgment, or with fewer than two judged queries (the
+        selection cross-validates over queries), before anything is encoded."""
+        if len(dataset.queries) < 2:
+            raise SiftrankError(f"calibration needs at least 2 training queries, got {len(dataset.queries)}")
         rel = relevant_grade(dataset.qrels)
         if not any(g >= rel for docs in dataset.qrels.values() for g in docs.values()):
             raise SiftrankError(f"{dataset.qrels_path}: no relevant judgments, so the training candidates contain "
@@ -104,21 +109,30 @@ FEATURE_SETS: dict[str, tuple[bool, bool]] = {"global": (False, False), "embeddi
 
 @dataclass
 class CalibratorTrainer:
-    """Fits a :class:`Calibrator` with validation-chosen features, capacity and shrinkage, plus baselines.
+    """Fits a :class:`Calibrator` whose input, features and shrinkage are chosen by query-level
+    cross-validation on the training queries, with a cross-fitted threshold, plus the baselines.
 
-    Candidates for the query part: the query embedding (the paper's input), top-K cosine statistics
-    (our addition) or both, as allowed by ``use_embedding`` / ``use_stats``; each with a linear or
-    one-hidden-layer network and several weight decays. The global map is always a candidate, so with
-    too few queries the choice falls back to it. The winner has the best validation PR-AUC (the
-    measure the filter is for), and must beat the global map significantly (:meth:`beats_global`);
-    early stopping inside each candidate uses the validation BCE.
+    1. The map's input: raw cosine or a per-query normalisation (min-max, z-score, gap to the top,
+       rank; ``retrieval.calibration.INPUTS``), each as one global monotone map — already
+       query-dependent without learned query parameters.
+    2. On the best input, the query part: the query embedding (the paper's input) and/or top-K cosine
+       statistics (ours), linear or hidden, with a ridge penalty pulling its parameters toward the
+       global map. The penalty is ``decay * |W|^2 / n_queries`` on the mean pair loss, so its pull
+       falls as training queries grow: with 43 queries it holds the map near the global one, with 800
+       it lets it move. The global map is itself a candidate (infinite shrinkage).
+    3. The winner is the simplest candidate within one standard error of the best mean held-out-fold
+       PR-AUC (:meth:`one_standard_error`).
+    4. The threshold for the target recall (or precision) is chosen on the out-of-fold scores of every
+       training query (each scored by the fold model that did not see it), then the winner is refitted
+       on all training queries for the number of epochs early stopping chose in the folds.
     """
 
     family: str = "power"
     use_embedding: bool = True
     use_stats: bool = True
-    hidden_grid: tuple[int, ...] = (0, 32)
-    decay_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
+    inputs: tuple[str, ...] = INPUTS
+    hidden_grid: tuple[int, ...] = (0,)
+    decay_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
     target_recall: float | None = 0.95
     target_precision: float | None = None
     balance: bool = True
@@ -126,107 +140,125 @@ class CalibratorTrainer:
     lr: float = 0.02
     max_epochs: int = 600
     patience: int = 60
-    val_fraction: float = 0.2
+    folds: int | None = None  # inner folds: None = 5 below 200 training queries, else 3
     max_pairs: int = 150_000  # negatives beyond this are subsampled (and re-weighted) for speed
-    alpha: float = 0.05  # family-wise error of preferring a query-dependent map to the global one
     selection: list[dict[str, Any]] = field(default_factory=list)
     best_by_features: dict[str, Calibrator] = field(default_factory=dict)
-    shrinkage: dict[str, Any] = field(default_factory=dict)
 
     def feature_sets(self) -> list[str]:
         return [name for name, (emb, stats) in FEATURE_SETS.items()
-                if (not emb or self.use_embedding) and (not stats or self.use_stats)]
+                if name != "global" and (not emb or self.use_embedding) and (not stats or self.use_stats)]
 
-    def split(self, train: CandidateSet) -> tuple[CandidateSet, CandidateSet]:
-        """Fit and validation queries (seeded); with too few queries both are the whole set."""
-        order = np.random.default_rng(self.seed).permutation(len(train))
-        n_val = max(2, int(round(self.val_fraction * len(train)))) if len(train) >= 4 else 0
-        fit_set, val_set = train.subset(order[n_val:]), train.subset(order[:n_val])
-        if n_val == 0 or fit_set.positives == 0 or val_set.positives == 0:
-            return train, train
-        return fit_set, val_set
+    def inner_folds(self, train: CandidateSet) -> list[tuple[CandidateSet, CandidateSet, np.ndarray]]:
+        """(fit, held, held rows) of a seeded query-level k-fold over the training queries."""
+        rows = [str(i) for i in range(len(train))]
+        folds = max(2, min(self.folds or (5 if len(train) < 200 else 3), len(train)))
+        parts = [np.array([int(r) for r in part]) for part in query_folds(rows, folds, self.seed)]
+        out = []
+        for i, held in enumerate(parts):
+            fit = np.concatenate([p for j, p in enumerate(parts) if j != i])
+            out.append((train.subset(fit), train.subset(held), held))
+        return out
 
     def fit(self, train: CandidateSet, encoder: dict[str, Any] | None = None) -> Calibrator:
         if train.positives == 0:
             raise SiftrankError("the training candidates contain no relevant pairs: check the qrels and K")
         if (self.target_recall is None) == (self.target_precision is None):
             raise SiftrankError("choose exactly one of a target recall or a target precision")
-        fit_set, val_set = self.split(train)
-        stats = np.stack([cosine_stats(c) for c in fit_set.cosines])
-        mean, std = stats.mean(axis=0), stats.std(axis=0) + 1e-6
-        val_labels = np.concatenate(val_set.labels)
+        if len(train) < 2:
+            raise SiftrankError(f"calibration needs at least 2 training queries, got {len(train)}")
+        stats = np.stack([cosine_stats(c) for c in train.cosines])
+        self._stats = (stats.mean(axis=0), stats.std(axis=0) + 1e-6)
+        self._encoder, self._dim, self._k = encoder, train.query_vectors.shape[1], train.k
+        folds = self.inner_folds(train)
         self.selection, self.best_by_features = [], {}
-        best: tuple[float, Calibrator, dict[str, Any]] | None = None
-        for features in self.feature_sets():
-            emb, use_stats = FEATURE_SETS[features]
-            grid = [(0, 0.0)] if features == "global" else [(h, d) for h in self.hidden_grid for d in self.decay_grid]
-            for hidden, decay in grid:
-                calibrator = Calibrator(self.family, embedding_dim=train.query_vectors.shape[1], use_embedding=emb,
-                                        use_stats=use_stats, hidden=hidden if features != "global" else 0, k=train.k,
-                                        stats_mean=mean, stats_std=std, encoder=encoder)
-                torch_seed(self.seed)
-                val_bce = self._train(calibrator, fit_set, val_set, decay)
-                scores = np.concatenate(calibrator.relevance(val_set.query_vectors, val_set.cosines))
-                val_ap = float(average_precision_score(val_labels, scores))
-                row = {"features": features, "hidden": hidden, "decay": decay, "val_bce": val_bce, "val_pr_auc": val_ap}
-                self.selection.append(row)
-                log.info("calibrator %s %s", self.family, row)
-                if features not in self.best_by_features or val_ap > self.best_by_features[features].extra["val_pr_auc"]:
-                    calibrator.extra = {"val_pr_auc": val_ap}
-                    self.best_by_features[features] = calibrator
-                if best is None or val_ap > best[0] + 1e-9:
-                    best = (val_ap, calibrator, row)
-        assert best is not None
+        runs: dict[tuple, dict[str, Any]] = {}
+        for name in self.inputs:  # 1. the input, as one global map each
+            runs[(name, "global", 0, 0.0)] = self._cross_validate(train, folds, name, "global", 0, 0.0)
+        best_input = max(self.inputs, key=lambda n: runs[(n, "global", 0, 0.0)]["cv_pr_auc"])
+        for features in self.feature_sets():  # 2. the query part on that input, with shrinkage
+            for hidden in self.hidden_grid:
+                for decay in sorted(self.decay_grid, reverse=True):  # the most shrunk (simplest) first
+                    runs[(best_input, features, hidden, decay)] = self._cross_validate(train, folds, best_input, features,
+                                                                                       hidden, decay)
+        best_key = self.one_standard_error(runs)
         baselines = self.fit_baselines(train)
-        global_map = self.best_by_features["global"]
-        if best[1] is not global_map and not self.beats_global(best[1], global_map, val_set):
-            best = (global_map.extra["val_pr_auc"], global_map, next(r for r in self.selection if r["features"] == "global"))
-        # A global map has 2-3 parameters, like Platt: it is refitted on all training queries, whose
-        # intercept and threshold it may then use. A query-dependent map keeps held-out validation for both.
-        torch_seed(self.seed)
-        self._train(global_map, train, train, 0.0)
-        self.finish(global_map, train)
-        for name, calibrator in self.best_by_features.items():
-            if name != "global":
-                self.finish(calibrator, val_set)
-        for calibrator in self.best_by_features.values():
-            calibrator.extra.update({"baselines": baselines, "target_recall": self.target_recall,
-                                     "target_precision": self.target_precision})
-        chosen = best[1]
-        chosen.extra.update({"selection": self.selection, "chosen": best[2], "shrinkage": self.shrinkage})
+        chosen = None
+        for features in ["global"] + self.feature_sets():  # 3. refit the best of each feature set (the ablation)
+            keys = [k for k in runs if k[1] == features and (features != "global" or k[0] == best_input)]
+            if not keys:
+                continue
+            key = max(keys, key=lambda k: runs[k]["cv_pr_auc"])
+            calibrator = self._final(train, key, runs[key])
+            calibrator.extra = {"cv_pr_auc": runs[key]["cv_pr_auc"], "baselines": baselines,
+                                "target_recall": self.target_recall, "target_precision": self.target_precision}
+            self.best_by_features[features] = calibrator
+            if key == best_key:
+                chosen = calibrator
+        if chosen is None:  # the winner is a global map on another input than the best one (ties)
+            chosen = self._final(train, best_key, runs[best_key])
+            chosen.extra = {"cv_pr_auc": runs[best_key]["cv_pr_auc"], "baselines": baselines,
+                            "target_recall": self.target_recall, "target_precision": self.target_precision}
+        row = next(r for r in self.selection if (r["input"], r["features"], r["hidden"], r["decay"]) == best_key)
+        chosen.extra.update({"selection": self.selection, "chosen": row,
+                             "threshold_from": f"out-of-fold scores of {len(train)} training queries ({len(folds)} folds)"})
         return chosen
 
-    def beats_global(self, candidate: Calibrator, global_map: Calibrator, val_set: CandidateSet, reps: int = 200) -> bool:
-        """Keep a query-dependent map only if its validation PR-AUC beats the global map's by more than
-        z standard errors of the paired difference (query bootstrap), with z from a Bonferroni correction
-        over the query-dependent candidates compared (the winner of many is optimistic on the data that
-        chose it). With few validation queries the error is large and the choice shrinks to the global map."""
-        from scipy.stats import norm
+    def one_standard_error(self, runs: dict[tuple, dict[str, Any]]) -> tuple:
+        """The simplest candidate whose cross-validated PR-AUC is within one standard error of the best
+        (the one-standard-error rule): the best of many candidates is optimistic on the folds that chose
+        it, most with few queries. Simplicity: a global map on raw cosine, then the other inputs, then
+        query parts from the most to the least shrunk."""
+        order = list(runs)  # global maps (cosine first), then query parts by decreasing shrinkage
+        best = max(order, key=lambda key: runs[key]["cv_pr_auc"])
+        error = runs[best]["cv_pr_auc_std"] / np.sqrt(max(1, runs[best]["folds"] - 1))
+        return next(key for key in order if runs[key]["cv_pr_auc"] >= runs[best]["cv_pr_auc"] - error)
 
-        a = candidate.relevance(val_set.query_vectors, val_set.cosines)
-        b = global_map.relevance(val_set.query_vectors, val_set.cosines)
-        y = val_set.labels
-        observed = _ap(a, y) - _ap(b, y)
-        rng = np.random.default_rng(self.seed)
-        diffs = []
-        for _ in range(reps):
-            rows = rng.integers(0, len(y), len(y))
-            if sum(float(y[i].sum()) for i in rows) == 0:
-                continue
-            diffs.append(_ap([a[i] for i in rows], [y[i] for i in rows]) - _ap([b[i] for i in rows], [y[i] for i in rows]))
-        error = float(np.std(diffs)) if diffs else float("inf")
-        compared = max(1, sum(1 for row in self.selection if row["features"] != "global"))
-        z = float(norm.ppf(1 - self.alpha / compared))
-        keep = observed > z * error
-        self.shrinkage = {"val_pr_auc_gain": observed, "standard_error": error, "z": z, "kept_query_part": keep}
-        return keep
+    def _new(self, input: str, features: str, hidden: int) -> Calibrator:
+        emb, use_stats = FEATURE_SETS[features]
+        mean, std = self._stats
+        return Calibrator(self.family, embedding_dim=self._dim, use_embedding=emb, use_stats=use_stats, hidden=hidden,
+                          k=self._k, stats_mean=mean, stats_std=std, encoder=self._encoder, input=input)
 
-    def finish(self, calibrator: Calibrator, val_set: CandidateSet) -> None:
-        """Intercept correction and the global threshold, both on validation queries: on the queries the
-        map was fitted on, scores are optimistic and the target recall would not transfer."""
-        fit_intercept(calibrator, val_set)
-        scores = np.concatenate(calibrator.relevance(val_set.query_vectors, val_set.cosines))
-        calibrator.threshold = self._threshold(scores, np.concatenate(val_set.labels))
+    def _cross_validate(self, train: CandidateSet, folds, input: str, features: str, hidden: int, decay: float) -> dict[str, Any]:
+        """Mean held-out-fold PR-AUC of one candidate, its out-of-fold scores, and the epochs early stopping chose."""
+        oof: list[np.ndarray] = [np.zeros(0)] * len(train)
+        aps, epochs = [], []
+        for fit_set, held, rows in folds:
+            calibrator = self._new(input, features, hidden)
+            torch_seed(self.seed)
+            _, epoch = self._train(calibrator, fit_set, held, decay)
+            fit_intercept(calibrator, fit_set)
+            scores = calibrator.relevance(held.query_vectors, held.cosines)
+            # out-of-fold scores on a scale every fold model shares: the share of its own fit pairs scoring
+            # at or below them (pooling raw probabilities of different fold models would mix scales)
+            reference = np.sort(np.concatenate(calibrator.relevance(fit_set.query_vectors, fit_set.cosines)))
+            for row, score in zip(rows, scores):
+                oof[row] = np.searchsorted(reference, score, side="right") / reference.size
+            if held.positives:
+                aps.append(_ap(scores, held.labels))
+            epochs.append(epoch)
+        result = {"input": input, "features": features, "hidden": hidden, "decay": decay,
+                  "cv_pr_auc": float(np.mean(aps)) if aps else 0.0, "cv_pr_auc_std": float(np.std(aps)) if aps else 0.0,
+                  "folds": len(aps),
+                  "epochs": int(np.median(epochs))}
+        self.selection.append(result)
+        log.info("calibrator %s %s", self.family, result)
+        return {**result, "oof": oof}
+
+    def _final(self, train: CandidateSet, key: tuple, run: dict[str, Any]) -> Calibrator:
+        """Refit on every training query for the cross-validated number of epochs; intercept on all of
+        them; threshold from the candidate's out-of-fold scores (cross-fitted): the share of pairs below
+        it is chosen out of fold, then read off the refitted map's scores of the training pairs."""
+        input, features, hidden, decay = key
+        calibrator = self._new(input, features, hidden)
+        torch_seed(self.seed)
+        self._train(calibrator, train, train, decay, epochs=run["epochs"])
+        fit_intercept(calibrator, train)
+        share = self._threshold(np.concatenate(run["oof"]), np.concatenate(train.labels))
+        scores = np.sort(np.concatenate(calibrator.relevance(train.query_vectors, train.cosines)))
+        calibrator.threshold = float(scores[max(0, int(np.ceil(share * scores.size - 1e-9)) - 1)])
+        return calibrator
 
     def _threshold(self, scores: np.ndarray, labels: np.ndarray) -> float:
         if self.target_recall is not None:
@@ -252,8 +284,10 @@ class CalibratorTrainer:
                 out[name]["k"] = int(round(1.0 / threshold))
         return out
 
-    def _train(self, calibrator: Calibrator, fit_set: CandidateSet, val_set: CandidateSet, decay: float) -> float:
-        """Full-batch Adam with early stopping on the validation BCE; returns the best validation BCE."""
+    def _train(self, calibrator: Calibrator, fit_set: CandidateSet, val_set: CandidateSet, decay: float,
+               epochs: int | None = None) -> tuple[float, int]:
+        """Full-batch Adam: early stopping on the validation BCE (returns the best BCE and its epoch), or
+        exactly ``epochs`` epochs. The ridge penalty on the query part is ``decay * |W|^2 / n_queries``."""
         import torch
 
         net = calibrator.net
@@ -266,26 +300,28 @@ class CalibratorTrainer:
         v_w = torch.where(v_y > 0, torch.full_like(v_w, pos_weight), v_w)
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
         decayed = [p for name, p in net.named_parameters() if name.startswith("delta") and p.dim() > 1]
-        best_loss, best_state, since = float("inf"), copy.deepcopy(net.state_dict()), 0
+        strength = decay / max(1, len(fit_set))
+        best_loss, best_state, best_epoch, since = float("inf"), copy.deepcopy(net.state_dict()), 0, 0
         bce = torch.nn.functional.binary_cross_entropy_with_logits
-        for epoch in range(self.max_epochs):
+        for epoch in range(epochs if epochs is not None else self.max_epochs):
             optimiser.zero_grad()
             loss = bce(net(f_feat, f_cos, f_idx), f_y, weight=f_w, reduction="sum") / f_w.sum()
-            if decay and decayed:
-                loss = loss + decay * sum((p * p).sum() for p in decayed)
+            if strength and decayed:
+                loss = loss + strength * sum((p * p).sum() for p in decayed)
             loss.backward()
             optimiser.step()
-            if epoch % 10 == 9:
+            if epochs is None and epoch % 10 == 9:
                 with torch.no_grad():
                     val = float(bce(net(v_feat, v_cos, v_idx), v_y, weight=v_w, reduction="sum") / v_w.sum())
                 if val < best_loss - 1e-6:
-                    best_loss, best_state, since = val, copy.deepcopy(net.state_dict()), 0
+                    best_loss, best_state, best_epoch, since = val, copy.deepcopy(net.state_dict()), epoch + 1, 0
                 else:
                     since += 10
                     if since >= self.patience:
                         break
-        net.load_state_dict(best_state)
-        return best_loss
+        if epochs is None:
+            net.load_state_dict(best_state)
+        return best_loss, max(best_epoch, 10)
 
 
 def _ap(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
@@ -297,7 +333,8 @@ def _tensors(calibrator: Calibrator, data: CandidateSet, max_pairs: int, seed: i
     share of the negatives is kept and weighted by the inverse share, so the loss stays unbiased."""
     import torch
 
-    cos, y, idx = data.flat()
+    _, y, idx = data.flat()
+    cos = np.concatenate(map_input(calibrator.input, data.cosines))  # the map's input x in [0, 1]
     weights = np.ones_like(y)
     if len(y) > max_pairs:
         negatives = np.nonzero(y == 0)[0]

@@ -31,8 +31,8 @@ def calibrate(
     pipeline: PipelineOpt = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Candidates per query (the first-stage depth the filter will see).")] = 100,
     family: Annotated[str, typer.Option(help="Monotone map: linear, sqrt, quadratic or power.")] = "power",
-    features: Annotated[str, typer.Option(help="Query features: auto (choose on validation among all), global (Platt-like, no query part), embedding, stats, embedding+stats.")] = "auto",
-    target_recall: Annotated[Optional[float], typer.Option(help="Choose the global threshold for this recall on validation queries (default 0.95).")] = None,
+    features: Annotated[str, typer.Option(help="Query features: auto (choose by cross-validation among all), global (no learned query part), embedding, stats, embedding+stats.")] = "auto",
+    target_recall: Annotated[Optional[float], typer.Option(help="Choose the global threshold for this recall on the out-of-fold scores of the training queries (default 0.95).")] = None,
     target_precision: Annotated[Optional[float], typer.Option(help="Or for this precision.")] = None,
     folds: Annotated[int, typer.Option(help="Also run query-level k-fold cross-validation with this many folds (0: off) and report it.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for the validation split, initialisation and negative sampling.")] = 0,
@@ -84,9 +84,9 @@ def calibrate(
                     data={"dataset": str(data.root), "qrels": str(data.qrels_path), "queries": len(candidates),
                           "positives": candidates.positives, "k": k})
     chosen_config = calibrator.extra["chosen"]
-    typer.echo(f"wrote {out}: {family} map, features={chosen_config['features']}, hidden={chosen_config['hidden']}, "
-               f"decay={chosen_config['decay']}, threshold={calibrator.threshold:.4g} "
-               f"(validation PR-AUC {chosen_config['val_pr_auc']:.4f})")
+    typer.echo(f"wrote {out}: {family} map of {chosen_config['input']}, features={chosen_config['features']}, "
+               f"hidden={chosen_config['hidden']}, decay={chosen_config['decay']}, threshold={calibrator.threshold:.4g} "
+               f"(cross-validated PR-AUC {chosen_config['cv_pr_auc']:.4f})")
 
 
 @app.command()

@@ -8,6 +8,7 @@ import torch
 
 from retrieval.calibration import (
     FAMILIES,
+    INPUTS,
     Calibrator,
     baseline_scores,
     check_threshold,
@@ -19,8 +20,9 @@ from retrieval.errors import SiftrankError
 ENCODER = {"model": "m", "fingerprint": "f1", "dim": 8}
 
 
-def _random_calibrator(family: str, seed: int = 0) -> Calibrator:
-    calibrator = Calibrator(family, embedding_dim=8, use_embedding=True, use_stats=True, hidden=4, encoder=ENCODER)
+def _random_calibrator(family: str, seed: int = 0, input: str = "cosine") -> Calibrator:
+    calibrator = Calibrator(family, embedding_dim=8, use_embedding=True, use_stats=True, hidden=4, encoder=ENCODER,
+                            input=input)
     torch.manual_seed(seed)
     with torch.no_grad():
         for parameter in calibrator.net.parameters():
@@ -28,10 +30,11 @@ def _random_calibrator(family: str, seed: int = 0) -> Calibrator:
     return calibrator
 
 
+@pytest.mark.parametrize("input", INPUTS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_is_increasing_in_cosine_so_rankings_never_change(family: str) -> None:
+def test_every_family_is_increasing_in_cosine_so_rankings_never_change(family: str, input: str) -> None:
     rng = np.random.default_rng(1)
-    calibrator = _random_calibrator(family)
+    calibrator = _random_calibrator(family, input=input)
     queries = rng.normal(size=(20, 8)).astype(np.float32)
     cosines = [np.sort(rng.uniform(-0.5, 1.0, size=30))[::-1].astype(np.float32) for _ in range(20)]
     for scores in calibrator.relevance(queries, cosines):
@@ -67,6 +70,10 @@ def test_baselines() -> None:
     assert np.allclose(minmax[0], [1.0, 0.6666667, 0.0]) and np.allclose(minmax[1], [1.0, 1.0])
     platt = baseline_scores("platt", {"a": 10.0, "b": -5.0}, cosines)
     assert np.isclose(platt[0][0], 1 / (1 + np.exp(-3.0)))
+    zscore = baseline_scores("zscore", {}, cosines)
+    assert np.allclose(zscore[0], (cosines[0] - cosines[0].mean()) / cosines[0].std()) and np.allclose(zscore[1], 0)
+    with pytest.raises(SiftrankError, match="calibrator input must be one of cosine, minmax"):
+        Calibrator("power", input="log")
     with pytest.raises(SiftrankError, match="unknown baseline"):
         baseline_scores("oracle", {}, cosines)
 

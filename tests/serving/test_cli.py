@@ -63,6 +63,8 @@ BAD_INPUTS = [
     (["calibrate", "--dataset", "{tiny}", "--k", "5", "--out", "{tmp}/idx", "--target-recall", "0.9", "--target-precision", "0.5"],
      "not both"),
     (["calibrate", "--dataset", "{tiny}", "--k", "5", "--out", "{tmp}/idx", "--qrels", "{tmp}/unjudged.tsv"], "no relevant pairs"),
+    (["calibrate", "--dataset", "{tiny}", "--k", "5", "--out", "{tmp}/idx", "--qrels", "{tmp}/one.tsv"],
+     "calibration needs at least 2 training queries, got 1"),
     # prune: the folder would go to {tmp}/idx
     (["prune", "--domain", "{tiny}", "--domain-split", "test", "--out", "{tmp}/idx", "--sparsity", "1.0"], "sparsity must be within (0, 1)"),
     (["prune", "--domain", "{tiny}", "--domain-split", "test", "--out", "{tmp}/idx", "--sparsity", "0"], "sparsity must be within (0, 1)"),
@@ -90,6 +92,7 @@ def test_bad_input_gives_one_clear_error(args: list[str], message: str, tiny: Pa
     (tmp_path / "bad.jsonl").write_text('{"_id": "a", "text": "ok"}\n{"_id": "b", "text": oops}\n')
     (tmp_path / "dup.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
     (tmp_path / "unjudged.tsv").write_text("q1\td1\t0\nq2\td3\t0\n")
+    (tmp_path / "one.tsv").write_text("q1\td1\t1\n")
     (tmp_path / "empty").mkdir()
     (tmp_path / "bm25.toml").write_text('[first_stage]\nkind = "bm25"\n')
     (tmp_path / "rerank.toml").write_text('[rerank]\ndepth = 5\n')
@@ -140,7 +143,7 @@ def test_calibrate_then_evaluate_with_the_filter_stage(tiny: Path, tmp_path: Pat
     assert list(metrics["stages"]) == ["dense", "filter"]
     filt = metrics["stages"]["filter"]
     assert {"PR-AUC", "P@R95", "filter_rate", "ECE", "kept_per_query", "nDCG@10"} <= set(filt)
-    assert set(filt["baselines"]) == {"raw_cosine", "platt", "minmax", "top_k"}
+    assert set(filt["baselines"]) == {"raw_cosine", "platt", "minmax", "zscore", "top_k"}
     assert filt["baselines"]["raw_cosine"]["ECE"] is None and filt["baselines"]["platt"]["ECE"] is not None
     kept = (tmp_path / "ev" / "run.filter.trec").read_text().splitlines()
     assert len(kept) == round(filt["kept_per_query"] * 3)
