@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field
 
+from retrieval.fusion import fuse_scores
 from retrieval.hits import Hit
 from retrieval.stages.base import FirstStage, QueryBatch, StageParams
 from retrieval.stages.context import StageContext
@@ -46,15 +46,9 @@ class HybridRetriever(FirstStage):
 
     def fuse(self, dense: list[Hit], lexical: list[Hit], depth: int) -> list[Hit]:
         """One query's fused top ``depth`` (ties by doc id, so the order is deterministic)."""
-        scores: dict[str, float] = {}
-        if self.params.fusion == "rrf":
-            for ranking in (dense, lexical):
-                for h in ranking:
-                    scores[h.id] = scores.get(h.id, 0.0) + 1.0 / (self.params.rrf_k + h.rank)
-        else:
-            for ranking, weight in ((dense, self.params.weight), (lexical, 1.0 - self.params.weight)):
-                for h, s in zip(ranking, _minmax([h.score for h in ranking])):
-                    scores[h.id] = scores.get(h.id, 0.0) + weight * s
+        weights = (1.0, 1.0) if self.params.fusion == "rrf" else (self.params.weight, 1.0 - self.params.weight)
+        scores = fuse_scores([({h.id: h.score for h in dense}, weights[0]), ({h.id: h.score for h in lexical}, weights[1])],
+                             self.params.fusion, self.params.rrf_k)
         cosine = {h.id: h.cosine for h in dense}
         ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:depth]
         return [Hit(d, r, s, cosine.get(d)) for r, (d, s) in enumerate(ordered, 1)]
@@ -62,9 +56,3 @@ class HybridRetriever(FirstStage):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.params.model_dump(), "dense": self.dense.describe()}
 
-
-def _minmax(values: list[float]) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if array.size == 0 or array.max() == array.min():
-        return np.ones_like(array)
-    return (array - array.min()) / (array.max() - array.min())
