@@ -45,7 +45,7 @@ class EvalRunner:
         if self.pipeline.filter is not None:
             results[self.pipeline.filter.name].update(self.filter_metrics(result.first))
         if self.pipeline.reranker is not None:
-            name = self.pipeline.reranker.name
+            name = self.pipeline.reranker.stage_names[0]
             results[name].update(self.pipeline.reranker.summarise(list(result.stats.get(name, {}).values())))
         timings = {**(extra_timings or {}), "pipeline_seconds": round(total, 3), "ms_per_query": round(1000 * total / n, 2)}
         timings.update({f"{stage}_seconds": round(sec, 3) for stage, sec in result.timings.items()})

@@ -84,7 +84,8 @@ class Pipeline:
 
     @property
     def stages(self) -> list[str]:
-        return [self.first_stage.name] + [s.name for s in (self.filter, self.reranker) if s is not None]
+        names = [self.first_stage.name] + ([self.filter.name] if self.filter is not None else [])
+        return names + (self.reranker.stage_names if self.reranker is not None else [])
 
     def describe(self) -> dict[str, Any]:
         """Each stage's kind and settings (for metrics.json and /variants)."""
@@ -116,13 +117,15 @@ class Pipeline:
                 result.timings[self.filter.name] += time.perf_counter() - start
                 result.stages[self.filter.name].update(zip(batch.qids, hits))
             if self.reranker is not None:
-                name = self.reranker.name
-                stats = result.stats.setdefault(name, {})
+                own = self.reranker.stage_names
+                stats = result.stats.setdefault(own[0], {})
                 start = time.perf_counter()
                 for q, text, ranked in tqdm(list(zip(batch.qids, batch.texts, hits)), desc="rerank", leave=False,
                                             disable=not progress, unit="query"):
-                    result.stages[name][q], stats[q] = self.reranker.rerank(text, ranked)
-                result.timings[name] += time.perf_counter() - start
+                    rankings, stats[q] = self.reranker.rerank_stages(text, ranked)
+                    for name, ranking in zip(own, rankings):
+                        result.stages[name][q] = ranking
+                result.timings[own[0]] += time.perf_counter() - start
         return result
 
     def search(self, query: str, k: int = 10, depth: int | None = None, with_text: bool = True,

@@ -24,12 +24,11 @@ import inspect
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from retrieval.causal_lm import CausalLM
 from retrieval.errors import SiftrankError
-from retrieval.hits import Hit
 
 Mode = Literal["generate", "sliding-window", "first-token"]
 MODES = ("generate", "sliding-window", "first-token")
@@ -172,12 +171,19 @@ class ListwiseRanker:
     # --- ranking -----------------------------------------------------------------------------------
     def rank(self, query: str, passages: list[str]) -> tuple[list[int], RankStats]:
         """A 0-based order of ``passages`` (best first) and what it cost."""
+        scores, stats = self.score(query, passages)
+        return sorted(range(len(passages)), key=lambda i: (-scores[i], i)), stats
+
+    def score(self, query: str, passages: list[str]) -> tuple[list[float], RankStats]:
+        """A score per passage (higher is better) and what it cost: first-token mode's identifier
+        log-probabilities; in the other modes ``n - position`` in the LLM's order (what fusion reads)."""
         stats = RankStats()
-        if len(passages) < 2:  # nothing to order: no model call
-            return list(range(len(passages))), stats
+        n = len(passages)
+        if n < 2:  # nothing to order: no model call
+            return [float(n - i) for i in range(n)], stats
         if self.mode == "sliding-window":
-            order = list(range(len(passages)))
-            start = max(0, len(order) - self.window)
+            order = list(range(n))
+            start = max(0, n - self.window)
             while True:
                 part = order[start:start + self.window]
                 sub, cost = self._rank_once(query, [passages[i] for i in part])
@@ -186,41 +192,46 @@ class ListwiseRanker:
                 if start == 0:
                     break
                 start = max(0, start - self.stride)
-            return order, stats
+            return _position_scores(order), stats
+        if self.mode == "first-token":
+            return self._scored_once(query, passages, stats)
         order, cost = self._rank_once(query, passages)
         stats.add(cost)
-        return order, stats
+        return _position_scores(order), stats
 
-    def _rank_once(self, query: str, passages: list[str]) -> tuple[list[int], RankStats]:
+    def _scored_once(self, query: str, passages: list[str], stats: RankStats) -> tuple[list[float], RankStats]:
+        """First-token mode: one prefill and one step per extra identifier digit."""
         import torch
 
         prompt = self.prompt(query, passages)
-        model = self.llm.model
-        ids = torch.tensor([prompt.ids], device=model.device)
         start = time.perf_counter()
         with torch.inference_mode():
-            if self.mode == "first-token":
-                scores = self._first_token(model, ids, len(passages))
-                order, out_tokens, failed, repaired = sorted(range(len(passages)), key=lambda i: (-scores[i], i)), 0, False, False
-            else:
-                output = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                        max_new_tokens=self.answer_room(len(passages)),
-                                        pad_token_id=self.llm.tokenizer.pad_token_id)
-                new = output[0, ids.shape[1]:]
-                out_tokens = int(new.shape[0])
-                text = self.llm.tokenizer.decode(new, skip_special_tokens=True)
-                order, failed, repaired = parse_order(text, len(passages))
-        stats = RankStats(input_tokens=len(prompt.ids), output_tokens=out_tokens, seconds=time.perf_counter() - start,
+            scores = self._first_token(self.llm.model, torch.tensor([prompt.ids], device=self.llm.model.device), len(passages))
+        stats.add(RankStats(input_tokens=len(prompt.ids), seconds=time.perf_counter() - start, calls=1,
+                            truncated_passages=prompt.truncated))
+        return scores, stats
+
+    def _rank_once(self, query: str, passages: list[str]) -> tuple[list[int], RankStats]:
+        """Generation of the whole permutation for one prompt, parsed."""
+        import torch
+
+        prompt = self.prompt(query, passages)
+        ids = torch.tensor([prompt.ids], device=self.llm.model.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output = self.llm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                             max_new_tokens=self.answer_room(len(passages)),
+                                             pad_token_id=self.llm.tokenizer.pad_token_id)
+        new = output[0, ids.shape[1]:]
+        text = self.llm.tokenizer.decode(new, skip_special_tokens=True)
+        order, failed, repaired = parse_order(text, len(passages))
+        stats = RankStats(input_tokens=len(prompt.ids), output_tokens=int(new.shape[0]), seconds=time.perf_counter() - start,
                           calls=1, parse_failures=int(failed), repaired=int(repaired), truncated_passages=prompt.truncated)
         return order, stats
 
     def first_token_scores(self, query: str, passages: list[str]) -> list[float]:
         """log p(answer starts with the identifier of passage i) for every passage (first-token mode's scores)."""
-        import torch
-
-        ids = torch.tensor([self.prompt(query, passages).ids], device=self.llm.model.device)
-        with torch.inference_mode():
-            return self._first_token(self.llm.model, ids, len(passages))
+        return self._scored_once(query, passages, RankStats())[0]
 
     def _first_token(self, model, ids, n: int) -> list[float]:
         """log p(identifier tokens | prompt + "[") of each candidate, over a trie of the identifiers' tokens."""
@@ -231,7 +242,8 @@ class ListwiseRanker:
         if any(self._ids(f"[{i + 1}]")[:len(opening)] != opening for i in range(n)):
             raise SiftrankError("first-token mode needs identifiers that tokenize as '[' + digits + ']'")
         # transformers renamed past_key_values to cache (5.2x); accept both
-        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model in training
+        name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         out = model(torch.cat([ids, torch.tensor([opening], device=ids.device)], dim=1), use_cache=True, logits_to_keep=1)
         cache = getattr(out, name)
         logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
@@ -256,12 +268,12 @@ class ListwiseRanker:
             depth += 1
         return [scores[i] for i in range(n)]
 
-    def rerank(self, query: str, hits: list[Hit], texts: list[str]) -> tuple[list[Hit], RankStats]:
-        """``hits`` re-ordered by the LLM (texts aligned with hits); scores descend from len(hits)."""
-        if len(texts) != len(hits):
-            raise SiftrankError(f"{len(hits)} hits but {len(texts)} passage texts")
-        order, stats = self.rank(query, texts)
-        return [replace(hits[i], rank=r, score=float(len(order) - r + 1)) for r, i in enumerate(order, 1)], stats
+def _position_scores(order: list[int]) -> list[float]:
+    """``n - position`` for every item of a 0-based order (the first gets ``n``)."""
+    scores = [0.0] * len(order)
+    for position, i in enumerate(order):
+        scores[i] = float(len(order) - position)
+    return scores
 
 
 def importance_weight(rank: int) -> float:

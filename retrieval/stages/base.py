@@ -109,6 +109,16 @@ class Reranker(_Stage):
     def rerank(self, query: str, hits: list[Hit]) -> tuple[list[Hit], dict[str, float]]:
         """``hits`` in a new order (ranks 1..n, scores descending) and a stats dict (numbers per call)."""
 
+    @property
+    def stage_names(self) -> list[str]:
+        """The rankings this stage produces, in order (the last is what it passes on; stats go with the first)."""
+        return [self.name]
+
+    def rerank_stages(self, query: str, hits: list[Hit]) -> tuple[list[list[Hit]], dict[str, float]]:
+        """One ranking per name of :attr:`stage_names` (a reranker that also fuses shows both orders)."""
+        ranked, stats = self.rerank(query, hits)
+        return [ranked], stats
+
     @staticmethod
     def summarise(stats: list[dict[str, float]]) -> dict[str, float]:
         """Per-query means of every stat (for metrics.json)."""

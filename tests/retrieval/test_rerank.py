@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from retrieval.causal_lm import CausalLM
+from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
+from retrieval.fusion import ScoreFusion
 from retrieval.rerank import ListwiseRanker, importance_weight, parse_order
+from retrieval.stages.llm import LLMReranker
 
 PASSAGES = ["Plants make glucose from sunlight in chloroplasts.", "A volcano erupts when magma rises.",
             "Knead flour, water and yeast, then bake the bread.", "The Moon causes the ocean tides."] * 3
@@ -98,15 +102,41 @@ def test_sliding_window_walks_from_the_bottom_up(llm: CausalLM) -> None:
     assert stats.calls == 4  # windows start at 6, 4, 2, 0
 
 
-def test_rerank_renumbers_hits_with_descending_scores(llm: CausalLM) -> None:
+def store_of(passages: list[str]) -> DocStore:
+    return DocStore(pl.DataFrame({"id": [f"d{i}" for i in range(len(passages))], "text": passages}), "test")
+
+
+@pytest.mark.parametrize("mode", ["first-token", "generate"])
+def test_scores_agree_with_the_order(llm: CausalLM, mode: str) -> None:
+    ranker = ListwiseRanker(llm, mode=mode)  # type: ignore[arg-type]
+    scores, _ = ranker.score("why do volcanoes erupt", PASSAGES[:5])
+    order, _ = ranker.rank("why do volcanoes erupt", PASSAGES[:5])
+    assert order == sorted(range(5), key=lambda i: (-scores[i], i))
+    if mode == "generate":
+        assert sorted(scores) == [1.0, 2.0, 3.0, 4.0, 5.0]  # n - position
+
+
+def test_the_stage_shows_the_llm_order_and_the_fused_order(llm: CausalLM) -> None:
+    hits = [Hit(id=f"d{i}", rank=i + 1, score=1.0 - i / 10, cosine=0.5) for i in range(6)]
     ranker = ListwiseRanker(llm, mode="first-token")
-    hits = [Hit(id=f"d{i}", rank=i + 1, score=1.0 - i / 10, cosine=0.5) for i in range(4)]
-    ranked, _ = ranker.rerank("q", hits, PASSAGES[:4])
-    assert [h.rank for h in ranked] == [1, 2, 3, 4] and {h.id for h in ranked} == {h.id for h in hits}
-    assert [h.score for h in ranked] == sorted((h.score for h in ranked), reverse=True)
+    own_only = LLMReranker(ranker, store_of(PASSAGES[:6]), depth=4)
+    assert own_only.stage_names == ["rerank"]
+    (ranked,), stats = own_only.rerank_stages("q", hits)
+    assert stats["calls"] == 1 and [h.rank for h in ranked] == list(range(1, 7))
+    assert {h.id for h in ranked[:4]} == {"d0", "d1", "d2", "d3"} and [h.id for h in ranked[4:]] == ["d4", "d5"]
+    assert [h.score for h in ranked] == sorted((h.score for h in ranked), reverse=True)  # the tail stays below
     assert all(h.cosine == 0.5 for h in ranked)
-    with pytest.raises(SiftrankError, match="4 hits but 3 passage texts"):
-        ranker.rerank("q", hits, PASSAGES[:3])
+    scores = {h.id: h.score for h in ranked[:4]}
+    for weight, expected in ((1.0, [h.id for h in ranked]), (1e-9, [h.id for h in hits])):
+        fused_stage = LLMReranker(ranker, store_of(PASSAGES[:6]), depth=4, fusion=ScoreFusion("interpolate", weight))
+        assert fused_stage.stage_names == ["rerank", "fused"]
+        (own, fused), _ = fused_stage.rerank_stages("q", hits)
+        assert {h.id: h.score for h in own[:4]} == pytest.approx(scores)
+        assert [h.id for h in fused] == expected  # all ranker, or (almost) all first stage
+    off = LLMReranker(ranker, store_of(PASSAGES[:6]), depth=4, fusion=ScoreFusion("rrf", 0.0))
+    assert off.stage_names == ["fused"] and off.describe()["llm_off"]
+    (passed,), stats = off.rerank_stages("q", hits)
+    assert passed == hits and stats["calls"] == 0  # weight 0: no model call
 
 
 @pytest.mark.parametrize("kwargs, message", [({"mode": "listwise"}, "rerank mode"), ({"window": 4, "stride": 4}, "stride"),
@@ -121,3 +151,23 @@ def test_model_paths_that_are_not_models_are_refused(tmp_path: Path) -> None:
         CausalLM(str(tmp_path))
     with pytest.raises(SiftrankError, match="unknown bundled ranker"):
         CausalLM("bundled:Llama-70B")
+
+
+def test_close_drops_the_model_and_returns_its_memory(tiny_llm: Path) -> None:
+    import weakref
+
+    llm = CausalLM(str(tiny_llm), precision="fp32")
+    ref = weakref.ref(llm.model)
+    llm.close()
+    assert ref() is None and "model" not in llm.__dict__
+    assert llm.model is not None  # loads again on the next use
+
+
+def test_auto_precision_on_a_cpu_is_measured_once(tiny_llm: Path) -> None:
+    from retrieval.probe import SpeedProbe
+
+    llm = CausalLM(str(tiny_llm), device="cpu")
+    assert llm.precision in ("fp32", "bf16")
+    stored = SpeedProbe("llm-precision")._read()
+    assert any(llm.fingerprint in key for key in stored)
+    assert CausalLM(str(tiny_llm), device="cpu").precision == llm.precision  # from the cache

@@ -185,12 +185,15 @@ def test_prune_writes_a_loadable_sentence_transformers_folder(tiny: Path, tmp_pa
 
 def test_train_ranker_then_rerank_a_given_run(tiny: Path, tiny_llm: Path, tmp_path: Path, cli) -> None:
     """train-ranker writes an adapter; eval re-ranks a first-stage run with it and reports the cost."""
-    code, out, err = cli("train-ranker", "--dataset", tiny, "--model", tiny_llm, "--out", tmp_path / "ranker",
-                         "--depth", "4", "--pool", "6", "--samples", "2", "--steps", "2", "--accumulation", "1",
-                         "--folds", "3", "--fold", "1")
+    flags = ["--dataset", tiny, "--split", "test", "--model", tiny_llm, "--out", tmp_path / "ranker", "--depth", "4", "--pool", "6",
+             "--samples", "2", "--steps", "2", "--accumulation", "1", "--folds", "3", "--fold", "1"]
+    code, out, err = cli("train-ranker", *flags)  # 2 training queries: too few for the default validation split
+    assert code == 2 and "validation split needs at least 4" in err and not (tmp_path / "ranker").exists()
+    code, out, err = cli("train-ranker", *flags, "--validation", "0")
     assert code == 0, err
     manifest = json.loads((tmp_path / "ranker" / "manifest.json").read_text())
     assert manifest["data"]["held_out"] and manifest["data"]["train_queries"] == 2
+    assert "fusion" not in manifest["parameters"]  # no validation queries, no weight: the LLM's own order
     config = tmp_path / "rerank.toml"
     config.write_text(f'[rerank]\nmodel = "{tiny_llm}"\nadapter = "ranker"\ndepth = 3\nmode = "first-token"\n')
     run = tmp_path / "given.trec"
@@ -206,6 +209,16 @@ def test_train_ranker_then_rerank_a_given_run(tiny: Path, tiny_llm: Path, tmp_pa
     q1 = [line.split() for line in reranked if line.startswith("q1 ")]
     assert {r[2] for r in q1[:3]} == {"d5", "d2", "d1"} and q1[3][2] == "d9"  # only the top 3 are re-ordered
     assert "ranker:" in out
+
+    config.write_text(f'[rerank]\nmodel = "{tiny_llm}"\nadapter = "ranker"\ndepth = 3\nmode = "first-token"\n'
+                      'fusion = "interpolate"\nfusion_weight = 0.5\n')
+    code, out, err = cli("eval", "--dataset", tiny, "--first-stage-run", run, "--pipeline", config, "--out", tmp_path / "fused")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "fused" / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["run", "rerank", "fused"] and metrics["final_stage"] == "fused"
+    assert metrics["stages"]["rerank"]["input_tokens_per_query"] > 0  # the cost goes with the LLM's own order
+    assert metrics["pipeline"]["rerank"]["fusion"] == {"method": "interpolate", "weight": 0.5, "k": 60}
+    assert (tmp_path / "fused" / "run.fused.trec").is_file()
 
     config.write_text(f'[rerank]\nmodel = "{tiny_llm}"\nadapter = "nowhere"\n')
     code, out, err = cli("eval", "--dataset", tiny, "--first-stage-run", run, "--pipeline", config, "--out", tmp_path / "ev2")
@@ -223,7 +236,9 @@ def test_every_command_runs_every_stage_of_its_config(tiny: Path, tiny_llm: Path
     assert code == 0, err
     hits = [json.loads(line) for line in out.splitlines()]
     assert len(hits) == 4 and all(h["relevance"] is not None for h in hits)  # the filter ran
-    assert [h["score"] for h in hits[:3]] == [3.0, 2.0, 1.0] and hits[3]["score"] < 0  # the ranker ordered the top 3
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores[:3])  # log-probabilities of the top 3
+    assert scores[3] < scores[2]  # the tail stays below the ranked block
     run = tmp_path / "given.trec"
     run.write_text("".join(f"q{q} Q0 d{d} {d} {20 - d}.0 x\n" for q in (1, 2, 3) for d in range(1, 13)))
     code, out, err = cli("eval", "--dataset", tiny, "--first-stage-run", run, "--pipeline", config, "--out", tmp_path / "ev")
