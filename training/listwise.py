@@ -28,9 +28,12 @@ from retrieval.causal_lm import ADAPTER_KIND, CausalLM
 from retrieval.data import Dataset, Run, read_run
 from retrieval.errors import SiftrankError
 from retrieval.rerank import ListwiseRanker, importance_weight
+from training.fusion import FusionChoice, choose_fusion
 from training.triplets import judged_queries
+from training.validation import RankerValidation
 
 Loss = Literal["importance", "ce"]
+MIN_LIST = 5  # the shortest augmented list
 
 
 @dataclass
@@ -61,9 +64,10 @@ def label_order(judged: dict[str, int], candidates: list[str], teacher: dict[str
 
 
 def lists_from_run(dataset: Dataset, qids: list[str], candidates: Run, teacher: Run, depth: int, pool: int,
-                   samples: int, rng: random.Random) -> list[ListwiseExample]:
-    """Training lists for ``qids``: the first-stage top ``depth`` as ranked, plus ``samples - 1`` shuffled
-    random subsets of the top ``pool`` (each with the label order restricted to it)."""
+                   samples: int, rng: random.Random, min_length: int = MIN_LIST) -> list[ListwiseExample]:
+    """Training lists for ``qids``: the first-stage top ``depth`` as ranked, plus ``samples - 1`` random
+    subsets of the top ``pool`` of ``min_length`` to ``depth`` candidates in random order (each with the
+    label order restricted to it), so that the model learns to rank rather than to copy an order."""
     examples = []
     for q in qids:
         ranked = sorted(candidates.get(q, {}), key=lambda d: (-candidates[q][d], d))[:pool]
@@ -71,7 +75,9 @@ def lists_from_run(dataset: Dataset, qids: list[str], candidates: Run, teacher: 
             continue
         labels = label_order(dataset.qrels.get(q, {}), ranked, teacher.get(q, {}))
         rank_of = {d: r for r, d in enumerate(labels)}
-        shown_lists = [ranked[:depth]] + [rng.sample(ranked, min(depth, len(ranked))) for _ in range(samples - 1)]
+        longest = min(depth, len(ranked))
+        shown_lists = [ranked[:depth]] + [rng.sample(ranked, rng.randint(min(min_length, longest), longest))
+                                          for _ in range(samples - 1)]
         for shown in shown_lists:
             texts = dataset.store.texts(shown)
             order = sorted(range(len(shown)), key=lambda i: rank_of[shown[i]])
@@ -123,23 +129,36 @@ def training_qids(dataset: Dataset, folds: int = 0, fold: int = 0, seed: int = 0
 
 def dataset_lists(dataset: Dataset, qids: list[str], first_stage: Run | None, depth: int, pool: int, samples: int,
                   rng: random.Random) -> list[ListwiseExample]:
-    """Training lists of one dataset: candidates from ``first_stage`` (BM25 over the corpus when None),
-    ties and unjudged ordered by the fused runs of ``runs/`` (or by the first stage when it has none)."""
-    candidates = first_stage if first_stage is not None else bm25_run(dataset, qids, pool)
-    teacher = fuse_runs([read_run(p) for p in dataset.run_paths]) if dataset.run_paths else candidates
+    """Training lists of one dataset: candidates from ``first_stage`` (BM25 over the corpus when None);
+    ties and unjudged ordered by the fused runs of ``runs/``, else by the fusion of the first stage with
+    BM25 (or BM25 alone when it is the first stage)."""
+    if first_stage is None:
+        candidates = teacher = bm25_run(dataset, qids, pool)
+    else:
+        candidates = first_stage
+        teacher = fuse_runs([first_stage, bm25_run(dataset, qids, pool)])
+    if dataset.run_paths:
+        teacher = fuse_runs([read_run(p) for p in dataset.run_paths])
     return lists_from_run(dataset, qids, candidates, teacher, depth, pool, samples, rng)
 
 
 def build_lists(dataset: Dataset, first_stage: Run | None, extra: list[str], depth: int, pool: int, samples: int,
-                folds: int = 0, fold: int = 0, seed: int = 0) -> tuple[list[ListwiseExample], dict[str, Any]]:
-    """Every training list for one run of ``train-ranker`` and a record of the data used: the dataset's
-    training queries (all, or all but one fold), plus each ``extra`` source: a dataset ``DIR[:SPLIT]``
-    (BM25 candidates, all judged queries) or a FlagEmbedding hard-negative jsonl file."""
+                folds: int = 0, fold: int = 0, seed: int = 0, validation: int = 0, every: int = 20,
+                patience: int = 2) -> tuple[list[ListwiseExample], dict[str, Any], RankerValidation | None]:
+    """Every training list for one run of ``train-ranker``, a record of the data used and the validation:
+    the dataset's training queries (all, or all but one fold) less ``validation`` of them kept out to be
+    scored during training (first-stage candidates; BM25 when no run is given), plus each ``extra``
+    source: a dataset ``DIR[:SPLIT]`` (BM25 candidates, all judged queries) or a FlagEmbedding jsonl file."""
     rng = random.Random(seed)
     train, held_out = training_qids(dataset, folds, fold, seed)
+    checks: RankerValidation | None = None
+    if validation:
+        candidates = first_stage if first_stage is not None else bm25_run(dataset, train, pool)
+        train, checks = RankerValidation.split(dataset, train, candidates, depth, validation, seed, every, patience)
     lists = dataset_lists(dataset, train, first_stage, depth, pool, samples, rng)
     used: dict[str, Any] = {"dataset": str(dataset.root), "qrels": str(dataset.qrels_path), "train_queries": len(train),
-                            "folds": folds, "fold": fold, "held_out": held_out, "extra": {}}
+                            "validation_queries": sorted(checks.queries) if checks else [], "folds": folds, "fold": fold,
+                            "held_out": held_out, "extra": {}}
     for spec in extra:
         if Path(spec).is_file():
             more = lists_from_hard_negatives(Path(spec), depth, rng)
@@ -149,7 +168,7 @@ def build_lists(dataset: Dataset, first_stage: Run | None, extra: list[str], dep
             more = dataset_lists(other, training_qids(other)[0], None, depth, pool, samples, rng)
         used["extra"][spec] = len(more)
         lists += more
-    return lists, used
+    return lists, used, checks
 
 
 class ListwiseTrainer:
@@ -158,19 +177,21 @@ class ListwiseTrainer:
     def __init__(self, model: str = "bundled:SmolLM2-135M-Instruct", loss: Loss = "importance", depth: int = 20,
                  max_passage_tokens: int = 48, lora_rank: int = 16, learning_rate: float = 3e-4, steps: int = 200,
                  accumulation: int = 4, separator_weight: float = 1.0, seed: int = 0, bf16: bool | None = None,
-                 gradient_checkpointing: bool = True) -> None:
+                 gradient_checkpointing: bool = False) -> None:
         if loss not in ("importance", "ce"):
             raise SiftrankError(f"loss must be importance or ce, not '{loss}'")
         if steps < 1 or accumulation < 1 or lora_rank < 1 or depth < 2:
             raise SiftrankError("steps, accumulation and lora_rank must be positive and depth at least 2")
-        self.llm = CausalLM(model, precision="auto")
+        self.llm = CausalLM(model, precision="fp32")
         self.ranker = ListwiseRanker(self.llm, mode="generate", max_passage_tokens=max_passage_tokens)
         self.loss, self.depth, self.lora_rank, self.learning_rate = loss, depth, lora_rank, learning_rate
         self.steps, self.accumulation, self.separator_weight, self.seed = steps, accumulation, separator_weight, seed
-        self.bf16 = self.llm.precision == "bf16" if bf16 is None else bf16
+        self.bf16 = bf16  # None: whichever trains faster here, measured once
         self.gradient_checkpointing = gradient_checkpointing
-        self.model = None
+        self.model: Any = None
         self.history: list[dict[str, Any]] = []
+        self.validation: RankerValidation | None = None
+        self.fusion: FusionChoice | None = None
 
     def tokens(self, example: ListwiseExample) -> dict[str, list]:
         """Prompt + answer ids, labels (-100 on the prompt) and the per-token loss weights."""
@@ -186,14 +207,45 @@ class ListwiseTrainer:
         labels = [-100] * len(prompt) + ids[len(prompt):]
         return {"input_ids": ids, "labels": labels, "weights": weights}
 
-    def train(self, examples: list[ListwiseExample], progress: bool = True) -> dict[str, Any]:
-        """Train on ``examples`` for ``steps`` optimiser steps; returns counts, wall time and history."""
+    def pick_bf16(self, model, rows: list[dict[str, list]]) -> bool:
+        """bf16 autocast or fp32: whichever runs a training step of a typical list faster on this machine
+        (measured once per CPU model and base model; CPUs with the same flags differ several-fold)."""
+        import torch
+
+        from retrieval.probe import SpeedProbe
+
+        if self.llm.device.startswith("cuda"):
+            return True
+        row = sorted(rows, key=lambda r: len(r["input_ids"]))[len(rows) // 2]
+        batch = collate([row])
+        labels, weights = batch.pop("labels"), batch.pop("weights")
+
+        def step(bf16: bool):
+            def work() -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = model(**batch)
+                    loss = weighted_loss(out.logits, labels, weights)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+            return work
+
+        width = 256 * (len(row["input_ids"]) // 256 + 1)
+        choice, _ = SpeedProbe("llm-train-precision").fastest(f"{self.llm.fingerprint} lora{self.lora_rank} ~{width} tokens",
+                                                              {"fp32": step(False), "bf16": step(True)}, repeats=1)
+        return choice == "bf16"
+
+    def train(self, examples: list[ListwiseExample], validation: RankerValidation | None = None,
+              progress: bool = True) -> dict[str, Any]:
+        """Train on ``examples`` for up to ``steps`` optimiser steps (fewer when ``validation`` stops it
+        early; its best weights are kept); returns counts, wall time, seconds per step and history."""
         import time
 
         import torch
         from datasets import Dataset as HFDataset
         from peft import LoraConfig, get_peft_model
         from transformers import TrainingArguments
+
+        from retrieval.probe import cpu_model
 
         if not examples:
             raise SiftrankError("no training lists: every query needs at least 2 candidates")
@@ -204,6 +256,8 @@ class ListwiseTrainer:
         lora = LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.05,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
+        if self.bf16 is None:
+            self.bf16 = self.pick_bf16(model, rows)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         work = Path(__import__("tempfile").mkdtemp(prefix="siftrank-ranker-"))
@@ -211,36 +265,104 @@ class ListwiseTrainer:
             output_dir=str(work), max_steps=self.steps, per_device_train_batch_size=1,
             gradient_accumulation_steps=self.accumulation, learning_rate=self.learning_rate, warmup_steps=0.05,
             lr_scheduler_type="cosine", bf16=self.bf16, use_cpu=self.llm.device == "cpu", seed=self.seed,
-            data_seed=self.seed, logging_steps=max(1, self.steps // 50), save_strategy="no", report_to="none",
+            data_seed=self.seed, logging_steps=max(1, min(10, self.steps // 50)), save_strategy="no", report_to="none",
             gradient_checkpointing=self.gradient_checkpointing, remove_unused_columns=False,
             gradient_checkpointing_kwargs={"use_reentrant": False}, disable_tqdm=not progress)
+        callback = validation_callback(self, model, validation)
         trainer = weighted_trainer()(model=model, args=args, train_dataset=HFDataset.from_list(rows),
-                                     data_collator=collate)
+                                     data_collator=collate, callbacks=[callback])
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start
-        self.model = model  # type: ignore[assignment]
+        callback.restore_best()
+        self.model, self.validation = model, validation  # type: ignore[assignment]
         self.history = [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history]
         __import__("shutil").rmtree(work, ignore_errors=True)
         tokens = [len(r["input_ids"]) for r in rows]
-        return {"trainable": trainable, "parameters": total, "wall_seconds": wall, "lists": len(rows),
-                "steps": trainer.state.global_step, "mean_tokens": sum(tokens) / len(tokens),
-                "loss": self.loss, "learning_rate": self.learning_rate}
+        steps = trainer.state.global_step
+        report: dict[str, Any] = {
+            "trainable": trainable, "parameters": total, "wall_seconds": wall, "lists": len(rows), "steps": steps,
+            "seconds_per_step": round(callback.train_seconds / max(1, steps), 2), "mean_tokens": sum(tokens) / len(tokens),
+            "loss": self.loss, "learning_rate": self.learning_rate, "bf16": self.bf16, "cpu": cpu_model()}
+        if validation is not None:
+            report.update({"validation": validation.history, "best_step": validation.best_step,
+                           "validation_queries": len(validation.queries),
+                           "validation_first_stage": validation.first_stage()})
+        return report
+
+    def choose_fusion(self, folds: int = 5) -> FusionChoice:
+        """The fusion method and weight, by query-level CV over the validation queries' best-step scores."""
+        if self.validation is None or not self.validation.best_scores:
+            raise SiftrankError("choosing the fusion weight needs validation queries (train with a validation split)")
+        self.fusion = choose_fusion(self.validation.first, self.validation.best_scores, self.validation.qrels,
+                                    folds=min(folds, len(self.validation.queries)), seed=self.seed)
+        return self.fusion
 
     def save(self, path: Path, report: dict[str, Any], data: dict[str, Any] | None = None,
              overwrite: bool = False) -> None:
-        """The LoRA weights as a ranker-adapter artifact tied to the base model, plus the training log."""
+        """The LoRA weights as a ranker-adapter artifact tied to the base model, plus the training log
+        and, when one was chosen, the fusion (method, weight, k) the ranker stage uses by default."""
         if self.model is None:
             raise SiftrankError("train the ranker before saving it")
+        parameters: dict[str, Any] = {"loss": self.loss, "depth": self.depth, "lora_rank": self.lora_rank,
+                                      "max_passage_tokens": self.ranker.max_passage_tokens,
+                                      "separator_weight": self.separator_weight, "seed": self.seed}
+        extra = dict(data or {})
+        if self.fusion is not None:
+            parameters["fusion"] = self.fusion.fusion.to_dict()
+            extra["fusion_cv"] = self.fusion.to_dict()
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
             self.model.save_pretrained(str(tmp))
             write_text_atomic(tmp / "training_log.json", json.dumps(self.history, indent=1) + "\n")
-            Manifest(kind=ADAPTER_KIND, source_model=self.llm.spec,
-                     parameters={"loss": self.loss, "depth": self.depth, "lora_rank": self.lora_rank,
-                                 "max_passage_tokens": self.ranker.max_passage_tokens,
-                                 "separator_weight": self.separator_weight, "seed": self.seed},
-                     data={**(data or {}), "training": report},
+            Manifest(kind=ADAPTER_KIND, source_model=self.llm.spec, parameters=parameters,
+                     data={**extra, "training": report},
                      base={"model": self.llm.spec, "fingerprint": self.llm.fingerprint}).write(tmp)
+
+
+def validation_callback(trainer: ListwiseTrainer, model: Any, validation: RankerValidation | None) -> Any:
+    """A transformers callback that times the optimiser steps and runs the validation (early stopping,
+    best weights kept; see :mod:`training.validation`). Defined on first use: lazy imports."""
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def __init__(self) -> None:
+            self.train_seconds, self._step_start = 0.0, 0.0
+            self.best_state: dict[str, Any] | None = None
+
+        def _validate(self, step: int) -> bool:
+            import torch
+
+            if validation is None:
+                return False
+            model.eval()
+            trainer.llm.use(model)
+            try:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(trainer.bf16) and trainer.llm.device == "cpu"):
+                    best = validation.evaluate(step, trainer.llm, trainer.ranker.max_passage_tokens)
+            finally:
+                trainer.llm.__dict__.pop("model", None)
+                model.train()
+            if best:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+            return validation.exhausted()
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self._validate(0)
+
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self._step_start = __import__("time").perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.train_seconds += __import__("time").perf_counter() - self._step_start
+            last = state.global_step >= state.max_steps
+            if validation is not None and (state.global_step % validation.every == 0 or last):
+                control.should_training_stop = self._validate(state.global_step) or control.should_training_stop
+
+        def restore_best(self) -> None:
+            if self.best_state is not None:
+                model.load_state_dict(self.best_state, strict=False)
+
+    return Callback()
 
 
 def collate(rows: list[dict[str, list]]) -> dict[str, Any]:

@@ -163,29 +163,33 @@ def finetune(
 @app.command("train-ranker")
 def train_ranker(
     out: Annotated[Path, typer.Option("--out", help="Output: a ranker-adapter artifact (LoRA weights + manifest), written atomically.")],
-    dataset: Annotated[Path, typer.Option(help="Dataset whose qrels give the listwise labels.")] = DEFAULT_DATA / "msmarco-dl19",
-    split: Annotated[str, typer.Option(help="Qrels split.")] = "test",
+    dataset: Annotated[Path, typer.Option(help="Dataset whose qrels give the listwise labels.")] = DEFAULT_DATA / "scifact",
+    split: Annotated[str, typer.Option(help="Qrels split.")] = "train",
     qrels: Annotated[Optional[str], typer.Option(help="Qrels file, a path or a name in the dataset.")] = None,
-    first_stage_run: Annotated[Optional[Path], typer.Option(help="Candidates from this TREC run (default: BM25 over the corpus).")] = None,
+    first_stage_run: Annotated[Optional[Path], typer.Option(help="Candidates from this TREC run, the first stage the ranker will rerank (default: BM25 over the corpus).")] = None,
     model: Annotated[str, typer.Option(help="Causal LM: bundled:SmolLM2-135M-Instruct or a local Hugging Face folder.")] = "bundled:SmolLM2-135M-Instruct",
     loss: Annotated[str, typer.Option(help="importance (the paper's weighted tokens) or ce (plain cross-entropy).")] = "importance",
-    depth: Annotated[int, typer.Option(min=2, help="Candidates per training list.")] = 20,
-    pool: Annotated[int, typer.Option(min=2, help="Candidates per query that random lists are drawn from.")] = 100,
-    samples: Annotated[int, typer.Option(min=1, help="Lists per query: the first-stage top-depth plus shuffled random subsets.")] = 4,
+    depth: Annotated[int, typer.Option(min=2, help="Most candidates per training list (lists of 5..depth are drawn).")] = 20,
+    pool: Annotated[int, typer.Option(min=2, help="Candidates per query that random lists are drawn from.")] = 50,
+    samples: Annotated[int, typer.Option(min=1, help="Lists per query: the first-stage top-depth plus shuffled random subsets.")] = 2,
     extra: Annotated[Optional[list[str]], typer.Option(help="More training data, repeatable: DIR:SPLIT (a dataset; BM25 candidates) or a FlagEmbedding jsonl (query/pos/neg).")] = None,
     folds: Annotated[int, typer.Option(min=0, help="Query-level k-fold: train on all folds but --fold (0: all queries).")] = 0,
     fold: Annotated[int, typer.Option(min=0, help="The held-out fold (with --folds).")] = 0,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 200,
+    validation: Annotated[int, typer.Option(min=0, help="Training queries kept out of the lists and scored during training (early stopping, fusion weight); 0: none, no fusion.")] = 40,
+    every: Annotated[int, typer.Option(min=1, help="Optimiser steps between validations.")] = 20,
+    patience: Annotated[int, typer.Option(min=1, help="Validations without a gain before training stops.")] = 2,
+    steps: Annotated[int, typer.Option(min=1, help="Most optimiser steps.")] = 60,
     accumulation: Annotated[int, typer.Option(min=1, help="Lists per optimiser step (gradient accumulation).")] = 4,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-4,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
     lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank (every linear projection).")] = 16,
-    max_passage_tokens: Annotated[int, typer.Option(min=8, help="Passage truncation (tokens).")] = 48,
+    max_passage_tokens: Annotated[int, typer.Option(min=8, help="Passage truncation (tokens); use the same at ranking time.")] = 48,
     separator_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the ' >' separators (paper: 1).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the folds, sampling and training.")] = 0,
     overwrite: OverwriteOpt = False,
     verbose: Verbose = False,
 ) -> None:
-    """Train the LLM full-ranker (LoRA) on complete listwise labels with the importance-aware loss."""
+    """Train the LLM full-ranker (LoRA) on complete listwise labels with the importance-aware loss, stop
+    early on validation queries and store the fusion weight chosen on them (defaults: `make rerank-study`'s recipe)."""
     from retrieval.data import Dataset, read_run
     from training.listwise import ListwiseTrainer, build_lists
 
@@ -193,13 +197,17 @@ def train_ranker(
     refuse_existing(out, overwrite)
     data = Dataset.load(dataset, split=split, qrels=qrels)
     trainer = ListwiseTrainer(model, loss=loss,  # type: ignore[arg-type]  # checked by the trainer
-                               depth=depth, max_passage_tokens=max_passage_tokens, lora_rank=lora_rank,
+                              depth=depth, max_passage_tokens=max_passage_tokens, lora_rank=lora_rank,
                               learning_rate=lr, steps=steps, accumulation=accumulation,
                               separator_weight=separator_weight, seed=seed)
-    lists, used = build_lists(data, read_run(first_stage_run) if first_stage_run else None, extra or [], depth, pool,
-                              samples, folds, fold, seed)
-    report = trainer.train(lists)
+    lists, used, checks = build_lists(data, read_run(first_stage_run) if first_stage_run else None, extra or [], depth,
+                                      pool, samples, folds, fold, seed, validation, every, patience)
+    report = trainer.train(lists, checks)
+    fusion = trainer.choose_fusion() if checks is not None else None
     trainer.save(out, report, data=used, overwrite=overwrite)
-    typer.echo(f"wrote {out}: {report['lists']} lists, {report['steps']} steps in {report['wall_seconds']:.0f} s, "
+    typer.echo(f"wrote {out}: {report['lists']} lists, {report['steps']} steps in {report['wall_seconds']:.0f} s "
+               f"({report['seconds_per_step']} s per step, {'bf16' if report['bf16'] else 'fp32'}, {report['cpu']}), "
                f"{report['trainable']:,} trainable parameters")
-
+    if fusion is not None:
+        typer.echo(f"fusion: {fusion.fusion.method}, ranker weight {fusion.fusion.weight} (validation CV nDCG@10 "
+                   f"{fusion.cv_fused:.4f} fused vs {fusion.cv_first:.4f} first stage; weight 0 = ranker off)")

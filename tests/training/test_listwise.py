@@ -12,7 +12,8 @@ from retrieval.causal_lm import CausalLM
 from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
 from retrieval.rerank import ListwiseRanker
-from tests.conftest import write_tiny_llm
+from retrieval.stages.llm import LLMParams
+from tests.conftest import DOCS, QRELS, QUERIES, write_dataset, write_tiny_llm
 from training.listwise import (
     ListwiseExample,
     ListwiseTrainer,
@@ -89,7 +90,8 @@ def test_folds_are_disjoint_and_cover_the_judged_queries(tiny: Path) -> None:
 
 def test_lists_cover_shown_candidates_with_the_label_order(tiny: Path, tmp_path: Path) -> None:
     data = Dataset.load(tiny)
-    lists, used = build_lists(data, None, [], depth=4, pool=6, samples=3, folds=3, fold=0)
+    lists, used, checks = build_lists(data, None, [], depth=4, pool=6, samples=3, folds=3, fold=0)
+    assert checks is None and used["validation_queries"] == []
     assert len(lists) == 3 * used["train_queries"] and used["held_out"]
     held_queries = {data.queries[q] for q in used["held_out"]}
     assert not held_queries & {e.query for e in lists}
@@ -107,7 +109,7 @@ def test_lists_cover_shown_candidates_with_the_label_order(tiny: Path, tmp_path:
 
 def test_training_lowers_the_loss_and_saves_an_adapter_bound_to_its_base(tiny: Path, tiny_llm: Path, tmp_path: Path) -> None:
     data = Dataset.load(tiny)
-    lists, used = build_lists(data, None, [], depth=4, pool=4, samples=1)
+    lists, used, _ = build_lists(data, None, [], depth=4, pool=4, samples=1)
     lists = lists[:1]  # learn one list by heart
     trainer = ListwiseTrainer(str(tiny_llm), steps=40, accumulation=1, learning_rate=2e-2, lora_rank=8, bf16=False)
     report = trainer.train(lists * 4, progress=False)
@@ -125,3 +127,48 @@ def test_training_lowers_the_loss_and_saves_an_adapter_bound_to_its_base(tiny: P
         CausalLM(str(other), adapter=tmp_path / "ranker")
     with pytest.raises(SiftrankError, match="exists"):
         trainer.save(tmp_path / "ranker", report)
+
+
+def test_augmented_lists_vary_in_length_and_order(tmp_path: Path) -> None:
+    data = Dataset.load(write_dataset(tmp_path / "d"))
+    every_doc = {q: {d: float(-i) for i, d in enumerate(DOCS)} for q in data.queries}  # 6 candidates each
+    lists, _, _ = build_lists(data, every_doc, [], depth=6, pool=6, samples=30)
+    assert {len(e.passages) for e in lists} == {5, 6}  # 5..depth
+    assert len({tuple(e.order) for e in lists if len(e.passages) == 6}) > 1  # shuffled, not one copied order
+
+
+def test_early_stopping_needs_patience_evaluations_without_a_gain() -> None:
+    from training.validation import RankerValidation
+
+    checks = RankerValidation({}, {}, {}, {}, {}, every=1, patience=2)
+    checks.history = [{"step": 0, "val_ndcg@10": 0.5}, {"step": 1, "val_ndcg@10": 0.6}, {"step": 2, "val_ndcg@10": 0.55}]
+    checks.best_step = 1
+    assert not checks.exhausted()
+    checks.history.append({"step": 3, "val_ndcg@10": 0.6})  # a tie is no gain
+    assert checks.exhausted()
+
+
+def test_validation_keeps_the_best_weights_and_the_artifact_carries_the_fusion(tiny_llm: Path, tmp_path: Path) -> None:
+    more = {f"{q}b": text for q, text in QUERIES.items()}
+    data = Dataset.load(write_dataset(tmp_path / "d", DOCS, {**QUERIES, **more}, QRELS + [(f"{q}b", d, g) for q, d, g in QRELS]))
+    lists, used, checks = build_lists(data, None, [], depth=4, pool=6, samples=2, validation=3, every=2, patience=2)
+    assert checks is not None and len(checks.queries) == 3 and set(used["validation_queries"]) == set(checks.queries)
+    assert used["train_queries"] == 3  # the other three: never in a training list
+    trainer = ListwiseTrainer(str(tiny_llm), steps=8, accumulation=1, learning_rate=5e-2, lora_rank=4, bf16=False)
+    report = trainer.train(lists, checks, progress=False)
+    assert checks.history[0]["step"] == 0 and report["best_step"] == checks.best_step and report["seconds_per_step"] > 0
+    assert report["validation_queries"] == 3 and "cpu" in report
+    trainer.llm.use(trainer.model.eval())
+    rescored = checks.score(trainer.llm, trainer.ranker.max_passage_tokens)
+    assert all(rescored[q] == pytest.approx(checks.best_scores[q], abs=1e-4) for q in checks.queries)  # best weights back
+    choice = trainer.choose_fusion()
+    trainer.save(tmp_path / "ranker", report, data=used)
+    stored = json.loads((tmp_path / "ranker" / "manifest.json").read_text())["parameters"]["fusion"]
+    assert stored == choice.fusion.to_dict()
+    params = LLMParams(model=str(tiny_llm), adapter=tmp_path / "ranker")
+    assert params.score_fusion() == choice.fusion
+    assert LLMParams(model=str(tiny_llm), adapter=tmp_path / "ranker", fusion="none").score_fusion() is None
+    other = "rrf" if choice.fusion.method == "interpolate" else "interpolate"
+    with pytest.raises(SiftrankError, match="needs fusion_weight"):
+        LLMParams(model=str(tiny_llm), adapter=tmp_path / "ranker", fusion=other).score_fusion()
+    assert LLMParams(model=str(tiny_llm), fusion=other, fusion_weight=0.3).score_fusion().weight == 0.3  # type: ignore[union-attr]
