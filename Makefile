@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study rerank-study-cpu gpu-rerank-check train-ranker-dl19 eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -102,23 +102,28 @@ prune-select: install
 	$(BIN)/python benchmarks/prune_select.py --data $(DATA) --out docs/pruning
 
 DEVICE ?= auto
-# LLM full-ranker: query-level 5-fold study on DL19 (hours on CPU; minutes on a GPU)
-rerank-study: install
+# LLM full-ranker study: trained on SciFact train (importance-aware and plain CE, early stopping on validation
+# queries, fusion weight by CV), measured on SciFact test, DL19 (BM25 and dense, 5-fold fusion CV), adaptive
+# depth and cost (~2 h on 2 CPU cores; resumable: records are kept in docs/ranking/study.json)
+rerank-study: install calibrate-scifact
 	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device $(DEVICE)
 
-# The same study sized for 2 CPU cores (~2 h): 20 steps x 4 lists per training run, in-domain lists only
-# (other folds' DL19 queries + the MS MARCO toy file), generate mode on BM25 candidates only.
-rerank-study-cpu: install
-	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device cpu --steps 20 --lr 1e-3 \
-		--extra msmarco-train-toy/flagembedding_msmarco_10q_25hardneg.jsonl --dense-modes first-token --checkpointing 0
+# RSS over many ranker-adapter loads in one process, with and without release_memory (docs/ranking/memory.md)
+bench-adapter-memory: install
+	$(BIN)/python benchmarks/adapter_memory.py --data $(DATA) --out docs/ranking
 
 gpu-rerank-check: install
 	$(BIN)/python benchmarks/gpu_rerank_check.py --data $(DATA) --out docs/ranking
 
-# Train the ranker on all DL19 queries + SciFact train (for serving; never evaluate it on DL19)
-train-ranker-dl19: install
-	$(BIN)/siftrank train-ranker --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv \
-		--first-stage-run $(DATA)/msmarco-dl19/runs/run.BM25.trec --extra $(DATA)/scifact:train --out $(OUT)/ranker
+# The ranker for SciFact with train-ranker's defaults (the study's recipe): dense top-50 of SciFact train as
+# candidates, then SciFact test through dense → LLM ranker (fused) with configs/rerank-scifact.toml
+train-ranker-scifact: install
+	$(BIN)/siftrank eval --dataset $(DATA)/scifact --split train --out $(OUT)/scifact-train
+	$(BIN)/siftrank train-ranker --dataset $(DATA)/scifact --split train --first-stage-run $(OUT)/scifact-train/run.dense.trec \
+		--extra $(DATA)/msmarco-train-toy/flagembedding_msmarco_10q_25hardneg.jsonl --out artifacts/scifact-ranker --overwrite
+
+eval-rerank-scifact: install
+	$(BIN)/siftrank eval --dataset $(DATA)/scifact --split test --pipeline configs/rerank-scifact.toml --out $(OUT)/scifact-rerank
 
 # BM25 top-20 of DL19 re-ranked by the zero-shot SmolLM2 (first-token mode)
 eval-rerank: install

@@ -1,243 +1,344 @@
-"""LLM full-ranker study on DL19: query-level k-fold training and evaluation, cost of the modes, depth.
+"""Does the LLM full-ranker improve its first stage? Training at the scale we have, fusion, depth, cost.
 
-For each fold the ranker is LoRA-trained on the other folds' DL19 queries (BM25 top-``pool`` candidates,
-labels from the qrels with ties and unjudged ordered by the fused published runs) plus SciFact train and
-the MS MARCO toy lists, once with plain cross-entropy and once with the importance-aware loss; then the
-held-out queries' top-``depth`` candidates of BM25 (runs/run.BM25.trec) and of our dense first stage are
-re-ranked by the zero-shot model and by both trained models, and shuffled (the floor: 20 random orders).
-nDCG@10 is over the held-out queries of each fold (mean ± std over folds). Cost: on up to
-``--cost-queries`` of fold 0's held-out queries at equal depth, with fold 0's adapter, full ranking
-(generate) vs the sliding window, and first-token vs generate: input/output tokens and seconds per
-query. Depth: nDCG@10 and seconds per query of first-token ranking at each of ``--depths``, every query
-ranked by the adapter of the fold that held it out (so no number here comes from a query the ranker was
-trained on).
-Records are stored one by one (docs/ranking/results.json) and skipped when present, so the study can
-be resumed; trained adapters are kept in the siftrank cache. Results: docs/ranking/results.{md,json},
-depth.png. Reproduce: `make rerank-study` (CPU: hours; GPU: `make rerank-study DEVICE=cuda`).
+1. **Train** the ranker (LoRA, SmolLM2-135M by default) on SciFact train: dense top-``depth`` lists
+   (pool ``pool``) labelled by qrels grade, ties and unjudged ordered by the fusion of dense and BM25;
+   augmented with shuffled subsets of 5..depth candidates; plus the MS MARCO sample lists. ``--val``
+   training queries never enter the lists: they are scored every ``--every`` steps (first-token nDCG@10)
+   for early stopping, and the best step's scores choose the fusion method and weight by query-level CV
+   (stored in the artifact). Once with the importance-aware loss, once with plain cross-entropy.
+2. **SciFact test**, dense top-``depth``: first stage, the ranker's own order, and the fused order with
+   the artifact's weight; paired difference to the first stage over the 300 queries (t-test and
+   randomisation p).
+3. **DL19**, BM25 (published run) and dense top-``depth``: zero-shot and both trained rankers (never
+   trained on DL19); the fusion weight chosen by 5-fold CV over DL19 queries (each fold's weight from
+   the other four); held-out fused vs first stage per fold.
+4. **Adaptive depth**: with the SciFact Cosine Adapter filter, only the kept candidates (up to depth)
+   are ranked; tokens and seconds saved against the nDCG@10 change.
+5. **Cost**: tokens and seconds per query at depth 20 and 50 for first-token, generate and the sliding
+   window (DL19 BM25 candidates, ``--cost-queries`` queries).
+
+Every record is kept in docs/ranking/study.json as it is measured, so an interrupted study resumes.
+Writes docs/ranking/study.{md,json} and training.png, fusion.png. Reproduce: `make rerank-study`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import random
 import time
 from pathlib import Path
 
 import numpy as np
-from common import ResultStore, arguments
+from common import ResultStore, arguments, machine, save
 
-from eval.metrics import MetricSuite
 from eval.report import markdown_table
+from eval.significance import paired_test
 from retrieval.artifacts import cache_dir
 from retrieval.causal_lm import CausalLM
+from retrieval.config import PipelineConfig
 from retrieval.data import Dataset, Run, read_run
-from retrieval.rerank import ListwiseRanker, RankStats
-from training.listwise import ListwiseTrainer, build_lists, training_qids
+from retrieval.fusion import ScoreFusion
+from retrieval.pipeline import Pipeline
+from retrieval.rerank import ListwiseRanker
+from training.fusion import choose_fusion, ndcg_per_query
+from training.listwise import ListwiseTrainer, build_lists
 
-SHOW = ("nDCG@10", "first_stage_nDCG@10", "seconds_per_query")
-
-
-def first_stages(data: Dataset, pool: int) -> dict[str, Run]:
-    """BM25 (the published run) and our dense retrieval (bundled MiniLM, flat index) over DL19."""
-    from retrieval.config import PipelineConfig
-    from retrieval.pipeline import Pipeline
-
-    bm25 = read_run(data.root / "runs" / "run.BM25.trec")
-    dense = Pipeline.from_config(PipelineConfig(), data)
-    hits = dense.run(data.queries, depth=pool).hits
-    return {"bm25": bm25, "dense": {q: {h.id: h.score for h in hs} for q, hs in hits.items()}}
+SHOW = ("nDCG@10", "seconds_per_query")
 
 
-def rerank_run(ranker: ListwiseRanker | RandomOrder, data: Dataset, run: Run, qids: list[str], depth: int) -> tuple[Run, RankStats]:
-    """``run`` with each query's top ``depth`` re-ordered by ``ranker``; the rest keep their order below."""
-    out: Run = {}
-    total = RankStats()
+def first_stage(data: Dataset, raw: dict, depth: int) -> Run:
+    """One first stage (a pipeline config section) over all the dataset's queries."""
+    hits = Pipeline.from_config(PipelineConfig.model_validate(raw), data).run(data.queries, depth=depth).hits
+    return {q: {h.id: h.score for h in ranked} for q, ranked in hits.items()}
+
+
+def top(run: Run, q: str, depth: int) -> list[str]:
+    return sorted(run.get(q, {}), key=lambda d: (-run[q][d], d))[:depth]
+
+
+def score_run(ranker: ListwiseRanker, data: Dataset, run: Run, qids: list[str], depth: int,
+              keep: dict[str, set[str]] | None = None, reuse: dict | None = None) -> dict:
+    """The ranker's score of each query's top ``depth`` (only the ``keep`` ones, when given) and the cost.
+    A query whose shown candidates are those of ``reuse`` (a full run's record) takes its scores and cost
+    from there: the same prompt gives the same scores."""
+    started, scores, cost = time.perf_counter(), {}, {}
     for q in qids:
-        ranked = sorted(run.get(q, {}), key=lambda d: (-run[q][d], d))
-        top = ranked[:depth]
-        order, stats = ranker.rank(data.queries[q], data.store.texts(top))
-        total.add(stats)
-        out[q] = {top[i]: float(2 * len(ranked) - r) for r, i in enumerate(order)}
-        out[q].update({d: float(len(ranked) - r) for r, d in enumerate(ranked[depth:])})
-    return out, total
+        docs = [d for d in top(run, q, depth) if keep is None or d in keep[q]]
+        if reuse is not None and list(reuse["scores"][q]) == docs:
+            scores[q], cost[q] = reuse["scores"][q], reuse["cost"][q]
+            continue
+        values, stats = ranker.score(data.queries[q], data.store.texts(docs))
+        scores[q] = dict(zip(docs, values))
+        cost[q] = [stats.input_tokens, stats.output_tokens, stats.calls, stats.seconds, stats.parse_failures]
+    n = max(1, len(qids))
+    total = np.sum([cost[q] for q in qids], axis=0) if qids else np.zeros(5)
+    return {"scores": scores, "cost": cost, "input_tokens_per_query": total[0] / n, "output_tokens_per_query": total[1] / n,
+            "calls_per_query": total[2] / n, "seconds_per_query": total[3] / n,
+            "parse_failure_rate": total[4] / max(1, total[2]), "wall_seconds": time.perf_counter() - started}
 
 
-class RandomOrder:
-    """The floor a ranker must beat: the candidates in a random order (seeded)."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    def rank(self, query: str, passages: list[str]) -> tuple[list[int], RankStats]:
-        order = list(range(len(passages)))
-        self.rng.shuffle(order)
-        return order, RankStats()
+def ordered(first: dict[str, float], scores: dict[str, float], depth: int) -> dict[str, float]:
+    """A ranking of the first stage's top ``depth``: ``scores``'d candidates first (by score), then the
+    rest of the top in first-stage order (as the pipeline's rerank stage does)."""
+    head = sorted(first, key=lambda d: (-first[d], d))[:depth]
+    ranked = sorted([d for d in head if d in scores], key=lambda d: -scores[d]) + [d for d in head if d not in scores]
+    return {d: float(len(ranked) - i) for i, d in enumerate(ranked)}
 
 
-def shuffled(data: Dataset, run: Run, qids: list[str], depth: int, seeds: int = 20) -> dict:
-    """nDCG@10 of the top ``depth`` in random order, averaged over ``seeds`` shuffles."""
-    values = [scored(data, rerank_run(RandomOrder(seed), data, run, qids, depth)[0], qids)["nDCG@10"] for seed in range(seeds)]
-    return {"nDCG@10": float(np.mean(values)), "queries": len(qids), "shuffles": seeds}
+def per_query(runs: dict[str, dict[str, float]], qrels: dict) -> dict[str, float]:
+    return ndcg_per_query(runs, qrels)
 
 
-def scored(data: Dataset, run: Run, qids: list[str], stats: RankStats | None = None, started: float | None = None) -> dict:
-    qrels = {q: data.qrels[q] for q in qids}
-    record: dict = {"nDCG@10": MetricSuite(qrels).evaluate({q: run[q] for q in qids if q in run})["nDCG@10"], "queries": len(qids)}
-    if stats is not None:
-        n = max(1, len(qids))
-        record.update({"input_tokens_per_query": stats.input_tokens / n, "output_tokens_per_query": stats.output_tokens / n,
-                       "seconds_per_query": stats.seconds / n, "calls_per_query": stats.calls / n,
-                       "parse_failure_rate": stats.parse_failures / max(1, stats.calls),
-                       "repaired_rate": stats.repaired / max(1, stats.calls)})
-    if started is not None:
-        record["wall_seconds"] = time.perf_counter() - started
-    return record
+def compare(base: dict[str, float], other: dict[str, float]) -> dict:
+    test = paired_test(base, other)
+    return {"nDCG@10": float(np.mean(list(other.values()))), "Δ": test["delta"], "t-test p": test["t_test_p"],
+            "randomisation p": test["randomisation_p"]}
 
 
 def main() -> None:
-    args = arguments(__doc__, model=(str, "bundled:SmolLM2-135M-Instruct", "causal LM"), device=(str, "auto", "auto, cpu, cuda"),
-                     folds=(int, 5, "query folds"), depth=(int, 20, "re-ranking depth of the CV study"),
-                     depths=(str, "10,20,50", "depths of the depth curve"), pool=(int, 100, "training candidates per query"),
-                     samples=(int, 4, "lists per training query"), steps=(int, 300, "optimiser steps"),
-                     accumulation=(int, 4, "lists per step"), lr=(float, 3e-4, "learning rate"),
-                     max_passage_tokens=(int, 48, "passage truncation"), losses=(str, "ce,importance", "losses"),
-                     modes=(str, "first-token,generate", "modes of the CV evaluation on BM25 candidates"),
-                     dense_modes=(str, "first-token,generate", "modes of the CV evaluation on dense candidates"),
-                     checkpointing=(int, 1, "1: gradient checkpointing (less memory, ~30% more compute)"),
-                     extra=(str, "scifact:train,msmarco-train-toy/flagembedding_msmarco_10q_25hardneg.jsonl", "extra training data"),
-                     cost_queries=(int, 10, "queries for the cost comparison"), window=(int, 10, "sliding window"),
-                     stride=(int, 5, "sliding stride"), queries=(int, 0, "use only the first N queries (smoke runs)"))
-    args.out = args.out.parent / "ranking" if args.out.name == "benchmarks" else args.out
-    store = ResultStore(args.out / "results.json")
+    args = arguments(__doc__ or "", model=(str, "bundled:SmolLM2-135M-Instruct", "causal LM"),
+                     depth=(int, 20, "re-ranking depth"), pool=(int, 50, "training candidates per query"),
+                     samples=(int, 2, "lists per training query"), steps=(int, 60, "most optimiser steps"),
+                     accumulation=(int, 4, "lists per step"), lr=(float, 5e-4, "learning rate"),
+                     lora_rank=(int, 16, "LoRA rank"), max_passage_tokens=(int, 48, "passage truncation"),
+                     val=(int, 40, "validation queries drawn from SciFact train"), every=(int, 20, "steps between validations"),
+                     patience=(int, 2, "validations without a gain before stopping"), losses=(str, "importance,ce", "losses"),
+                     ablation_steps=(int, 0, "most steps of the other losses (0: --steps)"),
+                     cost_queries=(int, 3, "queries of the cost table"), device=(str, "auto", "auto, cpu, cuda"),
+                     extra=(str, "msmarco-train-toy/flagembedding_msmarco_10q_25hardneg.jsonl", "extra training lists"),
+                     calibrator=(str, "artifacts/scifact-calibrator", "SciFact filter for adaptive depth ('' to skip)"),
+                     queries=(int, 0, "smoke runs: only the first N queries of each set"))
+    out = args.out.parent / "ranking" if args.out.name == "benchmarks" else args.out
+    store = ResultStore(out / "study.json")
     store.data["settings"] = {k: str(v) for k, v in vars(args).items() if k not in ("data", "out")}
-    data = Dataset.load(args.data / "msmarco-dl19")  # qrels.test.tsv: the standard re-ranking setup (BM25 0.5058)
+    train = Dataset.load(args.data / "scifact", split="train")
+    test = Dataset.load(args.data / "scifact", split="test")
+    dl19 = Dataset.load(args.data / "msmarco-dl19")  # qrels.test.tsv: the standard re-ranking setup
     if args.queries:
-        keep = sorted(data.queries)[: args.queries]
-        data.queries, data.qrels = {q: data.queries[q] for q in keep}, {q: data.qrels[q] for q in keep}
-    qids = sorted(data.queries)
-    stages = first_stages(data, args.pool)
+        for data, n in ((train, 4 * args.queries), (test, args.queries), (dl19, args.queries)):
+            keep = sorted(q for q in data.queries if data.qrels.get(q))[:n]
+            data.queries, data.qrels = {q: data.queries[q] for q in keep}, {q: data.qrels[q] for q in keep}
+    print("first stages ...", flush=True)
+    dense_train = first_stage(train, {}, args.pool)
+    dense_test = first_stage(test, {}, args.depth)
+    dl19_runs = {"bm25": read_run(dl19.root / "runs" / "run.BM25.trec"), "dense": first_stage(dl19, {}, args.depth)}
+
+    # 1. training, once per loss (adapters cached by the whole recipe); the main loss first, so that its
+    # evaluations exist before the ablation's training starts
+    recipe_keys = ("model", "depth", "pool", "samples", "steps", "accumulation", "lr", "lora_rank", "max_passage_tokens",
+                   "val", "every", "patience", "extra", "queries")
+    recipe = hashlib.sha1(repr([store.data["settings"][k] for k in recipe_keys]).encode()).hexdigest()[:8]
+    adapters: dict[str, Path] = {}
     extra = [str(args.data / e) for e in args.extra.split(",") if e]
-    zero = CausalLM(args.model, device=args.device)
-    recipe = hashlib.sha1(repr((args.lr, args.samples, args.pool, args.max_passage_tokens, args.extra)).encode()).hexdigest()[:8]
-    adapters = cache_dir("rerank-study") / f"{Path(args.model).name}-s{args.steps}x{args.accumulation}-d{args.depth}-{recipe}"
 
-    for fold in range(args.folds):
-        _, held = training_qids(data, args.folds, fold)
-        for first, run in stages.items():
-            store.run(f"cv/{first}/first-stage/fold{fold}", lambda run=run, held=held: scored(data, run, held), SHOW)
-            store.run(f"cv/{first}/random-order/fold{fold}", lambda run=run, held=held: shuffled(data, run, held, args.depth), SHOW)
-        rankers = {"zero-shot": zero}
-        for loss in args.losses.split(","):
-            folder = adapters / f"{loss}-fold{fold}"
-            if not (folder / "manifest.json").is_file():
-                started = time.perf_counter()
-                trainer = ListwiseTrainer(args.model, loss=loss, depth=args.depth, max_passage_tokens=args.max_passage_tokens,
-                                          learning_rate=args.lr, steps=args.steps, accumulation=args.accumulation, seed=fold,
-                                          gradient_checkpointing=bool(args.checkpointing))
-                lists, used = build_lists(data, stages["bm25"], extra, args.depth, args.pool, args.samples, args.folds, fold)
-                log = trainer.train(lists)
-                trainer.save(folder, log, data=used, overwrite=True)
-                store.keep(f"train/{loss}/fold{fold}", {**log, "wall_seconds": time.perf_counter() - started})
-            rankers[loss] = CausalLM(args.model, adapter=folder, device=args.device)
-        modes = {"bm25": args.modes.split(","), "dense": args.dense_modes.split(",")}
-        for name, llm in rankers.items():
-            for first, run in stages.items():
-                for mode in modes[first]:
-                    ranker = ListwiseRanker(llm, mode=mode, max_passage_tokens=args.max_passage_tokens)
-                    def evaluate(ranker=ranker, run=run, held=held) -> dict:
-                        started = time.perf_counter()
-                        reranked, stats = rerank_run(ranker, data, run, held, args.depth)
-                        return scored(data, reranked, held, stats, started)
-                    store.run(f"cv/{first}/{name}/{mode}/fold{fold}", evaluate, SHOW)
-        rankers.clear()
+    def trained(loss: str, steps: int) -> None:
+        folder = cache_dir("rerank-study") / (f"{loss}-{recipe}" if steps == args.steps else f"{loss}-s{steps}-{recipe}")
+        adapters[loss] = folder
 
-    # Cost and depth use the last loss's adapters, each on the queries its fold held out (never trained on).
-    best = args.losses.split(",")[-1]
-    @functools.cache  # one merged model per fold, shared by the cost modes and every depth
-    def trained(fold: int) -> CausalLM:
-        return CausalLM(args.model, adapter=adapters / f"{best}-fold{fold}", device=args.device)
-    cost_q = training_qids(data, args.folds, 0)[1][: args.cost_queries]
-    for mode in ("generate", "sliding-window", "first-token"):
-        ranker = ListwiseRanker(trained(0), mode=mode, window=args.window, stride=args.stride, max_passage_tokens=args.max_passage_tokens)
-        def cost(ranker=ranker) -> dict:
+        def fit() -> dict:
             started = time.perf_counter()
-            reranked, stats = rerank_run(ranker, data, stages["bm25"], cost_q, args.depth)
-            return scored(data, reranked, cost_q, stats, started)
-        store.run(f"cost/{mode}/d{args.depth}", cost, SHOW)
-    for depth in (int(d) for d in args.depths.split(",")):
-        def curve(depth=depth) -> dict:
-            started = time.perf_counter()
-            reranked: Run = {}
-            total = RankStats()
-            for fold in range(args.folds):
-                ranker = ListwiseRanker(trained(fold), mode="first-token", max_passage_tokens=args.max_passage_tokens)
-                part, stats = rerank_run(ranker, data, stages["bm25"], training_qids(data, args.folds, fold)[1], depth)
-                reranked.update(part)
-                total.add(stats)
-            return scored(data, reranked, qids, total, started)
-        store.run(f"depth/first-token/d{depth}", curve, SHOW)
-    report(args.out, store)
+            lists, used, validation = build_lists(train, dense_train, extra, args.depth, args.pool, args.samples,
+                                                  validation=args.val, every=args.every, patience=args.patience)
+            trainer = ListwiseTrainer(args.model, loss=loss, depth=args.depth, max_passage_tokens=args.max_passage_tokens,  # type: ignore[arg-type]
+                                      lora_rank=args.lora_rank, learning_rate=args.lr, steps=steps, accumulation=args.accumulation)
+            report = trainer.train(lists, validation)
+            choice = trainer.choose_fusion()
+            trainer.save(folder, report, data=used, overwrite=True)
+            return {**report, "fusion": choice.to_dict(), "history": trainer.history,
+                    "wall_seconds": time.perf_counter() - started, "validation_scores": validation.best_scores,  # type: ignore[union-attr]
+                    "validation_zero_shot": validation.history[0]}  # type: ignore[union-attr]
+        record = store.run(f"train/{loss}", fit, ("best_step", "seconds_per_step"))
+        if not (folder / "manifest.json").is_file():
+            raise SystemExit(f"{folder}: the adapter of a recorded training run is missing: delete train/{loss} from {store.path}")
+        print(f"{loss}: fusion {record['fusion']['method']} weight {record['fusion']['weight']} "
+              f"(CV fused {record['fusion']['cv_fused']:.4f} vs first stage {record['fusion']['cv_first']:.4f})", flush=True)
+
+    def ranker(name: str, mode: str = "first-token") -> ListwiseRanker:
+        llm = CausalLM(args.model, adapter=adapters.get(name), device=args.device)
+        return ListwiseRanker(llm, mode=mode, max_passage_tokens=args.max_passage_tokens, window=10, stride=5)
+
+    # 2. SciFact test with the default (first) loss's adapter
+    losses = args.losses.split(",")
+    main_loss = losses[0]
+    trained(main_loss, args.steps)
+    test_qids = sorted(test.queries)
+    store.run(f"score/scifact/dense/{main_loss}", lambda: score_run(ranker(main_loss), test, dense_test, test_qids, args.depth), SHOW)
+
+    # 3. DL19 with the zero-shot and the main ranker (the other losses' after their training, below)
+    dl_qids = sorted(dl19.queries)
+
+    def on_dl19(name: str) -> None:
+        for first, run in dl19_runs.items():
+            store.run(f"score/dl19/{first}/{name}", lambda run=run: score_run(ranker(name), dl19, run, dl_qids, args.depth), SHOW)
+    on_dl19("zero-shot")
+    on_dl19(main_loss)
+
+    # 4. adaptive depth: only what the SciFact filter keeps
+    if args.calibrator and Path(args.calibrator).is_dir():
+        def kept() -> dict:
+            config = PipelineConfig.model_validate({"filter": {"kind": "cosine-adapter", "calibrator": str(Path(args.calibrator).resolve())}})
+            result = Pipeline.from_config(config, test).run(test.queries)
+            return {"kept": {q: [h.id for h in hits] for q, hits in result.stages["filter"].items()}}
+        keep = {q: set(v) for q, v in store.run("filter/scifact", kept)["kept"].items()}
+        full = store.runs[f"score/scifact/dense/{main_loss}"]
+        store.run(f"score/scifact/dense-kept/{main_loss}",
+                  lambda: score_run(ranker(main_loss), test, dense_test, test_qids, args.depth, keep, reuse=full), SHOW)
+
+    # 5. cost at depth 20 and 50
+    cost_q = dl_qids[:args.cost_queries]
+    deep = {q: dict(list(sorted(dl19_runs["bm25"][q].items(), key=lambda x: -x[1]))[:50]) for q in cost_q}
+    for depth in (20, 50):
+        for mode in ("first-token", "generate", "sliding-window"):
+            store.run(f"cost/{mode}/d{depth}", lambda mode=mode, depth=depth: score_run(ranker(main_loss, mode), dl19, deep, cost_q, depth), SHOW)
+    report(out, store, test, dl19, dense_test, dl19_runs, args.depth, main_loss)
+
+    # 6. the other losses (the ablation): trained the same way, measured on DL19
+    for loss in losses[1:]:
+        trained(loss, args.ablation_steps or args.steps)
+        on_dl19(loss)
+    report(out, store, test, dl19, dense_test, dl19_runs, args.depth, main_loss)
 
 
-def report(out: Path, store: ResultStore) -> None:
-    """Tables (mean ± std over folds) and the depth plot."""
+def report(out: Path, store: ResultStore, test: Dataset, dl19: Dataset, dense_test: Run, dl19_runs: dict[str, Run],
+           depth: int, main_loss: str) -> None:
+    """Tables, plots and the markdown report from the stored records."""
     runs = store.runs
-    cv: dict[str, dict] = {}
-    for key, record in runs.items():
-        if key.startswith("cv/"):
-            _, first, name, *rest = key.split("/")
-            label = f"{first} → {name}" + (f" ({rest[0]})" if len(rest) > 1 else "")
-            cv.setdefault(label, {}).setdefault("folds", []).append(record)
+    cpu = machine()["cpu"]
+    lines = ["# LLM full-ranker: does it improve its first stage?", "",
+             f"Measured on {cpu}. Settings: `{store.data['settings']}`. Reproduce: `make rerank-study`.", ""]
+    # training
     rows = {}
-    for label, entry in cv.items():
-        records = entry["folds"]
-        row: dict = {"folds": len(records)}
-        for metric in ("nDCG@10", "seconds_per_query", "input_tokens_per_query", "output_tokens_per_query", "parse_failure_rate"):
-            values = [r[metric] for r in records if metric in r]
-            if values:
-                row[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
-        rows[label] = row
-    cost = {k.split("/")[1]: v for k, v in runs.items() if k.startswith("cost/")}
-    depth = {int(k.rsplit("/d", 1)[1]): v for k, v in runs.items() if k.startswith("depth/")}
-    columns = ["nDCG@10", "input_tokens_per_query", "output_tokens_per_query", "calls_per_query", "seconds_per_query", "parse_failure_rate"]
-    lines = ["# LLM full-ranker on DL19", "", f"Settings: `{store.data.get('settings', {})}`", "",
-             "## Query-level cross-validation (nDCG@10 over held-out queries, mean ± std over folds)", "",
-             markdown_table(rows, "first stage → ranker (mode)", ["folds", "nDCG@10", "seconds_per_query",
-                                                                  "input_tokens_per_query", "output_tokens_per_query",
-                                                                  "parse_failure_rate"]), "",
-             "## Cost at equal depth (BM25 candidates)", "", markdown_table(cost, "mode", columns) if cost else "(not run)", ""]
-    if "generate" in cost and "sliding-window" in cost:
-        g, s, f = cost["generate"], cost["sliding-window"], cost.get("first-token")
-        lines.append(f"Full ranking / sliding window input tokens: {g['input_tokens_per_query'] / s['input_tokens_per_query']:.2f}x; "
-                     f"seconds: {g['seconds_per_query'] / s['seconds_per_query']:.2f}x.")
-        if f:
-            lines.append(f"First-token is {g['seconds_per_query'] / f['seconds_per_query']:.1f}x faster than generate.")
+    for loss in store.data["settings"]["losses"].split(","):
+        t = runs.get(f"train/{loss}")
+        if t:
+            f = t["fusion"]
+            rows[loss] = {"lists seen": t["steps"] * int(store.data["settings"]["accumulation"]), "best step": t["best_step"],
+                          "s/step": t["seconds_per_step"], "bf16": t["bf16"], "train min": t["wall_seconds"] / 60,
+                          "val first stage": t["validation_first_stage"], "val zero-shot": t["validation_zero_shot"]["val_ndcg@10"],
+                          "val ranker": max(h["val_ndcg@10"] for h in t["validation"]),
+                          "fusion": f"{f['method']} w={f['weight']}", "val CV fused": f["cv_fused"]}
+    lines += ["## Training (SciFact train; validation = training queries kept out of the lists)", "",
+              markdown_table(rows, "loss"), "", "![training](training.png)", ""]
+    plot_training(out / "training.png", {k: runs[f"train/{k}"] for k in rows})
+
+    # SciFact test
+    key = f"score/scifact/dense/{main_loss}"
+    if key in runs and f"train/{main_loss}" in runs:
+        fusion = ScoreFusion(**{k: runs[f"train/{main_loss}"]["fusion"][k] for k in ("method", "weight", "k")})
+        scores = runs[key]["scores"]
+        qrels = test.qrels
+        first = per_query({q: dict(list(dense_test[q].items())) for q in scores}, qrels)
+        firsts = {q: {d: dense_test[q][d] for d in top(dense_test, q, depth)} for q in scores}
+        own = per_query({q: ordered(firsts[q], scores[q], depth) for q in scores}, qrels)
+        fused = per_query({q: fusion.fuse(firsts[q], scores[q]) for q in scores}, qrels)
+        table = {"dense (first stage)": {"nDCG@10": float(np.mean(list(first.values())))},
+                 f"ranker alone ({main_loss})": compare(first, own), f"fused ({fusion.method}, w={fusion.weight})": compare(first, fused)}
+        lines += [f"## SciFact test, dense top-{depth} ({len(scores)} queries)", "",
+                  f"Ranker trained on SciFact train with the {main_loss} loss; fusion weight from its validation queries.",
+                  "", markdown_table(table, "ranking"), ""]
+        store.data["scifact_test"] = table
+        kept_key = f"score/scifact/dense-kept/{main_loss}"
+        if kept_key in runs:
+            adaptive = runs[kept_key]
+            fused_kept = per_query({q: ordered(firsts[q], fusion.fuse({d: firsts[q][d] for d in adaptive["scores"][q]},
+                                                                       adaptive["scores"][q]) if len(adaptive["scores"][q]) else {}, depth)
+                                    for q in scores}, qrels)
+            row = compare(fused, fused_kept)
+            row.update({"input tokens/query": adaptive["input_tokens_per_query"], "s/query": adaptive["seconds_per_query"],
+                        "tokens saved": 1 - adaptive["input_tokens_per_query"] / runs[key]["input_tokens_per_query"],
+                        "seconds saved": 1 - adaptive["seconds_per_query"] / runs[key]["seconds_per_query"]})
+            full = {"nDCG@10": float(np.mean(list(fused.values()))), "input tokens/query": runs[key]["input_tokens_per_query"],
+                    "s/query": runs[key]["seconds_per_query"]}
+            dropped = sum(1 for q in scores if len(adaptive["scores"][q]) < len(scores[q]))
+            lines += ["## Adaptive depth (SciFact test): rank only what the relevance filter keeps", "",
+                      "Δ and p: fused order of the kept candidates (the rest of the top below in dense order) against "
+                      f"the fused order of the whole top. The filter dropped candidates from the top-{depth} of {dropped} "
+                      f"of {len(scores)} queries (threshold from the calibrator artifact).", "",
+                      markdown_table({f"all top-{depth}": full, "kept only": row}, "ranked",
+                                     ["nDCG@10", "Δ", "randomisation p", "input tokens/query", "s/query", "tokens saved",
+                                      "seconds saved"]), ""]
+            store.data["adaptive"] = {"full": full, "kept": row}
+
+    # DL19: fusion weight by 5-fold CV over queries
+    dl_rows, fold_rows = {}, {}
+    for first_name, run in dl19_runs.items():
+        for name in ["zero-shot", *store.data["settings"]["losses"].split(",")]:
+            key = f"score/dl19/{first_name}/{name}"
+            if key not in runs:
+                continue
+            scores = runs[key]["scores"]
+            firsts = {q: {d: run[q][d] for d in top(run, q, depth)} for q in scores}
+            choice = choose_fusion(firsts, scores, dl19.qrels, folds=5)
+            diffs = [f["fused"] - f["first_stage"] for f in choice.folds]
+            own = per_query({q: ordered(firsts[q], scores[q], depth) for q in scores}, dl19.qrels)
+            dl_rows[f"{first_name} → {name}"] = {
+                "first stage": choice.cv_first, "ranker alone": float(np.mean(list(own.values()))),
+                "fused (CV)": choice.cv_fused, "Δ mean": float(np.mean(diffs)), "Δ std": float(np.std(diffs)),
+                "worst fold Δ": float(min(diffs)), "weights": ",".join(f"{f['method'][0]}{f['weight']}" for f in choice.folds),
+                "s/query": runs[key]["seconds_per_query"]}
+            fold_rows[f"{first_name} → {name}"] = diffs
+    if dl_rows:
+        lines += [f"## DL19 (43 queries), top-{depth}: fusion weight by 5-fold CV over queries", "",
+                  "The rankers never saw DL19; each fold's method and weight (i: interpolate, r: RRF) are chosen on the "
+                  "other four folds. Δ: held-out fused minus first stage, per fold.", "",
+                  markdown_table(dl_rows, "first stage → ranker"), "", "![fusion](fusion.png)", ""]
+        store.data["dl19"] = dl_rows
+        plot_folds(out / "fusion.png", fold_rows)
+
+    # cost
+    cost = {k.split("/", 1)[1]: runs[k] for k in runs if k.startswith("cost/")}
+    if cost:
+        columns = ["input_tokens_per_query", "output_tokens_per_query", "calls_per_query", "seconds_per_query"]
+        lines += ["## Cost per query (DL19 BM25 candidates)", "", markdown_table(cost, "mode / depth", columns), ""]
+        for d in (20, 50):
+            g, s = cost.get(f"generate/d{d}"), cost.get(f"sliding-window/d{d}")
+            if g and s:
+                lines.append(f"- depth {d}: full ranking reads {g['input_tokens_per_query'] / s['input_tokens_per_query']:.2f}x "
+                             "the sliding window's input tokens.")
         lines.append("")
-    lines += ["## Depth (first-token, BM25 candidates, all queries, each by its held-out fold's adapter)", "",
-              markdown_table({f"top-{d}": depth[d] for d in sorted(depth)}, "depth", columns) if depth else "(not run)", "",
-              "![depth](depth.png)", "", "Reproduce: `make rerank-study`.", ""]
-    from common import save
-
-    save(out, "results", store.data, "\n".join(lines))
-    if depth:
-        plot_depth(out / "depth.png", depth)
+    save(out, "study", {k: v for k, v in store.data.items() if k != "runs"} | {"machine": machine()}, "\n".join(lines))
 
 
-def plot_depth(path: Path, depth: dict[int, dict]) -> None:
+def plot_training(path: Path, records: dict[str, dict]) -> None:
+    """Loss and validation nDCG@10 per optimiser step, per loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ds = sorted(depth)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ds, [depth[d]["nDCG@10"] for d in ds], "o-", color="#2a6fb0", label="nDCG@10")
-    ax.set(xlabel="re-ranking depth", ylabel="nDCG@10", title="First-token ranking of BM25 candidates")
-    right = ax.twinx()
-    right.plot(ds, [depth[d]["seconds_per_query"] for d in ds], "s--", color="#d0622a", label="s / query")
-    right.set_ylabel("seconds per query")
-    fig.legend(loc="lower right")
+    if not records:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, record in records.items():
+        logged = [h for h in record.get("history", []) if "loss" in h and "step" in h]
+        if logged:
+            left.plot([h["step"] for h in logged], [h["loss"] for h in logged], label=name)
+        right.plot([h["step"] for h in record["validation"]], [h["val_ndcg@10"] for h in record["validation"]], "o-", label=name)
+    right.axhline(next(iter(records.values()))["validation_first_stage"], color="#888888", ls="--", label="first stage")
+    left.set(xlabel="optimiser step", ylabel="training loss", title="training loss")
+    right.set(xlabel="optimiser step", ylabel="nDCG@10", title="validation (ranker alone)")
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_folds(path: Path, diffs: dict[str, list[float]]) -> None:
+    """Per-fold held-out nDCG@10 change of the fused ranking against its first stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(diffs) + 1.5))
+    for i, values in enumerate(diffs.values()):
+        ax.scatter(values, [i] * len(values), color="#2a6fb0")
+        ax.scatter([np.mean(values)], [i], marker="|", s=300, color="#d0622a")
+    ax.axvline(0, color="#888888")
+    ax.axvline(-0.01, color="#d0622a", ls=":", label="1 point below")
+    ax.set_yticks(range(len(diffs)), list(diffs))
+    ax.set(xlabel="Δ nDCG@10, fused − first stage (held-out fold)", title="DL19 5-fold")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
