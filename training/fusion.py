@@ -45,18 +45,22 @@ class FusionChoice:
     cv_fused: float  # mean held-out nDCG@10 of the selection procedure
     cv_first: float  # the first stage on the same queries
     cv_ranker: float  # the ranker's own order on the same queries
+    cv_p: float = 1.0  # paired t-test p of the held-out fused against the first stage
+    alpha: float = 0.05
+    best_weight: float = 0.0  # the best weight on all validation queries, before the guard
     folds: list[dict[str, Any]] = field(default_factory=list)
     grid: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> weight -> mean nDCG@10
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.fusion.to_dict(), "cv_fused": self.cv_fused, "cv_first": self.cv_first,
-                "cv_ranker": self.cv_ranker, "queries": sum(len(f["queries"]) for f in self.folds),
+                "cv_ranker": self.cv_ranker, "cv_p": self.cv_p, "alpha": self.alpha,
+                "best_weight": self.best_weight, "queries": sum(len(f["queries"]) for f in self.folds),
                 "folds": [{k: v for k, v in f.items() if k != "queries"} for f in self.folds], "grid": self.grid}
 
 
 def choose_fusion(first: Scores, ranker: Scores, qrels: Mapping[str, Mapping[str, int]], folds: int = 5,
                   methods: tuple[str, ...] = METHODS, weights: tuple[float, ...] = WEIGHTS, k: int = 60,
-                  seed: int = 0) -> FusionChoice:
+                  seed: int = 0, alpha: float = 0.05) -> FusionChoice:
     """The (method, weight) for fusing ``ranker`` into ``first`` (see the module doc)."""
     qids = sorted(q for q in first if q in ranker and qrels.get(q))
     if len(qids) < folds or folds < 2:
@@ -75,18 +79,29 @@ def choose_fusion(first: Scores, ranker: Scores, qrels: Mapping[str, Mapping[str
 
     records: list[dict[str, Any]] = []
     held_out: list[float] = []  # every query's nDCG@10 under the choice made without it
+    baseline: list[float] = []
     for i, held in enumerate(query_folds(qids, folds, seed)):
         train = [q for q in qids if q not in set(held)]
         method, weight = best(train)
         held_out += [values[(method, weight)][q] for q in held]
+        baseline += [first_only[q] for q in held]
         records.append({"fold": i, "method": method, "weight": weight, "queries": held,
                         "fused": float(np.mean([values[(method, weight)][q] for q in held])),
                         "first_stage": float(np.mean([first_only[q] for q in held]))})
     cv_fused = float(np.mean(held_out))
     cv_first = float(np.mean(list(first_only.values())))
-    method, weight = best(qids)
-    if cv_fused <= cv_first:
-        weight = 0.0
+    p = paired_p(held_out, baseline)
+    method, best_weight = best(qids)
+    weight = 0.0 if cv_fused <= cv_first or p >= alpha else best_weight
     grid = {m: {str(w): float(np.mean(list(values[(m, w)].values()))) for w in weights} for m in methods}
     return FusionChoice(ScoreFusion(method, weight, k), cv_fused, cv_first,  # type: ignore[arg-type]
-                        float(np.mean(list(ranker_only.values()))), records, grid)
+                        float(np.mean(list(ranker_only.values()))), p, alpha, best_weight, records, grid)
+
+
+def paired_p(a: list[float], b: list[float]) -> float:
+    """Two-sided paired t-test p of ``a`` against ``b`` (1.0 when they never differ)."""
+    from scipy.stats import ttest_rel
+
+    if not any(x != y for x, y in zip(a, b)):
+        return 1.0
+    return float(ttest_rel(a, b).pvalue)

@@ -23,7 +23,7 @@ def lists(seed: int, ranker_quality: float) -> tuple[dict, dict, dict]:
 
 def test_an_informative_ranker_gets_weight_and_beats_the_first_stage_on_held_out_folds() -> None:
     choice = choose_fusion(*lists(0, ranker_quality=2.0))
-    assert choice.fusion.weight > 0 and choice.cv_fused > choice.cv_first
+    assert choice.fusion.weight > 0 and choice.cv_fused > choice.cv_first and choice.cv_p < 0.05
     assert len(choice.folds) == 5 and sum(len(f["queries"]) for f in choice.folds) == 30
     assert set(choice.grid) == {"interpolate", "rrf"} and "0.0" in choice.grid["rrf"]
 
@@ -32,3 +32,10 @@ def test_a_ranker_that_prefers_irrelevant_passages_is_switched_off() -> None:
     choice = choose_fusion(*lists(1, ranker_quality=-2.0))
     assert choice.fusion.weight == 0.0 and choice.cv_fused <= choice.cv_first
     assert choice.cv_ranker < choice.cv_first
+
+
+def test_a_gain_that_is_not_significant_on_the_validation_queries_keeps_the_ranker_off() -> None:
+    first, ranker, qrels = lists(2, ranker_quality=2.0)
+    helpful = choose_fusion(first, ranker, qrels)
+    strict = choose_fusion(first, ranker, qrels, alpha=helpful.cv_p / 2)  # the same gain, a stricter test
+    assert helpful.fusion.weight > 0 and strict.fusion.weight == 0.0 and strict.cv_fused == helpful.cv_fused
