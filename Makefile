@@ -106,7 +106,7 @@ DEVICE ?= auto
 # queries, fusion weight by CV), measured on SciFact test, DL19 (BM25 and dense, 5-fold fusion CV), adaptive
 # depth and cost (~2 h on 2 CPU cores; resumable: records are kept in docs/ranking/study.json)
 rerank-study: install calibrate-scifact
-	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device $(DEVICE)
+	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device $(DEVICE) --ablation-steps 20
 
 # RSS over many ranker-adapter loads in one process, with and without release_memory (docs/ranking/memory.md)
 bench-adapter-memory: install

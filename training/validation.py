@@ -47,12 +47,16 @@ class RankerValidation:
             raise SiftrankError(f"a validation split needs at least 4 judged training queries (got {len(qids)}): "
                                 "pass --validation 0 to train without one (then no fusion weight is chosen)")
         keep = set(held)
-        candidates = {q: sorted(run.get(q, {}), key=lambda d: (-run[q][d], d))[:depth] for q in held}
-        validation = cls({q: dataset.queries[q] for q in held}, candidates,
-                         {q: dataset.store.texts(c) for q, c in candidates.items()},
-                         {q: {d: run[q][d] for d in c} for q, c in candidates.items()},
-                         {q: dict(dataset.qrels.get(q, {})) for q in held}, every, patience)
-        return [q for q in qids if q not in keep], validation
+        return [q for q in qids if q not in keep], cls.of(dataset, held, run, depth, every, patience)
+
+    @classmethod
+    def of(cls, dataset: Dataset, qids: list[str], run: Run, depth: int, every: int = 25, patience: int = 2) -> RankerValidation:
+        """The validation of exactly ``qids``: their first-stage top ``depth`` with texts and scores."""
+        candidates = {q: sorted(run.get(q, {}), key=lambda d: (-run[q][d], d))[:depth] for q in qids}
+        return cls({q: dataset.queries[q] for q in qids}, candidates,
+                   {q: dataset.store.texts(c) for q, c in candidates.items()},
+                   {q: {d: run[q][d] for d in c} for q, c in candidates.items()},
+                   {q: dict(dataset.qrels.get(q, {})) for q in qids}, every, patience)
 
     def score(self, llm: CausalLM, max_passage_tokens: int) -> dict[str, dict[str, float]]:
         """The ranker's first-token score of every validation candidate."""
