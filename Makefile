@@ -104,7 +104,7 @@ prune-select: install
 DEVICE ?= auto
 # LLM full-ranker study: trained on SciFact train (importance-aware and plain CE, early stopping on validation
 # queries, fusion weight by CV), measured on SciFact test, DL19 (BM25 and dense, 5-fold fusion CV), adaptive
-# depth and cost (~2 h on 2 CPU cores; resumable: records are kept in docs/ranking/study.json)
+# depth and cost (about 1.5 h on 2 CPU cores; resumable: records are kept in docs/ranking/study-records.json)
 rerank-study: install calibrate-scifact
 	$(BIN)/python benchmarks/rerank_study.py --data $(DATA) --out docs/ranking --device $(DEVICE) --ablation-steps 20
 

@@ -10,8 +10,8 @@ import pytest
 from retrieval.causal_lm import CausalLM
 from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
-from retrieval.hits import Hit
 from retrieval.fusion import ScoreFusion
+from retrieval.hits import Hit
 from retrieval.rerank import ListwiseRanker, importance_weight, parse_order
 from retrieval.stages.llm import LLMReranker
 
