@@ -93,7 +93,6 @@ class CausalLM:
         self.path = resolve_llm_path(model)
         self.adapter = Path(adapter) if adapter is not None else None
         self.device = pick_device(device)
-        self.requested_precision = precision
         if precision != "auto" or self.device.startswith("cuda"):
             self.__dict__["precision"] = pick_precision(precision, self.device, gpu="bf16")
         if self.adapter is not None:
@@ -130,6 +129,7 @@ class CausalLM:
 
         choice, _ = SpeedProbe("llm-precision").fastest(f"{self.fingerprint} prefill {PROBE_TOKENS}",
                                                         {"fp32": prefill("fp32"), "bf16": prefill("bf16")})
+        release_memory()  # the two probe models are gone before the real one loads
         return choice
 
     def use(self, model) -> None:

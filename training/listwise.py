@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -238,8 +239,6 @@ class ListwiseTrainer:
               progress: bool = True) -> dict[str, Any]:
         """Train on ``examples`` for up to ``steps`` optimiser steps (fewer when ``validation`` stops it
         early; its best weights are kept); returns counts, wall time, seconds per step and history."""
-        import time
-
         import torch
         from datasets import Dataset as HFDataset
         from peft import LoraConfig, get_peft_model
@@ -350,10 +349,10 @@ def validation_callback(trainer: ListwiseTrainer, model: Any, validation: Ranker
             self._validate(0)
 
         def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            self._step_start = __import__("time").perf_counter()
+            self._step_start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            self.train_seconds += __import__("time").perf_counter() - self._step_start
+            self.train_seconds += time.perf_counter() - self._step_start
             last = state.global_step >= state.max_steps
             if validation is not None and (state.global_step % validation.every == 0 or last):
                 control.should_training_stop = self._validate(state.global_step) or control.should_training_stop
