@@ -19,7 +19,7 @@ class _Section(BaseModel):
 
 
 class EncoderSection(_Section):
-    model: str = "bundled:all-MiniLM-L6-v2"
+    model: str = "bundled:all-MiniLM-L6-v2"  # or a local folder (relative to the config file)
     adapter: Path | None = None  # an adapter artifact from `siftrank finetune` (for this base model only)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # documents
@@ -123,8 +123,13 @@ class PipelineConfig(_Section):
         update: dict[str, Any] = {"first_stage": self.first_stage.resolved(base)}
         if self.index.path is not None:
             update["index"] = self.index.model_copy(update={"path": _under(base, self.index.path)})
+        encoder: dict[str, Any] = {}
         if self.encoder.adapter is not None:
-            update["encoder"] = self.encoder.model_copy(update={"adapter": _under(base, self.encoder.adapter)})
+            encoder["adapter"] = _under(base, self.encoder.adapter)
+        if not self.encoder.model.startswith("bundled:") and not Path(self.encoder.model).expanduser().is_absolute():
+            encoder["model"] = str(base / self.encoder.model)  # a model folder next to the config (a built pipeline)
+        if encoder:
+            update["encoder"] = self.encoder.model_copy(update=encoder)
         for name in ("filter", "rerank"):
             section = getattr(self, name)
             if section is not None:

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from retrieval.data import Dataset
 from retrieval.encoder import Encoder, load_sentence_transformer, model_fingerprint
 from retrieval.errors import SiftrankError
 from training.adapters import FFN_PATTERN, TrainableSetup
-from training.triplets import judged_queries, relevant_docs, training_pairs
+from training.triplets import Triplet, judged_queries, relevant_docs, training_pairs
 
 log = logging.getLogger(__name__)
 LEARNING_RATES = {"full": 5e-5, "bitfit": 1e-3, "lora": 5e-4, "connected": 5e-4}
@@ -58,8 +59,10 @@ class FineTuner:
         cut = max(1, int(round(self.validation_share * len(qids))))
         return qids[cut:], qids[:cut]
 
-    def train(self, dataset: Dataset, steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-        """Train on ``dataset``'s training qrels; returns the parameter counts, wall time and history."""
+    def train(self, dataset: Dataset, steps: int | None = None, progress: bool = True,
+              general: Sequence[Triplet] = ()) -> dict[str, Any]:
+        """Train on ``dataset``'s training qrels, with ``general`` triplets (e.g. MS MARCO) mixed in to keep
+        quality on general data; returns the parameter counts, wall time and history."""
         import torch
         from datasets import Dataset as HFDataset
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -78,6 +81,7 @@ class FineTuner:
         _, candidates = training_pairs(dataset, self.encoder, index, val_q, depth=10)
         if not triplets:
             raise SiftrankError(f"{dataset.root}: no training triplets")
+        triplets = triplets + list(general)
         relevant = {q: set(relevant_docs(dataset.qrels, q)) for q in val_q}
         val_docs = sorted(d for d in {d for q in val_q for d in candidates[q]} | {d for q in val_q for d in relevant[q]}
                           if d in dataset.store)
@@ -122,8 +126,15 @@ class FineTuner:
         self.history = [{"step": 0, "eval_val_cosine_ndcg@10": first.get("val_cosine_ndcg@10")}] + [
             {k: v for k, v in entry.items() if isinstance(v, (int, float))} for entry in trainer.state.log_history]
         __import__("shutil").rmtree(work, ignore_errors=True)
-        return {**self.counts, "wall_seconds": wall, "train_triplets": len(triplets), "train_queries": len(train_q),
+        return {**self.counts, "wall_seconds": wall, "train_triplets": len(triplets), "general_triplets": len(general), "train_queries": len(train_q),
                 "validation_queries": len(val_q), "steps": trainer.state.global_step, "learning_rate": self.learning_rate}
+
+    def validation_score(self) -> float:
+        """nDCG@10 on the validation queries at the last evaluation (the step-0 score before training)."""
+        scores = [e["eval_val_cosine_ndcg@10"] for e in self.history if e.get("eval_val_cosine_ndcg@10") is not None]
+        if not scores:
+            raise SiftrankError("no validation score yet: train first")
+        return float(scores[-1])
 
     def checkpoint(self, model, step: int) -> None:
         """A loadable artifact of the model at ``step`` in ``checkpoint_dir/step-N`` (the same format as

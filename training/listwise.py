@@ -289,6 +289,16 @@ class ListwiseTrainer:
                            "validation_first_stage": validation.first_stage()})
         return report
 
+    def fit(self, dataset: Dataset, first_stage: Run | None, extra: list[str], pool: int = 50, samples: int = 2,
+            folds: int = 0, fold: int = 0, validation: int = 40, every: int = 20, patience: int = 2
+            ) -> tuple[dict[str, Any], FusionChoice | None, dict[str, Any]]:
+        """Lists from ``dataset`` (:func:`build_lists`), training with early stopping on the validation
+        queries, then the fusion weight chosen on them: (training report, fusion or None, data used)."""
+        lists, used, checks = build_lists(dataset, first_stage, extra, self.depth, pool, samples, folds, fold,
+                                          self.seed, validation, every, patience)
+        report = self.train(lists, checks)
+        return report, (self.choose_fusion() if checks is not None else None), used
+
     def choose_fusion(self, folds: int = 5) -> FusionChoice:
         """The fusion method and weight, by query-level CV over the validation queries' best-step scores."""
         if self.validation is None or not self.validation.best_scores:

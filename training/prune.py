@@ -244,9 +244,11 @@ class Pruner:
 
     # ---- the whole recipe ------------------------------------------------------------------------------
     def prune(self, method: str, sparsity: float, domain_set: Sequence[Triplet], general_set: Sequence[Triplet],
-              scope: str = "global", structured: bool = False, retrain_steps: int = 0) -> dict[str, Any]:
-        """Gradients (where the method needs them), scores, masks or neuron removal, optional retraining;
-        returns what the manifest records."""
+              scope: str = "global", structured: bool = False, retrain_steps: int = 0,
+              general_mix: bool = False) -> dict[str, Any]:
+        """Gradients (where the method needs them), scores, masks or neuron removal, optional retraining
+        (on the domain triplets, with the general ones mixed in when ``general_mix``: quality kept on
+        general data); returns what the manifest records."""
         import torch
         from scipy.stats import spearmanr
 
@@ -269,10 +271,12 @@ class Pruner:
             masks = self.masks(scores, sparsity, scope)
             per_matrix = self.apply(masks)
         if retrain_steps:
-            metrics["retrain_loss_last"] = self.retrain(domain_set, retrain_steps, masks=masks)[-10:]
+            retrain_set = list(domain_set) + (list(general_set) if general_mix else [])
+            metrics["retrain_loss_last"] = self.retrain(retrain_set, retrain_steps, masks=masks)[-10:]
         metrics["parameters"] = sum(p.numel() for p in self.model.parameters())
         return {"parameters": {"method": method, "sparsity": sparsity, "beta": self.beta, "normalise": self.normalise, "scope": scope, "structured": structured,
-                               "retrain_steps": retrain_steps, "sparsity_per_matrix": per_matrix},
+                               "retrain_steps": retrain_steps, "general_mix": general_mix,
+                               "sparsity_per_matrix": per_matrix},
                 "data": {"domain_triplets": len(domain_set), "general_triplets": len(general_set)}, "metrics": metrics}
 
     # ---- output ----------------------------------------------------------------------------------------

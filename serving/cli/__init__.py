@@ -11,7 +11,7 @@ import sys
 import typer
 
 from retrieval.errors import SiftrankError
-from serving.cli import evaluate, index, search, serve, train  # noqa: F401 - each registers its commands
+from serving.cli import build, evaluate, index, search, serve, train  # noqa: F401 - each registers its commands
 from serving.cli.common import app
 
 __all__ = ["app", "main"]

@@ -191,7 +191,7 @@ def train_ranker(
     """Train the LLM full-ranker (LoRA) on complete listwise labels with the importance-aware loss, stop
     early on validation queries and store the fusion weight chosen on them (defaults: `make rerank-study`'s recipe)."""
     from retrieval.data import Dataset, read_run
-    from training.listwise import ListwiseTrainer, build_lists
+    from training.listwise import ListwiseTrainer
 
     setup_logging(verbose)
     refuse_existing(out, overwrite)
@@ -200,10 +200,8 @@ def train_ranker(
                               depth=depth, max_passage_tokens=max_passage_tokens, lora_rank=lora_rank,
                               learning_rate=lr, steps=steps, accumulation=accumulation,
                               separator_weight=separator_weight, seed=seed)
-    lists, used, checks = build_lists(data, read_run(first_stage_run) if first_stage_run else None, extra or [], depth,
-                                      pool, samples, folds, fold, seed, validation, every, patience)
-    report = trainer.train(lists, checks)
-    fusion = trainer.choose_fusion() if checks is not None else None
+    report, fusion, used = trainer.fit(data, read_run(first_stage_run) if first_stage_run else None, extra or [], pool,
+                                       samples, folds, fold, validation, every, patience)
     trainer.save(out, report, data=used, overwrite=overwrite)
     typer.echo(f"wrote {out}: {report['lists']} lists, {report['steps']} steps in {report['wall_seconds']:.0f} s "
                f"({report['seconds_per_step']} s per step, {'bf16' if report['bf16'] else 'fp32'}, {report['cpu']}), "
