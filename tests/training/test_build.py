@@ -1,0 +1,165 @@
+"""``siftrank build``: a tiny recipe built stage by stage, reuse by lineage, resume after kill -9, bad recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from retrieval.config import PipelineConfig
+from tests.conftest import QUERIES, write_dataset
+
+GENERAL = ["what is the capital of france\tParis is the capital and largest city of France.\tBerlin is the capital of Germany.",
+           "how many legs does a spider have\tSpiders have eight legs.\tInsects have six legs and three body parts.",
+           "who wrote hamlet\tHamlet is a tragedy written by William Shakespeare.\tOthello is set in Venice and Cyprus."]
+
+
+def write_recipe(folder: Path, finetune_steps: int = 4, **sections: dict) -> Path:
+    """A tiny recipe over the test collection (qrels as the 'train' split) with a tiny general set."""
+    data = write_dataset(folder / "tiny")
+    (data / "qrels" / "train.tsv").write_text((data / "qrels" / "test.tsv").read_text())
+    general = folder / "general"
+    general.mkdir(exist_ok=True)
+    (general / "splade_toy_triples_100.tsv").write_text("\n".join(GENERAL) + "\n")
+    recipe = {"data": {"dataset": "tiny", "general": "general"},
+              "prune": {"triplets": 4, "sparsity": 0.5},
+              "finetune": {"steps": finetune_steps, "batch_size": 2, "general": 3},
+              "calibrate": {"k": 5, "features": "global"}}
+    for name, values in sections.items():
+        recipe[name] = {**recipe.get(name, {}), **values}
+    lines = ['name = "tiny"']
+    for name, values in recipe.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    path = folder / "recipe.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def statuses(out: Path) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in json.loads((out / "build.json").read_text())["stages"]}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("build")
+    recipe = write_recipe(folder)
+    result = subprocess.run([sys.executable, "-m", "serving.cli", "build", str(recipe), "--out", str(folder / "out")],
+                            capture_output=True, text=True, env={**os.environ, "SIFTRANK_CACHE": str(folder / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return recipe, folder / "out"
+
+
+def test_build_writes_every_stage_with_lineage_and_a_pipeline_eval_takes(built, cli) -> None:
+    recipe, out = built
+    assert statuses(out) == {"prune": "built", "finetune": "built", "index": "built", "calibrate": "built"}
+    for stage in ("prune", "finetune", "index", "calibrate"):
+        lineage = json.loads((out / stage / "manifest.json").read_text())["lineage"]
+        assert lineage["stage"] == stage and len(lineage["key"]) == 20
+    # each stage names what it was built from: finetune ← prune, index ← finetune, calibrate ← index
+    keys = {s: json.loads((out / s / "manifest.json").read_text())["lineage"] for s in ("prune", "finetune", "index", "calibrate")}
+    assert keys["finetune"]["inputs"]["encoder"] == keys["prune"]["key"]
+    assert keys["index"]["inputs"]["encoder"] == keys["finetune"]["key"]
+    assert keys["calibrate"]["inputs"]["index"] == keys["index"]["key"]
+    pruned = json.loads((out / "prune" / "manifest.json").read_text())
+    assert pruned["parameters"]["structured"] is True and pruned["metrics"]["parameters"] < 22_713_216
+    config = PipelineConfig.load(out / "pipeline.toml")
+    assert config.stages() == ["dense", "filter"] and config.encoder.model == str(out / "finetune")
+    code, _, err = cli("eval", "--dataset", recipe.parent / "tiny", "--pipeline", out / "pipeline.toml", "--out", out.parent / "ev")
+    assert code == 0, err
+    metrics = json.loads((out.parent / "ev" / "metrics.json").read_text())
+    assert set(metrics["stages"]) == {"dense", "filter"} and metrics["queries"] == len(QUERIES)
+
+
+def test_rerun_reuses_and_a_changed_parameter_rebuilds_from_its_stage(built, cli) -> None:
+    recipe, out = built
+    code, stdout, err = cli("build", recipe, "--out", out)
+    assert code == 0, err
+    assert statuses(out) == {"prune": "reused", "finetune": "reused", "index": "reused", "calibrate": "reused"}
+    assert "reused" in stdout
+    code, _, err = cli("build", recipe, "--out", out, "--set", "calibrate.k=4")
+    assert code == 0, err
+    assert statuses(out) == {"prune": "reused", "finetune": "reused", "index": "reused", "calibrate": "built"}
+    code, _, err = cli("build", recipe, "--out", out, "--set", "finetune.enabled=false", "--set", "calibrate.k=4")
+    assert code == 0, err
+    assert statuses(out) == {"prune": "reused", "index": "built", "calibrate": "built"}
+    assert PipelineConfig.load(out / "pipeline.toml").encoder.model == str(out / "prune")
+
+
+def test_kill_9_in_the_finetune_stage_then_resume_redoes_only_that_stage(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, finetune_steps=400)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "serving.cli", "build", str(recipe), "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("[2/4] finetune"):
+            break
+    time.sleep(8)  # inside the stage: the model is loading or training
+    assert process.poll() is None, "the finetune stage ended before it could be killed: raise finetune_steps"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (out / "prune" / "manifest.json").is_file()
+    assert not (out / "finetune").exists() and not (out / "pipeline.toml").exists()
+    prune_manifest = (out / "prune" / "manifest.json").read_text()
+    (out / ".finetune.leftover.tmp").mkdir()  # what a kill during the artifact's write leaves behind
+    result = subprocess.run(command, capture_output=True, text=True, env=env)  # the same recipe
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert statuses(out) == {"prune": "reused", "finetune": "built", "index": "built", "calibrate": "built"}
+    assert (out / "prune" / "manifest.json").read_text() == prune_manifest
+    assert not list(out.glob(".*.tmp"))
+
+
+BAD = [
+    ({"prune": {"sparsity_typo": 0.5}}, "prune.sparsity_typo: Extra inputs are not permitted"),
+    ({"distill": {"steps": 3}}, "distill: Extra inputs are not permitted"),
+    ({"data": {"split": "dev"}}, "needs training qrels"),
+    ({"finetune": {"method": "prefix"}}, "finetune.method"),
+    ({"rank": {"enabled": True, "model": "no-such-model"}}, "[rank] model"),
+    ({"rank": {"enabled": True, "model": "bundled:NoSuchLM"}}, "unknown bundled ranker"),
+    ({"prune": {"artifact": "other-pruned"}}, "built from"),
+    ({"prune": {"enabled": False}, "finetune": {"artifact": "other-adapter"}}, "built from another base model"),
+]
+
+
+@pytest.mark.parametrize(("sections", "message"), BAD)
+def test_bad_recipes_fail_with_one_line_before_any_work(sections: dict, message: str, tmp_path: Path, cli) -> None:
+    from retrieval.artifacts import Manifest
+
+    pruned = tmp_path / "other-pruned"
+    pruned.mkdir()
+    Manifest(kind="pruned-encoder", source_model=str(tmp_path / "some-other-model")).write(pruned)
+    adapter = tmp_path / "other-adapter"
+    adapter.mkdir()
+    Manifest(kind="adapter", encoder={"model": "another-base", "fingerprint": "0123456789abcdef"}).write(adapter)
+    recipe = write_recipe(tmp_path, **sections)
+    code, _, err = cli("build", recipe, "--out", tmp_path / "out")
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_built_folder_serves_as_a_variant_with_the_plain_pipeline_as_shadow(built, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.experiment import ExperimentConfig
+    from serving.variants import VariantPool
+
+    recipe, out = built
+    path = tmp_path / "experiment.toml"
+    path.write_text(f'[service]\ndata = "{recipe.parent / "tiny"}"\nevent_log = "events.db"\n\n[variants.domain]\n'
+                    f'pipeline = "{out}"\n\n[variants.dense]\n\n[experiment]\nprimary = "domain"\n'
+                    'shadows = [{ variant = "dense", sample_rate = 1.0 }]\n')
+    config = ExperimentConfig.load(path)
+    with TestClient(create_app(config, path, VariantPool.build(config))) as client:
+        body = client.post("/search", json={"query": "why do volcanoes erupt", "k": 3}).json()
+    assert body.get("variant") == "domain" and body["hits"], body
+    assert body["hits"] and body["hits"][0]["relevance"] is not None
