@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -140,3 +140,18 @@ PRECISION ?= auto
 bench-ray: install
 	$(BIN)/python benchmarks/ray_build.py --data $(DATA) --address $(RAY) --precision $(PRECISION)
 
+
+# The SciFact domain pipeline from its recipe: GAPrune (structured) → fine-tuning → index → Cosine Adapter filter
+# (→ LLM ranker, off), written to artifacts/scifact-domain with pipeline.toml; a re-run rebuilds only what changed
+domain: install
+	$(BIN)/siftrank build configs/recipes/scifact.toml --out artifacts/scifact-domain --data $(DATA)
+
+# Per-stage table and ablation of the domain pipeline on SciFact test (+ DL19 of every encoder): docs/domain/
+eval-domain: install
+	test -f artifacts/scifact-domain/pipeline.toml || $(MAKE) domain
+	$(BIN)/python benchmarks/domain_study.py --data $(DATA) --out docs/domain
+
+# Serve the domain pipeline as primary with the plain dense pipeline as a shadow (configs/scifact-domain-experiment.toml)
+serve-domain: install
+	test -f artifacts/scifact-domain/pipeline.toml || $(MAKE) domain
+	$(BIN)/siftrank serve --experiment configs/scifact-domain-experiment.toml --host $(HOST) --port $(PORT)

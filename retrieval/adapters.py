@@ -1,6 +1,7 @@
 """Connected adapters ("Scattered or Connected?", Ma et al., CIKM 2022): runtime modules and artifacts.
 
-Inside modules: LoRA (peft) in the attention of every layer. Aside pathway: one bottleneck module per
+Inside modules: LoRA (peft) in the attention of every layer. The same class builds the baselines: ``lora``
+(peft LoRA in every linear layer, no aside pathway) and ``adalora`` (peft AdaLoRA there: adaptive ranks). Aside pathway: one bottleneck module per
 layer (down -> GELU -> up) running alongside the frozen transformer. Layer l's aside module reads the
 layer's output hidden state h_l plus the previous aside output a_(l-1); its output is accumulated:
 
@@ -38,16 +39,18 @@ class ConnectedAdapters:
     saves or restores their weights as an artifact tied to the base model."""
 
     def __init__(self, method: str = "connected", lora_rank: int = 8, aside_dim: int = 64,
-                 lora_targets: tuple[str, ...] | str = LORA_TARGETS) -> None:
-        if method not in ("connected", "lora", "aside"):
-            raise SiftrankError(f"adapter method must be connected, lora or aside, not '{method}'")
+                 lora_targets: tuple[str, ...] | str = LORA_TARGETS, total_steps: int = 100) -> None:
+        if method not in ("connected", "lora", "adalora", "aside"):
+            raise SiftrankError(f"adapter method must be connected, lora, adalora or aside, not '{method}'")
+        self.total_steps = total_steps  # adalora: its rank schedule spans the training run
+        self.allocator: Any = None  # adalora: the peft tuner that reallocates ranks during training
         # peft target modules: suffixes, or one regex over module names
         self.lora_targets = lora_targets if isinstance(lora_targets, str) else tuple(lora_targets)
         self.method, self.lora_rank, self.aside_dim = method, lora_rank, aside_dim
 
     @property
     def inside(self) -> bool:
-        return self.method in ("connected", "lora")
+        return self.method in ("connected", "lora", "adalora")
 
     @property
     def aside(self) -> bool:
@@ -59,10 +62,21 @@ class ConnectedAdapters:
         layers = getattr(getattr(transformer, "encoder", None), "layer", None)
         if layers is None:
             raise SiftrankError("connected adapters need a BERT-style encoder (encoder.layer[...])")
-        if self.inside:
+        targets = self.lora_targets if isinstance(self.lora_targets, str) else list(self.lora_targets)
+        if self.method == "adalora":
+            # AdaLoRA (Zhang et al., 2023): SVD-form LoRA whose ranks are pruned from init_r toward r by
+            # importance during training (``step``); the pruned singular values are zeros in the weights.
+            from peft import AdaLoraConfig
+            from peft.tuners.adalora import AdaLoraModel
+
+            steps = max(self.total_steps, 4)
+            adaptive = AdaLoraConfig(init_r=int(1.5 * self.lora_rank), target_r=self.lora_rank, lora_alpha=2 * self.lora_rank,
+                                   lora_dropout=0.0, target_modules=targets, total_step=steps, tinit=steps // 10,
+                                   tfinal=steps // 5, deltaT=max(1, steps // 20))
+            self.allocator = AdaLoraModel(transformer, adaptive, "default")
+        elif self.inside:
             from peft import LoraConfig, inject_adapter_in_model
 
-            targets = self.lora_targets if isinstance(self.lora_targets, str) else list(self.lora_targets)
             config = LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0, target_modules=targets)
             inject_adapter_in_model(config, transformer)
         if self.aside:
@@ -70,6 +84,11 @@ class ConnectedAdapters:
             pathway.to(next(transformer.parameters()).dtype)
             transformer.aside_pathway = pathway
             pathway.hook(layers)
+
+    def step(self, global_step: int) -> None:
+        """After each optimiser step (gradients still present): AdaLoRA's rank reallocation; else nothing."""
+        if self.allocator is not None:
+            self.allocator.update_and_allocate(global_step)
 
     def state_dict(self, model) -> dict[str, Any]:
         """The adapter's weights only (LoRA matrices and the aside pathway)."""
@@ -88,7 +107,7 @@ class ConnectedAdapters:
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
             save_file(self.state_dict(model), str(tmp / WEIGHTS))
             Manifest(kind="adapter", encoder=base, parameters={"method": self.method, "lora_rank": self.lora_rank,
-                     "aside_dim": self.aside_dim, "lora_targets": self.lora_targets if isinstance(self.lora_targets, str)
+                     "aside_dim": self.aside_dim, "total_steps": self.total_steps, "lora_targets": self.lora_targets if isinstance(self.lora_targets, str)
                      else list(self.lora_targets)},
                      **(extra or {})).write(tmp)
 
@@ -107,7 +126,7 @@ class ConnectedAdapters:
         params = manifest.parameters
         targets = params["lora_targets"]
         adapters = cls(params["method"], params["lora_rank"], params["aside_dim"],
-                       targets if isinstance(targets, str) else tuple(targets))
+                       targets if isinstance(targets, str) else tuple(targets), params.get("total_steps", 100))
         adapters.attach(model)
         weights = load_file(str(path / WEIGHTS))
         transformer = model[0].auto_model

@@ -3,6 +3,8 @@
     full        every weight
     bitfit      only the bias terms (Ben Zaken et al., 2022)
     lora        peft LoRA (rank 8) in every linear layer of every transformer layer: scattered modules
+    adalora     peft AdaLoRA there (ranks 12 → 8 by importance during training; no orthogonality penalty,
+                which lives in peft's model wrapper that sentence-transformers' loss does not call)
     connected   LoRA (rank 8) in the attention query/value of every layer (inside) plus the aside
                 pathway of ``retrieval.adapters`` joining the layers into one trainable path
 
@@ -18,7 +20,7 @@ from typing import Any
 from retrieval.adapters import ConnectedAdapters
 from retrieval.errors import SiftrankError
 
-METHODS: tuple[str, ...] = ("connected", "lora", "bitfit", "full")
+METHODS: tuple[str, ...] = ("connected", "lora", "adalora", "bitfit", "full")
 FFN_PATTERN = r"layer\.\d+\.(intermediate\.dense|output\.dense)\.weight$"  # both FFN matrices of a layer
 ALL_LINEAR = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"  # attention, its output, both FFN matrices
 
@@ -26,15 +28,16 @@ ALL_LINEAR = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"  # attention, 
 class TrainableSetup:
     """Freezes a sentence-transformers model except what ``method`` trains (adding adapter modules)."""
 
-    def __init__(self, method: str, lora_rank: int = 8, aside_dim: int = 64, max_fraction: float | None = None) -> None:
+    def __init__(self, method: str, lora_rank: int = 8, aside_dim: int = 64, max_fraction: float | None = None,
+                 total_steps: int = 100) -> None:
         if method not in METHODS:
             raise SiftrankError(f"fine-tuning method must be one of {', '.join(METHODS)}, not '{method}'")
         if max_fraction is not None and not 0 < max_fraction <= 1:
             raise SiftrankError(f"the trainable budget must be a fraction in (0, 1], not {max_fraction}")
         self.method, self.max_fraction = method, max_fraction
         self.adapters: ConnectedAdapters | None = None
-        if method == "lora":
-            self.adapters = ConnectedAdapters("lora", lora_rank, aside_dim, ALL_LINEAR)
+        if method in ("lora", "adalora"):
+            self.adapters = ConnectedAdapters(method, lora_rank, aside_dim, ALL_LINEAR, total_steps)
         elif method == "connected":
             self.adapters = ConnectedAdapters("connected", lora_rank, aside_dim)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import platform
@@ -208,8 +209,7 @@ class PipelineBuilder:
                     key = _key("finetune", ft.lineage(), encoder_key, self._data_digest(),
                                self._general_digest() if ft.general else None)
                     path, key = self._stage("finetune", key, {"encoder": encoder_key},
-                                            lambda target, base=encoder_model: self._finetune(base, target),
-                                            prebuilt=ft.artifact)
+                                            functools.partial(self._finetune, encoder_model), prebuilt=ft.artifact)
                     if Manifest.read(path).kind == "adapter":
                         adapter = str(path)
                     else:
@@ -218,18 +218,17 @@ class PipelineBuilder:
                 elif name == "index":
                     key = _key("index", self.recipe.index.lineage(), encoder_key, file_digest(self.data.corpus_path))
                     path, index_key = self._stage("index", key, {"encoder": encoder_key},
-                                                  lambda target, m=encoder_model, a=adapter: self._index(m, a, target))
+                                                  functools.partial(self._index, encoder_model, adapter))
                 elif name == "calibrate":
                     cal = self.recipe.calibrate
                     key = _key("calibrate", cal.lineage(), index_key, self._data_digest())
                     self._stage("calibrate", key, {"index": index_key},
-                                lambda target, m=encoder_model, a=adapter: self._calibrate(m, a, target),
-                                prebuilt=cal.artifact)
+                                functools.partial(self._calibrate, encoder_model, adapter), prebuilt=cal.artifact)
                 elif name == "rank":
                     rank = self.recipe.rank
                     key = _key("rank", rank.lineage(), index_key, self._data_digest())
                     self._stage("rank", key, {"index": index_key},
-                                lambda target, m=encoder_model, a=adapter: self._rank(m, a, target), prebuilt=rank.artifact)
+                                functools.partial(self._rank, encoder_model, adapter), prebuilt=rank.artifact)
             self._write_pipeline(encoder_model, adapter)
             wall = time.perf_counter() - start
             write_text_atomic(self.out / REPORT_FILE, json.dumps({

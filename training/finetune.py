@@ -1,4 +1,4 @@
-"""Contrastive fine-tuning of the embedding model: full, BitFit, LoRA or connected adapters.
+"""Contrastive fine-tuning of the embedding model: full, BitFit, LoRA, AdaLoRA or connected adapters.
 
 Training pairs are (query, relevant passage) from a dataset's training qrels, each with a hard negative
 mined by the model being tuned (its highest-ranked passage not judged relevant). The loss is
@@ -26,7 +26,7 @@ from training.adapters import FFN_PATTERN, TrainableSetup
 from training.triplets import Triplet, judged_queries, relevant_docs, training_pairs
 
 log = logging.getLogger(__name__)
-LEARNING_RATES = {"full": 5e-5, "bitfit": 1e-3, "lora": 5e-4, "connected": 5e-4}
+LEARNING_RATES = {"full": 5e-5, "bitfit": 1e-3, "lora": 5e-4, "adalora": 5e-4, "connected": 5e-4}
 
 
 class FineTuner:
@@ -73,6 +73,8 @@ class FineTuner:
         from retrieval.indexer import Indexer
 
         train_q, val_q = self.split(dataset)
+        if self.setup.adapters is not None:  # AdaLoRA's rank schedule spans the run
+            self.setup.adapters.total_steps = steps or max(1, int(self.epochs * len(train_q) / self.batch_size))
         torch.manual_seed(self.seed)
         model = load_sentence_transformer(self.encoder.path, "cpu")
         self.counts = self.setup.apply(model)  # a blown budget fails here, before any encoding
@@ -102,8 +104,12 @@ class FineTuner:
 
         tuner = self
 
-        class KeepMasks(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
+        class StepHooks(TrainerCallback):
+            def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
+                if tuner.setup.adapters is not None:  # AdaLoRA's rank reallocation needs this step's gradients
+                    tuner.setup.adapters.step(state.global_step + 1)
+
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
                 with torch.no_grad():
                     for parameter, keep in masks.values():
                         parameter.mul_(keep)
@@ -112,7 +118,7 @@ class FineTuner:
 
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=HFDataset.from_dict(rows),
                                              loss=MultipleNegativesRankingLoss(model), evaluator=evaluator,
-                                             callbacks=[KeepMasks()] if masks or self.checkpoint_steps else None)
+                                             callbacks=[StepHooks()])
         start = time.perf_counter()
         first = evaluator(model)
         trainer.train()

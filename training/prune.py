@@ -56,12 +56,13 @@ NORMALISERS = {"mean": lambda t: t.mean(), "max": lambda t: t.max(), "rms": _rms
 DEFAULT_BETA, DEFAULT_NORMALISE = 0.0, "rms"
 
 
-def calibration_sets(model: str, domain: Path, domain_split: str, general: Path, limit: int = 256
+def calibration_sets(model: str, domain: Path, domain_split: str, general: Path | None, limit: int = 256
                      ) -> tuple[list[Triplet], list[Triplet]]:
-    """Domain triplets (hard negatives mined with ``model`` itself) and general triplets."""
+    """Domain triplets (hard negatives mined with ``model`` itself) and general triplets (none without a
+    general folder: methods that need them then fail with a clear error)."""
     from retrieval.indexer import Indexer
 
-    general_set = general_triplets(general, limit)  # cheap checks first: no encoding before bad input is caught
+    general_set = general_triplets(general, limit) if general is not None else []  # cheap checks first: no encoding before bad input is caught
     data = Dataset.load(domain, split=domain_split)
     encoder = Encoder(model)
     index = Indexer(encoder, progress=False).cached(data)

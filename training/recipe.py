@@ -58,7 +58,7 @@ class PruneStage(_Stage):
 
 
 class FinetuneStage(_Stage):
-    method: Literal["connected", "lora", "bitfit", "full"] = "full"
+    method: Literal["connected", "lora", "adalora", "bitfit", "full"] = "full"
     steps: int = Field(100, ge=1)
     learning_rate: float | None = Field(None, gt=0)  # default per method (training.finetune.LEARNING_RATES)
     batch_size: int = Field(32, ge=2)
