@@ -40,13 +40,22 @@ def folder_bytes(path: Path | None) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if path else 0
 
 
+STAGE_ABLATIONS = ("no prune", "no finetune")
+ENCODER_VARIANTS = ("connected on pruned", "lora on pruned", "adalora on pruned", "unstructured prune → full")
+
+
 def variants(build: Path) -> dict[str, list[str]]:
-    """Recipe overrides of each ablation (the full pipeline's pruned model is reused, never rebuilt)."""
+    """Recipe overrides of each ablation. The stage ablations are whole pipelines; the fine-tuning variants
+    reuse the full build's pruned model (a prebuilt artifact, never rebuilt) and skip the filter, since
+    they are compared on the dense stage."""
     pruned = [f'prune.artifact="{build / "prune"}"']
+    encoder_only = ["calibrate.enabled=false"]
     return {"no prune": ["prune.enabled=false"],
             "no finetune": pruned + ["finetune.enabled=false"],
-            "connected on pruned": pruned + ["finetune.method=connected"],
-            "lora on pruned": pruned + ["finetune.method=lora"]}
+            "connected on pruned": pruned + encoder_only + ["finetune.method=connected"],
+            "lora on pruned": pruned + encoder_only + ["finetune.method=lora"],
+            "adalora on pruned": pruned + encoder_only + ["finetune.method=adalora"],
+            "unstructured prune → full": encoder_only + ["prune.structured=false"]}
 
 
 def evaluate(pipeline_file: Path, test: Dataset, out: Path) -> dict[str, Any]:
@@ -87,7 +96,8 @@ def dl19_ndcg(model: str, adapter: str | None, data: Path) -> dict[str, float]:
 def main() -> None:
     args = arguments(__doc__, build=(Path, ROOT / "artifacts" / "scifact-domain", "the build of `make domain`"),
                      recipe=(Path, ROOT / "configs" / "recipes" / "scifact.toml", "its recipe"),
-                     only=(str, "", "comma-separated variants to run (default: all)"))
+                     only=(str, "", "comma-separated variants to run (default: all)"),
+                     dl19=(str, "all", "DL19 nDCG@10 of: all (every encoder), main (the build's, base, no prune), none"))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "domain-records.json")
@@ -119,11 +129,12 @@ def main() -> None:
         store.run(name, run)
     # DL19 nDCG@10 of every encoder the builds produced (cached indexes: a rerun is quick)
     for name, record in list(store.runs.items()):
-        if name.startswith("dl19:"):
+        main_only = args.dl19 == "main" and name not in ("full", "base (zero-shot, dense)", "no prune")
+        if name.startswith("dl19:") or args.dl19 == "none" or main_only:
             continue
         store.run(f"dl19:{name}", lambda r=record: dl19_ndcg(r["model"], r["adapter"], args.data))
     pruned = build / "prune"
-    if pruned.is_dir():
+    if pruned.is_dir() and args.dl19 == "all":
         store.run("dl19:pruned (no finetune)", lambda: dl19_ndcg(str(pruned), None, args.data))
     write_report(store, report, out, recipe)
     shutil.rmtree(work / "eval", ignore_errors=True)
@@ -131,46 +142,76 @@ def main() -> None:
 
 def write_report(store: ResultStore, report: dict[str, Any], out: Path, recipe: Recipe) -> None:
     runs = store.runs
-    full = runs["full"]
-    final = full["final"]
-    first = next(iter(full["stages"]))
-    reference = full["per_query"][final]
-    rows: dict[str, dict[str, Any]] = {}
+    full, base = runs["full"], runs["base (zero-shot, dense)"]
+    final, first = full["final"], next(iter(full["stages"]))
 
-    def row(name: str, record: dict[str, Any], stage: str, dl19_key: str) -> None:
-        test = paired_test(reference, record["per_query"][stage]) if record is not full or stage != final else None
-        rows[name] = {"nDCG@10": record["stages"][stage]["nDCG@10"], "R@100": record["stages"][stage]["R@100"],
-                      "Δ vs full": test["delta"] if test else 0.0, "t-test p": test["t_test_p"] if test else None,
-                      "randomisation p": test["randomisation_p"] if test else None,
-                      "DL19 nDCG@10": runs.get(f"dl19:{dl19_key}", {}).get("dl19_ndcg@10"),
-                      "ms/query": record["ms_per_query"], "index MB": record["index_bytes"] / 1e6,
-                      "encoder params (M)": record["encoder_parameters"] / 1e6,
-                      "encoder MB": record["encoder_bytes"] / 1e6, "passages/s": record["passages_per_second"]}
+    def row(record: dict[str, Any], stage: str, reference: tuple[dict[str, Any], str] | None, dl19_key: str,
+            sizes: bool = True) -> dict[str, Any]:
+        measures = record["stages"][stage]
+        recall = next(v for k, v in measures.items() if k.startswith("R") and k.endswith("@100"))  # R@100 or R(rel=2)@100
+        values: dict[str, Any] = {"nDCG@10": measures["nDCG@10"], "R@100": recall}
+        test = paired_test(reference[0]["per_query"][reference[1]], record["per_query"][stage]) if reference else {}
+        values.update({"Δ": test.get("delta"), "t-test p": test.get("t_test_p"), "randomisation p": test.get("randomisation_p")})
+        values["DL19 nDCG@10"] = runs.get(f"dl19:{dl19_key}", {}).get("dl19_ndcg@10")
+        measured = measures
+        if "filter_rate" in measured:  # the filter: candidates removed, recall kept, and Platt scaling's at its threshold
+            platt = measured.get("baselines", {}).get("platt", {})
+            values.update({"removed": measured["filter_rate"], "recall kept": measured["recall_at_threshold"],
+                           "Platt removed": platt.get("filter_rate"), "Platt recall": platt.get("recall_at_threshold")})
+        if sizes:
+            values.update({"ms/query": record["ms_per_query"], "index MB": record["index_bytes"] / 1e6,
+                           "encoder params (M)": record["encoder_parameters"] / 1e6,
+                           "encoder MB": record["encoder_bytes"] / 1e6, "passages/s": record["passages_per_second"]})
+        return values
 
-    row(f"full pipeline ({' → '.join(recipe.active())})", full, final, "full")
+    stage_rows = {"base encoder (zero-shot MiniLM), dense": row(base, base["final"], None, "base (zero-shot, dense)")}
+    if "no finetune" in runs:
+        stage_rows["+ prune, dense"] = row(runs["no finetune"], "dense", None, "pruned (no finetune)")
+    stage_rows["+ prune + finetune, dense"] = row(full, first, None, "full")
     if final != first:
-        row("no filter", full, first, "full")
-    row("no rank" + (" (= full: rank is off in the recipe)" if not recipe.rank.enabled else ""), full,
-        final if not recipe.rank.enabled else next(s for s in full["stages"] if s == "filter"), "full")
-    for name in ("no prune", "no finetune", "connected on pruned", "lora on pruned"):
-        if name in runs:
-            record = runs[name]
-            row(name, record, record["final"], name)
-    base = runs["base (zero-shot, dense)"]
-    row("base encoder, no stage (zero-shot MiniLM)", base, base["final"], "base (zero-shot, dense)")
+        stage_rows["+ filter"] = row(full, final, None, "full")
+    stage_rows["+ rank"] = ({"nDCG@10": "off (docs/ranking.md)"} if not recipe.rank.enabled
+                            else row(full, final, None, "full"))
 
-    stages = report["stages"]
-    build_rows = {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in stages}
+    ablation = {f"full pipeline ({' → '.join(recipe.active())})": row(full, final, None, "full", sizes=False)}
+    for name in STAGE_ABLATIONS:
+        if name in runs:
+            ablation[name] = row(runs[name], runs[name]["final"], (full, final), name, sizes=False)
+    if final != first:
+        ablation["no filter"] = row(full, first, (full, final), "full", sizes=False)
+    ablation["no rank" + (" (rank is off in the recipe: = full)" if not recipe.rank.enabled else "")] = \
+        row(full, "filter" if recipe.rank.enabled else final, (full, final), "full", sizes=False)
+    ablation["no stage: base encoder, dense"] = row(base, base["final"], (full, final), "base (zero-shot, dense)", sizes=False)
+
+    methods = {f"{recipe.finetune.method} on pruned (the recipe's)": row(full, first, None, "full")}
+    for name in ENCODER_VARIANTS:
+        if name in runs:
+            methods[name] = row(runs[name], "dense", (full, first), name)
+
+    def table(rows: dict[str, dict[str, Any]], label: str) -> str:
+        columns = list(dict.fromkeys(k for values in rows.values() for k in values))  # every row's measures, in order
+        return markdown_table(rows, label, columns)
+
+    build_rows = {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in report["stages"]}
     text = [f"# Domain pipeline: {recipe.name}\n",
-            f"Machine: {store.data.get('machine', machine())['cpu']}. Build wall time: {report['wall_seconds']:.0f} s "
-            f"(CPU {report['cpu']}).\n", markdown_table(build_rows, "stage"), "\n## SciFact test (300 queries) and DL19\n",
-            markdown_table(rows, "pipeline"),
-            "\nΔ and p: paired over the test queries against the full pipeline (nDCG@10). ms/query: the whole "
-            "pipeline over all test queries in one batch, divided by their number.\n"]
-    save(out, "study", {"rows": rows, "build": report, "machine": store.data.get("machine")}, "\n".join(text))
-    order = [list(rows)[-1]] + list(rows)[:-1]  # the zero-shot base first (drawn grey), then the pipelines
-    bar_chart(out / "ablation.png", order, [rows[n]["nDCG@10"] for n in order], "SciFact test nDCG@10",
-              f"{recipe.name}: full pipeline and ablations")
+            f"Build (`make domain`): {report['wall_seconds']:.0f} s wall on {report['cpu']} (stages as last run; "
+            "`built` seconds are the stage's own time).\n", table(build_rows, "stage"),
+            "\n## Stage by stage (SciFact test, 300 queries; DL19 closed corpus, 43 queries)\n",
+            table(stage_rows, "pipeline so far"),
+            "\n## Ablation: the full pipeline with each stage removed (final stage of each, paired vs full)\n",
+            table(ablation, "pipeline"),
+            "\n## Fine-tuning method on the pruned model (dense stage, paired vs the recipe's method)\n",
+            table(methods, "encoder"),
+            "\nΔ and p: per-query nDCG@10 differences over the 300 test queries (paired t-test and randomisation "
+            "test). ms/query: the whole pipeline over all test queries in one batch, divided by their number. "
+            f"Measured on {store.data.get('machine', machine())['cpu']}.\n"]
+    save(out, "study", {"stages": stage_rows, "ablation": ablation, "methods": methods, "build": report,
+                        "machine": store.data.get("machine")}, "\n".join(text))
+    chart = {"base (zero-shot)": base["stages"][base["final"]]["nDCG@10"]}
+    chart.update({name: values["nDCG@10"] for name, values in list(ablation.items())[:-1]})
+    chart.update({name: values["nDCG@10"] for name, values in list(methods.items())[1:]})
+    bar_chart(out / "ablation.png", list(chart), list(chart.values()), "SciFact test nDCG@10",
+              f"{recipe.name}: full pipeline, ablations, fine-tuning methods")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def _cell(value: Any) -> str:
         return "–"
     if isinstance(value, Mapping):  # {"mean", "std"} from an aggregate over folds or seeds
         return f"{value['mean']:.4f} ± {value['std']:.4f}"
-    if isinstance(value, int) and not isinstance(value, bool):  # counts
+    if isinstance(value, (str, bool)) or (isinstance(value, int) and not isinstance(value, bool)):  # counts, notes
         return str(value)
     return f"{value:.4f}"
 
