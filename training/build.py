@@ -41,9 +41,9 @@ class StageRecord:
     """What happened to one stage in a build."""
 
     name: str
-    status: str  # built | reused | prebuilt | off
+    status: str  # built | reused | prebuilt
     key: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # building it (for a reused stage: when it was built)
     path: str = ""
     inputs: dict[str, str] = field(default_factory=dict)
 
@@ -52,15 +52,21 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def lineage_key(path: Path) -> str | None:
-    """The lineage key stored in an artifact's manifest (None: no artifact, or one without lineage)."""
+def lineage(path: Path) -> dict[str, Any]:
+    """The lineage stored in an artifact's manifest ({}: no artifact, or one without lineage)."""
     manifest = Path(path) / MANIFEST
     if not manifest.is_file():
-        return None
+        return {}
     try:
-        return json.loads(manifest.read_text()).get("lineage", {}).get("key")
+        found = json.loads(manifest.read_text()).get("lineage", {})
     except (json.JSONDecodeError, AttributeError):
-        return None
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def lineage_key(path: Path) -> str | None:
+    """The lineage key stored in an artifact's manifest (None: no artifact, or one without lineage)."""
+    return lineage(path).get("key")
 
 
 def _stamp(path: Path, lineage: dict[str, Any]) -> None:
@@ -233,9 +239,12 @@ class PipelineBuilder:
             wall = time.perf_counter() - start
             write_text_atomic(self.out / REPORT_FILE, json.dumps({
                 "recipe": self.recipe.model_dump(mode="json"), "stages": [asdict(r) for r in self.records],
-                "wall_seconds": round(wall, 1), "cpu": cpu_model(), "python": platform.python_version()}, indent=2) + "\n")
+                "wall_seconds": round(wall, 1), "stage_seconds_from_scratch": round(sum(r.seconds for r in self.records), 1),
+                "cpu": cpu_model(), "python": platform.python_version()}, indent=2) + "\n")
             built = sum(r.seconds for r in self.records if r.status == "built")
-            self.echo(f"wrote {self.out / PIPELINE_FILE} ({wall:.0f} s; {built:.0f} s building, the rest reused)")
+            total = sum(r.seconds for r in self.records)
+            self.echo(f"wrote {self.out / PIPELINE_FILE} ({wall:.0f} s now, {built:.0f} s of it building; "
+                      f"{total:.0f} s for all stages from scratch)")
         return self.records
 
     def _stage(self, name: str, key: str, inputs: dict[str, str], make: Callable[[Path], dict[str, Any]],
@@ -246,8 +255,8 @@ class PipelineBuilder:
             self.echo(f"      prebuilt artifact {prebuilt}")
             return Path(prebuilt), key
         target = self.out / name
-        if lineage_key(target) == key:
-            self.records.append(StageRecord(name, "reused", key, path=str(target), inputs=inputs))
+        if lineage_key(target) == key:  # seconds: what building it took
+            self.records.append(StageRecord(name, "reused", key, lineage(target).get("seconds", 0.0), str(target), inputs))
             self.echo(f"      reused {target} (lineage {key} unchanged)")
             return target, key
         start = time.perf_counter()
