@@ -129,14 +129,14 @@ def prune(
 @app.command()
 def finetune(
     out: Annotated[Path, typer.Option("--out", help="Output: an adapter artifact (connected, lora) or a sentence-transformers folder (full, bitfit); written atomically.")],
-    method: Annotated[str, typer.Option(help="connected (inside LoRA + aside pathway), lora (peft, every linear layer), bitfit (biases) or full.")] = "connected",
+    method: Annotated[str, typer.Option(help="connected (inside LoRA + aside pathway), lora (peft, every linear layer), adalora (peft AdaLoRA, adaptive ranks), bitfit (biases) or full.")] = "connected",
     model: Annotated[str, typer.Option(help="Base model: bundled:all-MiniLM-L6-v2, a local sentence-transformers folder, or a pruned one (its masks are kept).")] = "bundled:all-MiniLM-L6-v2",
     dataset: Annotated[Path, typer.Option(help="Dataset whose training qrels give the (query, positive, hard negative) triplets.")] = DEFAULT_DATA / "scifact",
     split: Annotated[str, typer.Option(help="Qrels split to train on (a share of its queries is held out for validation).")] = "train",
     epochs: Annotated[float, typer.Option(min=0.01, help="Epochs over the training triplets.")] = 4,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides --epochs).")] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Triplets per batch (in-batch negatives).")] = 32,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default per method: full 5e-5, bitfit 1e-3, lora and connected 5e-4).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default per method: full 5e-5, bitfit 1e-3, lora, adalora and connected 5e-4).")] = None,
     eval_steps: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 20,
     max_fraction: Annotated[Optional[float], typer.Option(help="Trainable-parameter budget as a fraction of the model; exceeding it is an error.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batching and data order.")] = 0,
