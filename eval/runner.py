@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ from retrieval.pipeline import Pipeline
 class EvalRunner:
     """Evaluates one pipeline on one dataset; ``run`` returns what it wrote to metrics.json."""
 
-    def __init__(self, pipeline: Pipeline, dataset: Dataset, out: Path, progress: bool = True) -> None:
+    def __init__(self, pipeline: Pipeline, dataset: Dataset, out: Path, progress: bool = True,
+                 measures: Sequence[str] = ()) -> None:
         self.pipeline, self.dataset, self.out, self.progress = pipeline, dataset, Path(out), progress
-        self.suite = MetricSuite(dataset.qrels)
+        self.suite = MetricSuite(dataset.qrels, measures)
 
     def run(self, extra_timings: dict[str, float] | None = None) -> dict[str, Any]:
         start = time.perf_counter()

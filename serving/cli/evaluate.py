@@ -25,27 +25,58 @@ def evaluate(
     precision: Annotated[Optional[str], typer.Option(help="Encoder precision: auto, fp32, bf16, fp16.")] = None,
     first_stage: Annotated[Optional[str], typer.Option(help="Override the config's [first_stage] kind: dense, bm25, hybrid.")] = None,
     first_stage_run: Annotated[Optional[Path], typer.Option(help="Take candidates from this TREC run ([first_stage] kind = 'run'; the re-ranking setup).")] = None,
-    score_run: Annotated[Optional[list[Path]], typer.Option(help="Only score these TREC runs against the qrels (repeatable); no pipeline.")] = None,
+    score_run: Annotated[Optional[list[Path]], typer.Option("--score-run", "--run", help="Only score these TREC runs against the qrels (repeatable); no pipeline. With --qrels FILE no dataset is needed.")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Compare the runs given as arguments: per-measure deltas against the first, paired t-test and randomisation test, Holm-corrected.")] = False,
+    runs: Annotated[Optional[list[Path]], typer.Argument(help="Runs to compare (with --compare); the first is the baseline.", show_default=False)] = None,
+    measure: Annotated[Optional[list[str]], typer.Option("--measure", "-m", help="More ir_measures measures, repeatable (e.g. -m P@5 -m nDCG@20); the five defaults stay.")] = None,
     ties: Annotated[str, typer.Option(help="Tie-break for tied scores in --score-run files: trec_eval (descending docid), docid (ascending), rank (the file's rank column).")] = "trec_eval",
     verbose: Verbose = False,
 ) -> None:
     """Evaluate every stage of a pipeline (nDCG@10, RR@10, R@100, R@1000, AP via ir_measures), or score runs."""
+    from eval.compare import RunComparison, measure_names
     from eval.report import markdown_table, print_table
     from retrieval.artifacts import write_text_atomic
     from retrieval.data import Dataset
 
     setup_logging(verbose)
-    if score_run:
+    extra = measure_names(measure or [])
+    if runs and not compare:
+        raise SiftrankError("runs as arguments are compared: add --compare (or score them with --run)")
+    if compare or score_run:
         from eval.metrics import MetricSuite
-        from retrieval.data import read_run
+        from retrieval.data import read_qrels, read_run
 
-        data = Dataset.load(dataset, split=split, qrels=qrels, with_corpus=False)
-        suite = MetricSuite(data.qrels)
-        rows = {path.name: suite.evaluate(read_run(path, ties=ties)) for path in score_run}
-        print_table(rows, title=f"{data.name} / {data.qrels_path}")
+        given = list(runs or []) if compare else list(score_run or [])
+        if compare and (score_run or len(given) < 2):
+            raise SiftrankError("--compare takes two or more runs as arguments (the first is the baseline)")
+        qrels_path: Path | None
+        if qrels is not None and Path(qrels).is_file():  # scoring alone: no dataset folder needed
+            qrels_path, name = Path(qrels), Path(qrels).name
+            judged = read_qrels(qrels_path)
+        else:
+            data = Dataset.load(dataset, split=split, qrels=qrels, with_corpus=False)
+            judged, qrels_path, name = data.qrels, data.qrels_path, data.name
+        for path in given:
+            if not path.is_file():
+                raise SiftrankError(f"{path}: run file not found")
+        suite = MetricSuite(judged, extra)
+        loaded = {path.name: read_run(path, ties=ties) for path in given}
+        if len(loaded) < len(given):
+            raise SiftrankError("runs must have distinct file names (they label the table)")
+        payload: dict = {"qrels": str(qrels_path)}
+        if compare:
+            table = RunComparison(suite, loaded).table()
+            rows = RunComparison.rows(table)
+            print_table(rows, title=f"{name}: runs against {table['baseline']} (paired, Holm-corrected per measure)",
+                        columns=["mean", "delta", "t-test p (Holm)", "randomisation p (Holm)", "significant"])
+            payload.update({"runs": table["means"], "comparison": table})
+        else:
+            rows = {run: suite.evaluate(scored) for run, scored in loaded.items()}
+            print_table(rows, title=f"{name} / {qrels_path}")
+            payload["runs"] = rows
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / "metrics.json", json.dumps({"runs": rows, "qrels": str(data.qrels_path)}, indent=2) + "\n")
+            write_text_atomic(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
             write_text_atomic(out / "runs.md", markdown_table(rows))
         return
     if out is None:
@@ -59,7 +90,7 @@ def evaluate(
     data = Dataset.load(dataset, split=split, qrels=qrels)
     pipe = Pipeline.from_config(config, data)
     setup = time.perf_counter() - start
-    metrics = EvalRunner(pipe, data, out).run(extra_timings={"setup_seconds": round(setup, 3)})
+    metrics = EvalRunner(pipe, data, out, measures=extra).run(extra_timings={"setup_seconds": round(setup, 3)})
     stages = metrics["stages"]
     print_table(stages, title=f"{data.name} / {getattr(data.qrels_path, 'name', '-')} ({len(data.queries)} queries)",
                 columns=list(next(iter(stages.values()))))

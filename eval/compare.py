@@ -1,0 +1,66 @@
+"""Compare TREC runs over the same queries: per-measure deltas against a baseline run, paired tests
+(t-test and randomisation), Holm-corrected over the comparisons of each measure (in the spirit of
+ranx's ``compare``). Definitions of the tests live in :mod:`eval.significance`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from eval.metrics import MetricSuite
+from eval.significance import paired_test
+from retrieval.data import Run
+
+
+class RunComparison:
+    """Every run against the first (the baseline), measure by measure."""
+
+    def __init__(self, suite: MetricSuite, runs: Mapping[str, Run], permutations: int = 10_000) -> None:
+        if len(runs) < 2:
+            raise ValueError("a comparison needs at least two runs")
+        self.suite, self.runs, self.permutations = suite, dict(runs), permutations
+
+    def table(self) -> dict[str, Any]:
+        """``{"baseline", "means": {run: {measure: v}}, "tests": {measure: {run: {delta, p..., holm...}}}}``."""
+        from statsmodels.stats.multitest import multipletests
+
+        names = list(self.runs)
+        per_query = {name: self.suite.per_query(run) for name, run in self.runs.items()}
+        means = {name: self.suite.evaluate(run) for name, run in self.runs.items()}
+        tests: dict[str, dict[str, dict[str, float]]] = {}
+        for measure in self.suite.names:
+            rows = {other: paired_test(per_query[names[0]][measure], per_query[other][measure], self.permutations)
+                    for other in names[1:]}
+            for key in ("t_test_p", "randomisation_p"):
+                corrected = multipletests([rows[o][key] for o in names[1:]], method="holm")[1]
+                for other, value in zip(names[1:], corrected):
+                    rows[other][f"{key}_holm"] = float(value)
+            tests[measure] = rows
+        return {"baseline": names[0], "means": means, "tests": tests}
+
+    @staticmethod
+    def rows(table: Mapping[str, Any], alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+        """One printable row per (run, measure): mean, delta, Holm-corrected p-values, significant or not."""
+        out: dict[str, dict[str, Any]] = {}
+        for measure, tests in table["tests"].items():
+            out[f"{table['baseline']} · {measure}"] = {"mean": table["means"][table["baseline"]][measure]}
+            for run, test in tests.items():
+                out[f"{run} · {measure}"] = {
+                    "mean": table["means"][run][measure], "delta": test["delta"], "t-test p (Holm)": test["t_test_p_holm"],
+                    "randomisation p (Holm)": test["randomisation_p_holm"],
+                    "significant": "yes" if max(test["t_test_p_holm"], test["randomisation_p_holm"]) < alpha else "no"}
+        return out
+
+
+def measure_names(names: Sequence[str]) -> list[str]:
+    """Check ``-m`` names with ir_measures; an unknown one is one clear error."""
+    import ir_measures
+
+    from retrieval.errors import SiftrankError
+
+    for name in names:
+        try:
+            ir_measures.parse_measure(name)
+        except (ValueError, NameError, TypeError, SyntaxError) as exc:
+            raise SiftrankError(f"-m {name}: not an ir_measures measure ({exc})") from None
+    return list(names)
