@@ -1,4 +1,5 @@
-"""``siftrank search``: one query through every stage of a pipeline, printed as ranked hits."""
+"""``siftrank search``: one query through every stage of a pipeline, printed as ranked hits; or a topics
+file in batch, written as a TREC run (Pyserini's habit: no qrels needed)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from serving.cli.common import ModelOpt, PipelineOpt, Verbose, app, load_config,
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="The query text.")],
+    query: Annotated[Optional[str], typer.Argument(help="The query text (or --topics for a batch).", show_default=False)] = None,
+    topics: Annotated[Optional[Path], typer.Option("--topics", help="Batch mode: a topics file, jsonl ({\"_id\", \"text\"}) or TSV (qid<TAB>text); every topic's ranking goes to --output as a TREC run, no qrels needed.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="The TREC run to write in batch mode (atomically).")] = None,
+    hits: Annotated[int, typer.Option("--hits", min=1, help="Batch mode: hits per topic in the run.")] = 1000,
     index: Annotated[Optional[Path], typer.Option("--index", help="Index directory from 'siftrank index build' (overrides [index].path).")] = None,
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Or a dataset (corpus) folder: its cached index, and BM25 over its corpus.")] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="How many hits to show.")] = 10,
@@ -25,12 +29,18 @@ def search(
     print the ranked hits. With --index the encoder defaults to the one that built it; another is refused."""
     import json
 
-    from retrieval.data import Dataset
+    from retrieval.artifacts import write_text_atomic
+    from retrieval.data import Dataset, format_run, read_queries
     from retrieval.errors import SiftrankError
     from retrieval.index import Index
     from retrieval.pipeline import Pipeline
 
     setup_logging(verbose)
+    if (query is None) == (topics is None):
+        raise SiftrankError("give a query, or --topics FILE --output RUN for a batch")
+    if (topics is None) != (output is None):
+        raise SiftrankError("--topics and --output go together")
+    queries = read_queries(topics) if topics is not None else {}
     if index is None and dataset is None:
         config = load_config(pipeline, model=model)
         if config.index.path is None:
@@ -39,8 +49,16 @@ def search(
         source = Index.load(index).manifest.source_model if index is not None and model is None and pipeline is None else model
         config = load_config(pipeline, index=index, model=source)
     data = Dataset.corpus_only(dataset) if dataset is not None else None
-    hits = Pipeline.from_config(config, data, progress=False).search(query, k=k)
-    for hit in hits:
+    pipeline_ = Pipeline.from_config(config, data, progress=False)
+    if output is not None:
+        depth = None if pipeline_.filter is not None else hits  # a filter fixes its own K
+        result = pipeline_.run(queries, depth=depth, progress=True)
+        run = {q: {h.id: h.score for h in ranked[:hits]} for q, ranked in result.hits.items()}
+        write_text_atomic(output, format_run(run, f"siftrank-{result.final}"))
+        typer.echo(f"wrote {output}: {len(run)} topics, {sum(map(len, run.values()))} hits ({result.final} stage)")
+        return
+    assert query is not None
+    for hit in pipeline_.search(query, k=k):
         if as_json:
             typer.echo(json.dumps(hit.to_dict()))
         else:

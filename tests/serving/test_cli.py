@@ -248,3 +248,24 @@ def test_every_command_runs_every_stage_of_its_config(tiny: Path, tiny_llm: Path
     assert "PR-AUC" in metrics["stages"]["filter"]  # the filter scored the run's candidates (cosines computed)
     code, _, err = cli("eval", "--dataset", tiny, "--first-stage", "splade", "--out", tmp_path / "ev2")
     assert code == 2 and "kind must be one of dense, bm25, run, hybrid" in err
+
+
+def test_batch_search_writes_a_run_that_scores_like_eval(tiny: Path, tmp_path: Path, cli) -> None:
+    from tests.conftest import QUERIES
+
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("".join(f"{q}\t{text}\n" for q, text in QUERIES.items()))
+    code, out, err = cli("search", "--topics", topics, "--dataset", tiny, "--output", tmp_path / "run.trec", "--hits", "5")
+    assert code == 0, err
+    lines = (tmp_path / "run.trec").read_text().splitlines()
+    assert len(lines) == 5 * len(QUERIES) and {line.split()[0] for line in lines} == set(QUERIES)
+    code, _, err = cli("eval", "--run", tmp_path / "run.trec", "--qrels", tiny / "qrels" / "test.tsv", "--out", tmp_path / "s")
+    assert code == 0, err
+    code, _, err = cli("eval", "--dataset", tiny, "--out", tmp_path / "e")
+    assert code == 0, err
+    scored = json.loads((tmp_path / "s" / "metrics.json").read_text())["runs"]["run.trec"]["nDCG@10"]
+    assert scored == pytest.approx(json.loads((tmp_path / "e" / "metrics.json").read_text())["stages"]["dense"]["nDCG@10"])
+    for args, message in [(["why", "--topics", topics, "--output", tmp_path / "r"], "give a query, or --topics"),
+                          (["--topics", topics], "--topics and --output go together")]:
+        code, _, err = cli("search", *args, "--dataset", tiny)
+        assert code == 2 and message in err, err
