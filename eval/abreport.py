@@ -1,5 +1,6 @@
 """Compare the variants of an experiment from the service's event log (polars over SQLite).
 
+Per A/B arm: users, queries, clicks, CTR with a Wilson interval and a sample-ratio-mismatch test.
 Per variant and role: latency p50/p95/p99 (served: end to end; shadow: pipeline time). Primary vs each
 shadow on the same queries: overlap@10, rank-biased overlap (p = 0.9) and Kendall's tau over the shared
 documents. Interleaving: per query, the team with more clicks wins; wins/losses/ties and a two-sided
@@ -82,6 +83,36 @@ class ABReport:
                 f"overlap@{depth}": float(np.mean([len(set(a[:depth]) & set(b[:depth])) / depth for a, b in pairs])),
                 "RBO(p=0.9)": float(np.mean([rbo(a[:depth], b[:depth]) for a, b in pairs])),
                 "Kendall tau": float(np.mean(taus)) if taus else float("nan")}
+        return out
+
+    def arms(self, weights: dict[str, float] | None = None, srm_alpha: float = 0.001) -> dict[str, dict[str, Any]]:
+        """Per A/B arm: users, queries, clicks, CTR (share of queries with a click) with a 95% Wilson
+        interval, and a sample-ratio-mismatch check: a chi-square test of the users per arm against the
+        configured split (``weights``; equal without one), flagged when p < ``srm_alpha`` (the usual SRM
+        threshold: a mismatch means the assignment, not the treatment, differs between arms)."""
+        from scipy.stats import chisquare
+        from statsmodels.stats.proportion import proportion_confint
+
+        ab = self.queries.filter(pl.col("mode") == "ab")
+        if ab.is_empty():
+            return {}
+        clicked = self.feedback.filter(pl.col("event") == "click").group_by("query_id").agg(pl.len().alias("clicks"))
+        per_query = ab.join(clicked, on="query_id", how="left").with_columns(pl.col("clicks").fill_null(0))
+        names = sorted(set(per_query["variant"].to_list()) | set(weights or {}))
+        share = {n: (weights or {}).get(n, 0.0 if weights else 1.0) for n in names}
+        total_share = sum(share.values()) or 1.0
+        users = {n: per_query.filter(pl.col("variant") == n)["user_id"].n_unique() for n in names}
+        expected = [sum(users.values()) * share[n] / total_share for n in names]
+        srm_p = float(chisquare([users[n] for n in names], expected).pvalue) if len(names) > 1 and all(expected) else float("nan")
+        out: dict[str, dict[str, Any]] = {}
+        for name in names:
+            group = per_query.filter(pl.col("variant") == name)
+            queries, with_click = len(group), int((group["clicks"] > 0).sum())
+            low, high = proportion_confint(with_click, queries, method="wilson") if queries else (float("nan"),) * 2
+            out[name] = {"users": users[name], "expected share": share[name] / total_share, "queries": queries,
+                         "clicks": int(group["clicks"].sum()), "CTR": with_click / queries if queries else float("nan"),
+                         "CTR 95% low": float(low), "CTR 95% high": float(high), "SRM p": srm_p,
+                         "SRM": "MISMATCH" if srm_p < srm_alpha else "ok"}
         return out
 
     def interleaving(self) -> dict[str, Any]:

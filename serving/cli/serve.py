@@ -49,20 +49,29 @@ def ab_report(
     out: Annotated[Optional[Path], typer.Option(help="Folder for report.md, report.json and report.png.")] = None,
     dataset: Annotated[Optional[Path], typer.Option(help="Dataset with queries and qrels: adds nDCG@10 per variant on judged queries.")] = None,
     qrels: Annotated[Optional[str], typer.Option(help="Qrels file (a name in the dataset or a path); default: the split's.")] = None,
+    experiment: Annotated[Optional[Path], typer.Option(help="The experiment config: its A/B split is what the sample-ratio check expects (default: equal shares).")] = None,
 ) -> None:
-    """Per-variant latency, primary-vs-shadow agreement, interleaving wins and (with qrels) nDCG@10."""
+    """Per-arm users, clicks, CTR and sample-ratio check; per-variant latency, primary-vs-shadow agreement,
+    interleaving wins and (with qrels) nDCG@10."""
     from eval.abreport import ABReport
     from eval.report import markdown_table
     from retrieval.artifacts import write_text_atomic
     from retrieval.data import Dataset
 
     report = ABReport(log)
+    weights = None
+    if experiment is not None:
+        from serving.experiment import ExperimentConfig
+
+        weights = ExperimentConfig.load(experiment).experiment.ab or None
+    arms = report.arms(weights)
     latency, agreement, wins = report.latency(), report.shadow_agreement(), report.interleaving()
     ndcg = None
     if dataset is not None:
         data = Dataset.load(dataset, qrels=qrels, with_corpus=False)
         ndcg = report.ndcg(data.queries, data.qrels)
-    sections = [("Latency (ms)", latency, "variant"), ("Primary vs shadow", agreement, "pair"),
+    sections = [("A/B arms (CTR: share of queries with a click; SRM: chi-square of users per arm vs the split)", arms, "arm"),
+                ("Latency (ms)", latency, "variant"), ("Primary vs shadow", agreement, "pair"),
                 ("Team-draft interleaving", wins, "pair")] + ([("nDCG@10 on judged queries", ndcg, "variant")] if ndcg else [])
     text = "\n\n".join(f"## {title}\n\n{markdown_table(rows, label) if rows else '(none in this log)'}"
                         for title, rows, label in sections) + "\n"
@@ -70,7 +79,7 @@ def ab_report(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "report.md", f"# A/B report: {log.name}\n\n{text}")
-        write_text_atomic(out / "report.json", json.dumps({"latency": latency, "shadow": agreement,
+        write_text_atomic(out / "report.json", json.dumps({"arms": arms, "latency": latency, "shadow": agreement,
                                                            "interleaving": wins, "ndcg": ndcg}, indent=2) + "\n")
         report.plot(out / "report.png", latency, wins, ndcg)
         typer.echo(f"wrote {out}/report.md, report.json, report.png", err=True)

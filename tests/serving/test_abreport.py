@@ -59,3 +59,32 @@ def test_report_bad_input(tmp_path: Path, cli) -> None:
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 10)
     code, _, err = cli("ab-report", "--log", tmp_path / "junk.db")
     assert code == 2 and "not a siftrank event log" in err
+
+
+def write_ab_log(path: Path, users_a: int, users_b: int, clicks_a: float = 0.5, clicks_b: float = 0.5) -> Path:
+    """An event log with A/B queries only: one query per user, a click on a share of each arm's queries."""
+    import sqlite3
+
+    from serving.eventlog import SCHEMA
+
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA)
+        for arm, users, rate in (("a", users_a, clicks_a), ("b", users_b, clicks_b)):
+            for u in range(users):
+                qid = f"{arm}{u}"
+                db.execute("INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                           (qid, 0.0, "x", f"{arm}-user{u}", None, "q", "ab", arm, 10, 5.0 + u % 7, ""))
+                if u < rate * users:
+                    db.execute("INSERT INTO feedback VALUES (?,?,?,?,?,?)", (0.0, qid, f"{arm}-user{u}", "d1", 1, "click"))
+    return path
+
+
+def test_sample_ratio_mismatch_is_flagged_on_60_40_and_not_on_50_50(tmp_path: Path) -> None:
+    skewed = ABReport(write_ab_log(tmp_path / "skewed.db", 600, 400)).arms({"a": 0.5, "b": 0.5})
+    assert skewed["a"]["SRM"] == "MISMATCH" and skewed["a"]["SRM p"] < 1e-6
+    even = ABReport(write_ab_log(tmp_path / "even.db", 500, 500, 0.3, 0.6)).arms({"a": 0.5, "b": 0.5})
+    assert even["a"]["SRM"] == "ok" and even["b"]["SRM p"] == pytest.approx(1.0)
+    assert even["a"]["CTR"] == pytest.approx(0.3) and even["b"]["CTR"] == pytest.approx(0.6)
+    assert even["a"]["CTR 95% low"] < 0.3 < even["a"]["CTR 95% high"] < even["b"]["CTR 95% low"]
+    # the configured split is what is expected: 60/40 users under a 60/40 split is no mismatch
+    assert ABReport(tmp_path / "skewed.db").arms({"a": 0.6, "b": 0.4})["b"]["SRM"] == "ok"
