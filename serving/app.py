@@ -135,8 +135,11 @@ class SearchService:
         experiment = pool.config.experiment
         self.log.add("queries", query_id, time.time(), experiment.name, request.user_id, request.session_id,
                      request.query, mode, served, request.k, latency_ms, json.dumps(flags))
-        self.log.add_many("results", [(query_id, served, "shown", h.rank, h.id, h.score, h.cosine, h.relevance, team)
-                                      for h, team in shown])
+        rows = [(query_id, served, "shown", h.rank, h.id, h.score, h.cosine, h.relevance, team) for h, team in shown]
+        if mode == "interleave":  # committed now: the click may reach another worker process
+            self.log.write_now("results", rows)
+        else:
+            self.log.add_many("results", rows)
         self.metrics.request.labels(served, "served").observe(latency_ms / 1000)
         for shadow in experiment.shadows:
             if shadow.variant not in names and bucket(f"{query_id}:{shadow.variant}") < shadow.sample_rate:
@@ -181,6 +184,9 @@ class SearchService:
         self.log.add_many("feedback", [(now, request.query_id, request.user_id, e.doc_id, e.position, e.event)
                                        for e in request.events])
         draft = self.drafts.get(request.query_id)
+        if draft is None:  # shown by another worker (or before a restart): the teams are in the event log
+            shown = self.log.teams(request.query_id)
+            draft = TeamDraft([d for d, _ in shown], [t for _, t in shown]) if shown else None
         credited = draft.credit([e.doc_id for e in request.events if e.event == "click"]) if draft else {}
         return FeedbackResponse(accepted=len(request.events), credited=credited)
 
@@ -249,6 +255,7 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
                   description="Dense retrieval with calibrated relevance, A/B tests, interleaving and shadow variants.")
     app.state.service = service
     app.add_middleware(BodyLimit, limit=config.service.max_body_bytes)
+    app.add_middleware(WorkerHeader)
 
     @app.exception_handler(SiftrankError)
     async def _siftrank_error(_: Request, exc: SiftrankError) -> JSONResponse:
@@ -324,6 +331,25 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
         return await service.promote(request.variant)
 
     return app
+
+
+class WorkerHeader:
+    """ASGI middleware: every response names the worker process that answered (``X-Siftrank-Worker``),
+    for operators behind several workers (and the two-worker interleaving test)."""
+
+    def __init__(self, app) -> None:
+        self.app, self.header = app, (b"x-siftrank-worker", str(os.getpid()).encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        return await self.app(scope, receive, named)
 
 
 class BodyLimit:

@@ -43,6 +43,8 @@ class EventLog:
             db.executescript(SCHEMA)
         self.batch, self.flush_s = batch, flush_ms / 1000
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
+        self._direct = self._connect()  # synchronous writes and reads that every worker must see at once
+        self._direct_lock = threading.Lock()
         self.written = 0
         self._thread = threading.Thread(target=self._run, name="siftrank-eventlog", daemon=True)
         self._thread.start()
@@ -51,6 +53,7 @@ class EventLog:
         db = sqlite3.connect(self.path, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process kill never loses a commit
+        db.execute("PRAGMA busy_timeout=5000")  # several workers write the same file
         return db
 
     def add(self, table: str, *row: Any) -> None:
@@ -62,6 +65,20 @@ class EventLog:
     def add_many(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
             self.add(table, *row)
+
+    def write_now(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Commit ``rows`` before returning: for what another worker process may need to read next (the
+        teams of an interleaved list, read back when its clicks arrive at another worker)."""
+        if any(len(row) != COLUMNS[table] for row in rows):
+            raise ValueError(f"{table} rows have {COLUMNS[table]} columns")
+        with self._direct_lock, self._direct:
+            self._direct.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * COLUMNS[table])})", rows)
+
+    def teams(self, query_id: str) -> list[tuple[str, str]]:
+        """(doc id, team) of an interleaved list as shown, in rank order (empty when unknown)."""
+        with self._direct_lock:
+            return self._direct.execute("SELECT doc_id, team FROM results WHERE query_id = ? AND role = 'shown' "
+                                        "AND team IS NOT NULL ORDER BY rank", (query_id,)).fetchall()
 
     @property
     def pending(self) -> int:
@@ -103,3 +120,5 @@ class EventLog:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        with self._direct_lock:
+            self._direct.close()

@@ -21,6 +21,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
     event_log: Annotated[Optional[Path], typer.Option(help="SQLite event log (WAL). Default: the experiment's, or out/events.db.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (uvicorn); more than one needs --experiment. They share the event log, interleaving credit included.")] = 1,
     verbose: Verbose = False,
 ) -> None:
     """Serve the search API (FastAPI + uvicorn): /search, /feedback, /variants, /readyz, /metrics, /docs."""
@@ -37,10 +38,24 @@ def serve(
             config.service.event_log = event_log
     else:
         config = ExperimentConfig.single(dataset or DEFAULT_DATA / "msmarco-dl19", pipeline, event_log)
+    if workers > 1 and experiment is None:
+        raise SiftrankError("--workers above 1 needs --experiment (each worker reads the experiment file)")
     # Load and warm before listening, so a bad config or corpus fails here with one error line.
     pool = VariantPool.build(config, progress=True)
-    typer.echo(f"serving {', '.join(pool.variants)} on http://{host}:{port} (docs: /docs)", err=True)
-    uvicorn.run(create_app(config, experiment, pool), host=host, port=port, log_level="info" if verbose else "warning")
+    typer.echo(f"serving {', '.join(pool.variants)} on http://{host}:{port} with {workers} worker(s) (docs: /docs)", err=True)
+    level = "info" if verbose else "warning"
+    if workers == 1:
+        uvicorn.run(create_app(config, experiment, pool), host=host, port=port, log_level=level)
+        return
+    import asyncio
+    import os
+
+    from serving.asgi import EVENT_LOG_ENV, EXPERIMENT_ENV
+
+    asyncio.run(pool.close())  # the workers build their own (from the warm index cache)
+    os.environ[EXPERIMENT_ENV] = str(Path(experiment).resolve())  # type: ignore[arg-type]  # checked above
+    os.environ[EVENT_LOG_ENV] = str(config.service.event_log.resolve())
+    uvicorn.run("serving.asgi:create", factory=True, workers=workers, host=host, port=port, log_level=level)
 
 
 @app.command("ab-report")
