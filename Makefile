@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -31,8 +31,9 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# Lint (ruff), type-check (mypy) and the tests: what .ci/run runs.
-test: install
+# Lint (ruff), type-check (mypy) and the tests: what .ci/run runs (the browser test needs chromium: installed
+# from Debian where apt can, else that one test skips with the reason).
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -155,3 +156,14 @@ eval-domain: install
 serve-domain: install
 	test -f artifacts/scifact-domain/pipeline.toml || $(MAKE) domain
 	$(BIN)/siftrank serve --experiment configs/scifact-domain-experiment.toml --host $(HOST) --port $(PORT)
+
+# Debian's chromium and chromedriver for the /ui browser test (root with apt only; otherwise the test skips)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium/chromedriver not installable here: tests/serving/test_ui.py will skip"
+
+# The /ui screenshots in docs/ui/ (the browser test, keeping its screenshots)
+ui-screenshots: install browser
+	SIFTRANK_SCREENSHOTS=docs/ui $(BIN)/python -m pytest -q tests/serving/test_ui.py

@@ -55,6 +55,10 @@ class ABReport:
                 raise SiftrankError(f"{path}: not a siftrank event log ({exc})") from None
         if self.queries.is_empty():
             raise SiftrankError(f"{path}: the event log holds no searches")
+        # an empty table reads with null dtypes, which no join accepts: give it text columns
+        self.results, self.stages, self.feedback = (
+            frame if not frame.is_empty() else pl.DataFrame(schema=dict.fromkeys(frame.columns, pl.Utf8))
+            for frame in (self.results, self.stages, self.feedback))
 
     def latency(self) -> dict[str, dict[str, float]]:
         """p50/p95/p99 milliseconds per variant: served end to end, shadows by summed stage time."""

@@ -2,6 +2,7 @@
 
     POST /search      hits of the variant the request is assigned to (or an interleaved list)
     POST /feedback    impressions and clicks; interleaving credit is computed server-side
+    GET  /ui, /ui/ab  web pages: a search with every stage shown, and the A/B test's state
     GET  /variants    what runs, and in which role
     GET  /healthz     the process is up;  GET /readyz: 503 until every variant is loaded and warmed
     GET  /metrics     Prometheus
@@ -256,6 +257,9 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
     app.state.service = service
     app.add_middleware(BodyLimit, limit=config.service.max_body_bytes)
     app.add_middleware(WorkerHeader)
+    from serving.ui import router as ui_router
+
+    app.include_router(ui_router(service))
 
     @app.exception_handler(SiftrankError)
     async def _siftrank_error(_: Request, exc: SiftrankError) -> JSONResponse:
