@@ -34,6 +34,7 @@ from training.recipe import Recipe
 PIPELINE_FILE = "pipeline.toml"
 REPORT_FILE = "build.json"
 LOCK_FILE = ".build.lock"
+MIN_HELD_OUT = 20  # fewer held-out queries than this: calibrate on all training queries instead
 
 
 @dataclass
@@ -227,9 +228,10 @@ class PipelineBuilder:
                                                   functools.partial(self._index, encoder_model, adapter))
                 elif name == "calibrate":
                     cal = self.recipe.calibrate
-                    key = _key("calibrate", cal.lineage(), index_key, self._data_digest())
+                    held_out = "finetune" in stages  # calibrate on queries the encoder never trained on
+                    key = _key("calibrate", cal.lineage(), index_key, self._data_digest(), {"held_out": held_out})
                     self._stage("calibrate", key, {"index": index_key},
-                                functools.partial(self._calibrate, encoder_model, adapter), prebuilt=cal.artifact)
+                                functools.partial(self._calibrate, encoder_model, adapter, held_out), prebuilt=cal.artifact)
                 elif name == "rank":
                     rank = self.recipe.rank
                     key = _key("rank", rank.lineage(), index_key, self._data_digest())
@@ -333,18 +335,33 @@ class PipelineBuilder:
         index.check_encoder(encoder.identity())
         return encoder, index
 
-    def _calibrate(self, model: str, adapter: str | None, target: Path) -> dict[str, Any]:
+    def _calibrate(self, model: str, adapter: str | None, held_out: bool, target: Path) -> dict[str, Any]:
+        """The filter, calibrated on queries the encoder has not seen: a fine-tuned encoder scores its own
+        training queries' positives higher than new queries', so a threshold chosen on them keeps less
+        recall than it promises (measured: 84% instead of 95% on SciFact test). With a finetune stage the
+        calibration uses its validation queries (never trained on); otherwise all training queries."""
+        from dataclasses import replace
+
         from training.calibrate import CalibratorTrainer, CandidateSet, feature_flags
+        from training.finetune import validation_split
 
         cal = self.recipe.calibrate
         encoder, index = self._searcher(model, adapter)
-        CandidateSet.check_judgments(self.data)
-        candidates = CandidateSet.retrieve(self.data, encoder, index, cal.k)
+        data = self.data
+        unseen = validation_split(data)[1] if held_out else []
+        if held_out and len(unseen) < MIN_HELD_OUT:
+            self.echo(f"      only {len(unseen)} held-out queries: calibrating on all training queries (recall may fall short)")
+            held_out = False
+        if held_out:
+            data = replace(data, queries={q: data.queries[q] for q in unseen}, qrels={q: data.qrels[q] for q in unseen})
+        CandidateSet.check_judgments(data)
+        candidates = CandidateSet.retrieve(data, encoder, index, cal.k)
         use_embedding, use_stats = feature_flags(cal.features)
         calibrator = CalibratorTrainer(family=cal.family, use_embedding=use_embedding, use_stats=use_stats, seed=cal.seed,
                                        target_recall=cal.target_recall).fit(candidates, encoder.identity())
-        calibrator.save(target, overwrite=True, data={"dataset": str(self.data.root), "qrels": str(self.data.qrels_path),
-                                                      "queries": len(candidates), "k": cal.k})
+        calibrator.save(target, overwrite=True, data={"dataset": str(data.root), "qrels": str(data.qrels_path),
+                                                      "queries": len(candidates), "k": cal.k,
+                                                      "held_out": "finetune validation queries" if held_out else "all"})
         return {"threshold": calibrator.threshold, "chosen": calibrator.extra.get("chosen", {}).get("features")}
 
     def _rank(self, model: str, adapter: str | None, target: Path) -> dict[str, Any]:

@@ -52,12 +52,7 @@ class FineTuner:
 
     def split(self, dataset: Dataset) -> tuple[list[str], list[str]]:
         """Training and validation query ids (judged-relevant queries only; seeded shuffle)."""
-        qids = sorted(judged_queries(dataset))
-        if len(qids) < 2:
-            raise SiftrankError(f"{dataset.root}: need at least 2 training queries with relevant passages, got {len(qids)}")
-        random.Random(0).shuffle(qids)  # the split is fixed across seeds: seeds vary the training only
-        cut = max(1, int(round(self.validation_share * len(qids))))
-        return qids[cut:], qids[:cut]
+        return validation_split(dataset, self.validation_share)
 
     def train(self, dataset: Dataset, steps: int | None = None, progress: bool = True,
               general: Sequence[Triplet] = ()) -> dict[str, Any]:
@@ -167,6 +162,18 @@ class FineTuner:
             write_text_atomic(tmp / "training_log.json", json.dumps(self.history, indent=1) + "\n")
             Manifest(kind="finetuned-encoder", source_model=self.source, parameters={"method": self.method},
                      encoder={**base, "result": model_fingerprint(tmp)}, **extra).write(tmp)
+
+
+def validation_split(dataset: Dataset, share: float = 0.1) -> tuple[list[str], list[str]]:
+    """Training and validation query ids of fine-tuning: the judged-relevant queries, shuffled with a fixed
+    seed (the same split for every training seed). The validation queries are never trained on, so later
+    stages that need unseen queries (the relevance filter's calibration) can use them."""
+    qids = sorted(judged_queries(dataset))
+    if len(qids) < 2:
+        raise SiftrankError(f"{dataset.root}: need at least 2 training queries with relevant passages, got {len(qids)}")
+    random.Random(0).shuffle(qids)  # the split is fixed across seeds: seeds vary the training only
+    cut = max(1, int(round(share * len(qids))))
+    return qids[cut:], qids[:cut]
 
 
 def _pruned_masks(model) -> dict[str, Any]:

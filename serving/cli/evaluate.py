@@ -64,11 +64,13 @@ def evaluate(
         if len(loaded) < len(given):
             raise SiftrankError("runs must have distinct file names (they label the table)")
         payload: dict = {"qrels": str(qrels_path)}
+        columns = None
         if compare:
             table = RunComparison(suite, loaded).table()
             rows = RunComparison.rows(table)
+            columns = ["mean", "delta", "t-test p (Holm)", "randomisation p (Holm)", "significant"]
             print_table(rows, title=f"{name}: runs against {table['baseline']} (paired, Holm-corrected per measure)",
-                        columns=["mean", "delta", "t-test p (Holm)", "randomisation p (Holm)", "significant"])
+                        columns=columns)
             payload.update({"runs": table["means"], "comparison": table})
         else:
             rows = {run: suite.evaluate(scored) for run, scored in loaded.items()}
@@ -77,7 +79,7 @@ def evaluate(
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
-            write_text_atomic(out / "runs.md", markdown_table(rows))
+            write_text_atomic(out / "runs.md", markdown_table(rows, columns=columns))
         return
     if out is None:
         raise SiftrankError("--out is required (where metrics.json and the runs go)")
