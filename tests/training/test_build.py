@@ -93,7 +93,7 @@ def test_rerun_reuses_and_a_changed_parameter_rebuilds_from_its_stage(built, cli
 
 
 def test_kill_9_in_the_finetune_stage_then_resume_redoes_only_that_stage(tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, finetune_steps=400)
+    recipe = write_recipe(tmp_path, finetune_steps=80)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "serving.cli", "build", str(recipe), "--out", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -102,7 +102,7 @@ def test_kill_9_in_the_finetune_stage_then_resume_redoes_only_that_stage(tmp_pat
     for line in process.stdout:
         if line.startswith("[2/4] finetune"):
             break
-    time.sleep(8)  # inside the stage: the model is loading or training
+    time.sleep(3)  # inside the stage: the model is loading, mining negatives or training
     assert process.poll() is None, "the finetune stage ended before it could be killed: raise finetune_steps"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
