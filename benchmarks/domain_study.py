@@ -1,13 +1,14 @@
-"""The domain pipeline, stage by stage and with each stage removed: `make eval-domain`.
+"""The domain pipeline, stage by stage and with each stage removed or added: `make eval-domain`.
 
-Reads the build of `make domain` (``--build``, from ``--recipe``), builds the ablation variants with the
-same builder (each reusing the full build's pruned model as a prebuilt artifact where it keeps the prune
-stage): no prune, no finetune, and connected adapters / LoRA instead of the recipe's fine-tuning on the
-pruned model. Every pipeline runs on SciFact test through the eval runner; "no filter" is the full
-pipeline's dense stage and "no rank" its last stage before the ranker. Paired differences to the full
-pipeline over the 300 test queries (t-test and randomisation), DL19 nDCG@10 of every encoder, index
-bytes, encoder parameters and bytes, ms per query. Records are kept in ``domain-records.json``
-(resumable); results in docs/domain/study.{md,json} and ablation.png.
+Reads the build of `make domain` (``--build``, from ``--recipe``) and builds the variants with the same
+builder next to it (``<build>.ablations/``): no finetune; the recipe with its prune stage on ("with prune":
+GAPrune, structured 50%); the pruned model without fine-tuning and with connected adapters, LoRA or AdaLoRA
+instead of the recipe's method (each reusing the "with prune" build's pruned model as a prebuilt artifact).
+Every pipeline runs on SciFact test through the eval runner; "no filter" is the default pipeline's dense
+stage and "no rank" its last stage before the ranker. Paired differences over the 300 test queries
+(t-test and randomisation), DL19 nDCG@10 of every encoder, index bytes, encoder parameters and bytes, ms per
+query. Records are kept in ``domain-records.json`` (resumable); results in docs/domain/study.{md,json} and
+ablation.png.
 """
 
 from __future__ import annotations
@@ -40,22 +41,22 @@ def folder_bytes(path: Path | None) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if path else 0
 
 
-STAGE_ABLATIONS = ("no prune", "no finetune")
-ENCODER_VARIANTS = ("connected on pruned", "lora on pruned", "adalora on pruned", "unstructured prune → full")
+PRUNED = "with prune"  # the recipe with its prune stage on: the pruned model every "on pruned" variant reuses
+METHOD_VARIANTS = ("connected on pruned", "lora on pruned", "adalora on pruned")
 
 
-def variants(build: Path) -> dict[str, list[str]]:
-    """Recipe overrides of each ablation. The stage ablations are whole pipelines; the fine-tuning variants
-    reuse the full build's pruned model (a prebuilt artifact, never rebuilt) and skip the filter, since
-    they are compared on the dense stage."""
-    pruned = [f'prune.artifact="{build / "prune"}"']
+def variants(work: Path) -> dict[str, tuple[str, list[str]]]:
+    """(folder, recipe overrides) of each variant. "with prune" turns the recipe's prune stage on; the
+    fine-tuning methods reuse its pruned model (a prebuilt artifact, never rebuilt) and skip the filter,
+    since they are compared on the dense stage."""
+    pruned = ["prune.enabled=true", f'prune.artifact="{work / "with-prune" / "prune"}"']
     encoder_only = ["calibrate.enabled=false"]
-    return {"no prune": ["prune.enabled=false"],
-            "no finetune": pruned + ["finetune.enabled=false"],
-            "connected on pruned": pruned + encoder_only + ["finetune.method=connected"],
-            "lora on pruned": pruned + encoder_only + ["finetune.method=lora"],
-            "adalora on pruned": pruned + encoder_only + ["finetune.method=adalora"],
-            "unstructured prune → full": encoder_only + ["prune.structured=false"]}
+    return {"no finetune": ("no-finetune-base", ["prune.enabled=false", "finetune.enabled=false"]),
+            PRUNED: ("with-prune", ["prune.enabled=true"]),
+            "pruned only": ("no-finetune", pruned + ["finetune.enabled=false"]),
+            "connected on pruned": ("connected-on-pruned", pruned + encoder_only + ["finetune.method=connected"]),
+            "lora on pruned": ("lora-on-pruned", pruned + encoder_only + ["finetune.method=lora"]),
+            "adalora on pruned": ("adalora-on-pruned", pruned + encoder_only + ["finetune.method=adalora"])}
 
 
 def evaluate(pipeline_file: Path, test: Dataset, out: Path) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def main() -> None:
     args = arguments(__doc__, build=(Path, ROOT / "artifacts" / "scifact-domain", "the build of `make domain`"),
                      recipe=(Path, ROOT / "configs" / "recipes" / "scifact.toml", "its recipe"),
                      only=(str, "", "comma-separated variants to run (default: all)"),
-                     dl19=(str, "all", "DL19 nDCG@10 of: all (every encoder), main (the build's, base, no prune), none"))
+                     dl19=(str, "all", "DL19 nDCG@10 of: all (every encoder), main (the build's, base, with prune), none"))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "domain-records.json")
@@ -115,10 +116,10 @@ def main() -> None:
     base_file.write_text(f'[encoder]\nmodel = "{recipe.encoder.base}"\n')
     store.run("base (zero-shot, dense)", lambda: evaluate(base_file, test, work / "eval" / "base"))
     wanted = [v.strip() for v in args.only.split(",") if v.strip()]
-    for name, overrides in variants(build).items():
+    for name, (folder_name, overrides) in variants(work).items():
         if wanted and name not in wanted:
             continue
-        folder = work / name.replace(" ", "-")
+        folder = work / folder_name
 
         def run(folder: Path = folder, overrides: list[str] = overrides) -> dict[str, Any]:
             start = time.perf_counter()
@@ -129,18 +130,16 @@ def main() -> None:
         store.run(name, run)
     # DL19 nDCG@10 of every encoder the builds produced (cached indexes: a rerun is quick)
     for name, record in list(store.runs.items()):
-        main_only = args.dl19 == "main" and name not in ("full", "base (zero-shot, dense)", "no prune")
+        main_only = args.dl19 == "main" and name not in ("full", "base (zero-shot, dense)", PRUNED)
         if name.startswith("dl19:") or args.dl19 == "none" or main_only:
             continue
         store.run(f"dl19:{name}", lambda r=record: dl19_ndcg(r["model"], r["adapter"], args.data))
-    pruned = build / "prune"
-    if pruned.is_dir() and args.dl19 == "all":
-        store.run("dl19:pruned (no finetune)", lambda: dl19_ndcg(str(pruned), None, args.data))
     write_report(store, report, out, recipe)
     shutil.rmtree(work / "eval", ignore_errors=True)
 
 
 def write_report(store: ResultStore, report: dict[str, Any], out: Path, recipe: Recipe) -> None:
+    """Three tables (stage by stage, ablation, the pruned model by method), study.{md,json}, ablation.png."""
     runs = store.runs
     full, base = runs["full"], runs["base (zero-shot, dense)"]
     final, first = full["final"], next(iter(full["stages"]))
@@ -165,28 +164,35 @@ def write_report(store: ResultStore, report: dict[str, Any], out: Path, recipe: 
         return values
 
     stage_rows = {"base encoder (zero-shot MiniLM), dense": row(base, base["final"], None, "base (zero-shot, dense)")}
-    if "no finetune" in runs:
-        stage_rows["+ prune, dense"] = row(runs["no finetune"], "dense", None, "pruned (no finetune)")
-    stage_rows["+ prune + finetune, dense"] = row(full, first, None, "full")
+    stage_rows[f"+ finetune ({recipe.finetune.method}), dense"] = row(full, first, None, "full")
     if final != first:
         stage_rows["+ filter"] = row(full, final, None, "full")
     stage_rows["+ rank"] = ({"nDCG@10": "off (docs/ranking.md)"} if not recipe.rank.enabled
                             else row(full, final, None, "full"))
 
-    ablation = {f"full pipeline ({' → '.join(recipe.active())})": row(full, final, None, "full", sizes=False)}
-    for name in STAGE_ABLATIONS:
-        if name in runs:
-            ablation[name] = row(runs[name], runs[name]["final"], (full, final), name, sizes=False)
+    ablation = {f"default pipeline ({' → '.join(recipe.active())})": row(full, final, None, "full", sizes=False)}
+    if "no finetune" in runs:
+        ablation["no finetune"] = row(runs["no finetune"], runs["no finetune"]["final"], (full, final), "base (zero-shot, dense)",
+                                      sizes=False)
     if final != first:
         ablation["no filter"] = row(full, first, (full, final), "full", sizes=False)
-    ablation["no rank" + (" (rank is off in the recipe: = full)" if not recipe.rank.enabled else "")] = \
+    ablation["no rank" + (" (rank is off in the recipe: = default)" if not recipe.rank.enabled else "")] = \
         row(full, "filter" if recipe.rank.enabled else final, (full, final), "full", sizes=False)
+    if PRUNED in runs:
+        ablation["with prune (GAPrune 50%, structured) on"] = row(runs[PRUNED], runs[PRUNED]["final"], (full, final), PRUNED,
+                                                                 sizes=False)
     ablation["no stage: base encoder, dense"] = row(base, base["final"], (full, final), "base (zero-shot, dense)", sizes=False)
 
-    methods = {f"{recipe.finetune.method} on pruned (the recipe's)": row(full, first, None, "full")}
-    for name in ENCODER_VARIANTS:
+    methods: dict[str, dict[str, Any]] = {f"{recipe.finetune.method} on the dense model (the default)": row(full, first, None, "full")}
+    if "pruned only" in runs:
+        methods["pruned only"] = row(runs["pruned only"], "dense", (full, first), "pruned only")
+    if PRUNED in runs:
+        methods[f"{recipe.finetune.method} on pruned"] = row(runs[PRUNED], "dense", (full, first), PRUNED)
+    for name in METHOD_VARIANTS:
         if name in runs:
             methods[name] = row(runs[name], "dense", (full, first), name)
+    for values in methods.values():
+        values["vs dense fine-tuned"] = values["nDCG@10"] / methods[next(iter(methods))]["nDCG@10"] - 1
 
     def table(rows: dict[str, dict[str, Any]], label: str) -> str:
         columns = list(dict.fromkeys(k for values in rows.values() for k in values))  # every row's measures, in order
@@ -199,9 +205,9 @@ def write_report(store: ResultStore, report: dict[str, Any], out: Path, recipe: 
             "its build).\n", table(build_rows, "stage"),
             "\n## Stage by stage (SciFact test, 300 queries; DL19 closed corpus, 43 queries)\n",
             table(stage_rows, "pipeline so far"),
-            "\n## Ablation: the full pipeline with each stage removed (final stage of each, paired vs full)\n",
+            "\n## Ablation: the default pipeline with each stage removed or added (final stage of each, paired vs the default)\n",
             table(ablation, "pipeline"),
-            "\n## Fine-tuning method on the pruned model (dense stage, paired vs the recipe's method)\n",
+            "\n## The pruned model (GAPrune 50% of FFN neurons) by fine-tuning method (dense stage, paired vs the default's dense stage)\n",
             table(methods, "encoder"),
             "\nΔ and p: per-query nDCG@10 differences over the 300 test queries (paired t-test and randomisation "
             "test). ms/query: the whole pipeline over all test queries in one batch, divided by their number. "
@@ -211,6 +217,7 @@ def write_report(store: ResultStore, report: dict[str, Any], out: Path, recipe: 
     chart = {"base (zero-shot)": base["stages"][base["final"]]["nDCG@10"]}
     chart.update({name: values["nDCG@10"] for name, values in list(ablation.items())[:-1]})
     chart.update({name: values["nDCG@10"] for name, values in list(methods.items())[1:]})
+    chart = {name: value for name, value in chart.items() if isinstance(value, float)}
     bar_chart(out / "ablation.png", list(chart), list(chart.values()), "SciFact test nDCG@10",
               f"{recipe.name}: full pipeline, ablations, fine-tuning methods")
 

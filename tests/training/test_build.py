@@ -163,3 +163,12 @@ def test_a_built_folder_serves_as_a_variant_with_the_plain_pipeline_as_shadow(bu
         body = client.post("/search", json={"query": "why do volcanoes erupt", "k": 3}).json()
     assert body.get("variant") == "domain" and body["hits"], body
     assert body["hits"] and body["hits"][0]["relevance"] is not None
+
+
+def test_the_shipped_recipes_validate(tmp_path: Path) -> None:
+    from training.recipe import Recipe
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+    for path in sorted(root.glob("*.toml")):
+        recipe = Recipe.load(path, tmp_path)
+        assert recipe.data.dataset.startswith(str(tmp_path)) and "index" in recipe.active()
