@@ -87,7 +87,7 @@ class RankStage(_Stage):
     depth: int = Field(20, ge=2)
     steps: int = Field(60, ge=1)
     mode: Literal["first-token", "generate", "sliding-window"] = "first-token"
-    validation: int = Field(40, ge=2)  # training queries kept out for early stopping and the fusion weight
+    validation: int = Field(40, ge=0)  # training queries kept out for early stopping and the fusion weight (0: none)
     seed: int = 0
 
 

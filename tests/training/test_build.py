@@ -172,3 +172,14 @@ def test_the_shipped_recipes_validate(tmp_path: Path) -> None:
     for path in sorted(root.glob("*.toml")):
         recipe = Recipe.load(path, tmp_path)
         assert recipe.data.dataset.startswith(str(tmp_path)) and "index" in recipe.active()
+
+
+def test_a_rank_stage_trains_the_ranker_on_the_built_first_stage(tmp_path: Path, tiny_llm: Path, cli) -> None:
+    recipe = write_recipe(tmp_path, prune={"enabled": False}, finetune={"enabled": False}, calibrate={"enabled": False},
+                          rank={"enabled": True, "model": str(tiny_llm), "depth": 4, "steps": 2, "validation": 0})
+    code, out, err = cli("build", recipe, "--out", tmp_path / "out")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "rank" / "manifest.json").read_text())
+    assert manifest["kind"] == "ranker-adapter" and manifest["lineage"]["stage"] == "rank"
+    config = PipelineConfig.load(tmp_path / "out" / "pipeline.toml")
+    assert config.stages() == ["dense", "rerank"] and config.rerank is not None
