@@ -68,11 +68,11 @@ def evaluate(pipeline_file: Path, test: Dataset, out: Path) -> dict[str, Any]:
     per_query = {}
     for stage in metrics["stages"]:
         per_query[stage] = suite.per_query(read_run(out / f"run.{stage}.trec"))["nDCG@10"]
-    encoder = config.encoder.build()
+    encoder = pipeline.encoder or config.encoder.build()  # the one the run loaded (its query model is in memory)
     return {"stages": metrics["stages"], "final": metrics["final_stage"], "per_query": per_query,
             "ms_per_query": metrics["timings"]["ms_per_query"],
             "index_bytes": folder_bytes(config.index.path),
-            "encoder_parameters": sum(p.numel() for p in encoder.model.parameters()),
+            "encoder_parameters": sum(p.numel() for p in encoder.query_model.parameters()),
             "encoder_bytes": folder_bytes(encoder.path) + folder_bytes(encoder.adapter),
             "model": str(config.encoder.model), "adapter": str(config.encoder.adapter or ""),
             "passages_per_second": _index_speed(config.index.path)}
