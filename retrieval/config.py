@@ -22,12 +22,14 @@ class EncoderSection(_Section):
     model: str = "bundled:all-MiniLM-L6-v2"  # or a local folder (relative to the config file)
     adapter: Path | None = None  # an adapter artifact from `siftrank finetune` (for this base model only)
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # documents
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # documents; auto: fp16 on GPU, measured on CPU
     query_precision: Literal["auto", "same", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, else as documents; same: as documents
     batch_size: int = Field(64, ge=1)
     max_length: int | None = Field(None, ge=8)
-    backend: Literal["torch", "onnx", "openvino"] = "torch"  # onnx / openvino: exported graph on CPU (fast extra)
-    quantize: Literal["none", "int8"] = "none"  # int8: dynamic quantisation of the exported graph
+    # onnx / openvino: exported graph on CPU (fast extra); auto: the fastest way measured on this CPU (torch,
+    # OpenVINO fp32/bf16/int8) whose vectors stay within cosine 0.98 of fp32
+    backend: Literal["torch", "onnx", "openvino", "auto"] = "torch"
+    quantize: Literal["none", "int8"] = "none"  # int8: NNCF static (openvino) or dynamic (onnx) quantisation
 
     def build(self):
         """The :class:`~retrieval.encoder.Encoder` this section describes (weights load lazily)."""

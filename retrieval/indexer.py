@@ -20,7 +20,7 @@ from retrieval.encoder import Encoder
 from retrieval.index import Index, default_params
 
 log = logging.getLogger(__name__)
-VECTOR_FORMAT = 2  # bump when the way vectors are computed changes, so stale caches are not reused
+VECTOR_FORMAT = 3  # 3: OpenVINO int8 is NNCF-calibrated. Bump when the way vectors are computed changes, so stale caches are not reused
 
 
 class Indexer:
@@ -34,8 +34,15 @@ class Indexer:
         self.device = device
         self.progress = progress
 
+    def _calibrate(self, dataset: Dataset) -> None:
+        """Give the encoder passages of this corpus (evenly spaced) for its speed probe and int8 calibration."""
+        if self.encoder.calibration is None:
+            texts = dataset.doc_texts()
+            self.encoder.calibrate_on(texts[::max(1, len(texts) // 1000)][:1000])
+
     def build(self, dataset: Dataset) -> Index:
         """Encode every passage of ``dataset`` and index the vectors (timings go in the manifest)."""
+        self._calibrate(dataset)
         start = time.perf_counter()
         vectors = self.encoder.encode_documents(dataset.doc_texts(), progress=self.progress)
         encode_s = time.perf_counter() - start
@@ -43,10 +50,12 @@ class Indexer:
                             params=self.params, data={"corpus": str(dataset.corpus_path), "corpus_sha256": dataset.corpus_digest()})
         index.manifest.metrics = {"encode_seconds": round(encode_s, 2), "passages_per_second": round(len(vectors) / encode_s, 1),
                                   "build_seconds": round(time.perf_counter() - start - encode_s, 2),
-                                  "encoder_precision": self.encoder.numerics, "encoder_device": self.encoder.device}
+                                  "encoder_precision": self.encoder.numerics, "encoder_device": self.encoder.device,
+                                  "encoder_choice": self.encoder.choice["reason"]}
         return index
 
     def cache_key(self, dataset: Dataset) -> str:
+        self._calibrate(dataset)  # an auto encoder measures its choice on this corpus's passages
         params = {**default_params(self.kind, len(dataset.corpus)), **self.params}
         # Precision is part of the key: bf16 and fp32 vectors differ slightly, and benchmarks compare them.
         blob = json.dumps([VECTOR_FORMAT, dataset.corpus_digest(), self.encoder.fingerprint, self.encoder.numerics,

@@ -43,7 +43,7 @@ class SpeedProbe:
         if not task or "/" in task:
             raise SiftrankError(f"a probe task is a plain name, not '{task}'")
         self.task = task
-        self.path = (folder or cache_dir("probes")) / f"{task}.json"
+        self.path = (folder or probe_folder() or cache_dir("probes")) / f"{task}.json"
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -52,9 +52,16 @@ class SpeedProbe:
         except (OSError, json.JSONDecodeError):
             return {}  # a missing or damaged cache is measured again
 
-    def fastest(self, key: str, candidates: Mapping[str, Callable[[], object]], repeats: int = 2) -> tuple[str, dict[str, float]]:
+    def lookup(self, key: str) -> dict | None:
+        """The stored outcome for this CPU model and ``key`` (``choice``, ``seconds``, any notes), or None."""
+        entry = self._read().get(f"{cpu_model()} | {key}")
+        return entry if isinstance(entry, dict) and "choice" in entry else None
+
+    def fastest(self, key: str, candidates: Mapping[str, Callable[[], object]], repeats: int = 2,
+                notes: dict | None = None) -> tuple[str, dict[str, float]]:
         """The name of the fastest candidate and the seconds of each (best of ``repeats`` after a warm-up
-        call), measured on the first call for this CPU model and ``key`` and read from the cache after."""
+        call), measured on the first call for this CPU model and ``key`` and read from the cache after;
+        ``notes`` are stored beside the outcome (why some ways were not candidates)."""
         if not candidates:
             raise SiftrankError("a speed probe needs at least one candidate")
         entry = f"{cpu_model()} | {key}"
@@ -72,8 +79,14 @@ class SpeedProbe:
             seconds[name] = round(best, 4)
         choice = min(seconds, key=lambda n: seconds[n])
         data = self._read()
-        data[entry] = {"choice": choice, "seconds": seconds}
+        data[entry] = {"choice": choice, "seconds": seconds, **(notes or {})}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(data, indent=1) + "\n")
         log.info("%s on %s: %s (seconds %s)", self.task, entry, choice, seconds)
         return choice, seconds
+
+
+def probe_folder() -> Path | None:
+    """``SIFTRANK_PROBES`` when set (tests share one folder of measurements), else the cache's."""
+    folder = os.environ.get("SIFTRANK_PROBES")
+    return Path(folder) if folder else None

@@ -52,10 +52,17 @@ def tiny_binary(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "tiny-binary", qrels=[(q, d, int(g > 0)) for q, d, g in QRELS])
 
 
+@pytest.fixture(scope="session")
+def _probes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("probes")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own siftrank cache, so no test sees another's indexes."""
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _probes: Path) -> None:
+    """Every test gets its own siftrank cache, so no test sees another's indexes; speed measurements
+    (precision auto) are shared by the session, as they are by every run on one machine."""
     monkeypatch.setenv("SIFTRANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SIFTRANK_PROBES", str(_probes))
 
 
 @pytest.fixture

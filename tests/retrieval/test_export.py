@@ -38,6 +38,23 @@ def test_exported_vectors_match_torch(backend: str, quantize: str, precision: st
     assert encoder.precision == label and encoder.numerics == f"{backend}-{label}"
 
 
+def test_openvino_int8_is_nncf_calibrated_on_the_passages_and_close_to_fp32(reference: np.ndarray) -> None:
+    pytest.importorskip("nncf")
+    from retrieval.artifacts import Manifest, cache_dir
+
+    encoder = Encoder(backend="openvino", quantize="int8")
+    encoder.calibrate_on(TEXTS)
+    vectors = encoder.encode_documents(TEXTS)
+    assert (vectors * reference).sum(axis=1).min() >= 0.95 and encoder.numerics == "openvino-int8"
+    (export,) = [d for d in cache_dir("exports").iterdir() if (d / "model_int8.xml").is_file()]
+    calibration = Manifest.read(export).parameters["calibration"]
+    assert calibration["passages"] == len(TEXTS)
+    # queries through the same int8 graph: one query (latency graph) and a batch (throughput streams) agree
+    one = encoder.encode_queries(TEXTS[:1])
+    many = encoder.encode_queries(TEXTS)
+    assert float((one[0] * many[0]).sum()) > 0.9999
+
+
 def test_export_is_cached_and_index_caches_are_kept_apart(tiny: Path, tmp_path: Path) -> None:
     from retrieval.artifacts import cache_dir
 
