@@ -65,10 +65,17 @@ def bar_chart(path: Path, labels: list[str], values: list[float], ylabel: str, t
         ax.set_ylabel(ylabel)
     ax.bar_label(bars, fmt="%.3g")
     ax.set_title(title)
+    save_figure(fig, path, dpi=120)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
 

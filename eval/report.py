@@ -13,8 +13,14 @@ FILTER_COLUMNS = ("PR-AUC", "P@R95", "filter_rate", "recall_at_threshold", "reca
 
 
 def _columns(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
-    first = next(iter(rows.values()), {})
-    return list(columns) if columns else [k for k, v in first.items() if isinstance(v, (int, float)) or v is None]
+    """The given columns, else every measure some row has, in the order they first appear (a measure the first
+    row lacks, such as a baseline without a quality figure, is not dropped)."""
+    if columns:
+        return list(columns)
+    names: dict[str, None] = {}
+    for values in rows.values():
+        names.update({k: None for k, v in values.items() if isinstance(v, (int, float)) or v is None})
+    return list(names)
 
 
 def _cell(value: Any) -> str:
