@@ -17,6 +17,7 @@ import functools
 import gc
 import importlib.util
 from pathlib import Path
+from typing import Literal
 
 from retrieval.artifacts import Manifest, atomic_dir, cache_dir
 from retrieval.encoder import BUNDLED_PREFIX, Precision, model_fingerprint, pick_device, pick_precision
@@ -88,12 +89,16 @@ class CausalLM:
     """A causal LM and tokenizer loaded lazily from a local folder (plus an optional LoRA adapter)."""
 
     def __init__(self, model: str = "bundled:SmolLM2-135M-Instruct", adapter: str | Path | None = None,
-                 device: str = "auto", precision: Precision = "auto") -> None:
+                 device: str = "auto", precision: Precision | Literal["int8"] = "auto") -> None:
         self.spec = model
         self.path = resolve_llm_path(model)
         self.adapter = Path(adapter) if adapter is not None else None
         self.device = pick_device(device)
-        if precision != "auto" or self.device.startswith("cuda"):
+        if precision == "int8":  # dynamic int8 Linear layers (torch, CPU): an explicit choice, it changes scores
+            if self.device != "cpu":
+                raise SiftrankError("precision int8 (dynamic quantisation) runs on CPU; use bf16 on a GPU")
+            self.__dict__["precision"] = "int8"
+        elif precision != "auto" or self.device.startswith("cuda"):
             self.__dict__["precision"] = pick_precision(precision, self.device, gpu="bf16")
         if self.adapter is not None:
             self.check_adapter(self.adapter)
@@ -173,8 +178,9 @@ class CausalLM:
         from transformers import AutoModelForCausalLM
 
         hf_logging.disable_progress_bar()
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        return AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype, local_files_only=True)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}[precision]
+        model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype, local_files_only=True)
+        return _dynamic_int8(model) if precision == "int8" else model
 
     @property
     def context_size(self) -> int:
@@ -191,3 +197,18 @@ class CausalLM:
     def identity(self) -> dict[str, str]:
         return {"model": self.spec, "fingerprint": self.fingerprint,
                 "adapter": str(self.adapter) if self.adapter is not None else ""}
+
+
+def _dynamic_int8(model):
+    """Every Linear layer but the output head as torch dynamic int8 (int8 weights, activations quantised per
+    call: VNNI kernels); the head stays fp32 so that log-probabilities keep their resolution."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        body = quantize_dynamic(model.base_model, {torch.nn.Linear}, dtype=torch.qint8)
+    setattr(model, model.base_model_prefix, body)  # the decoder; the LM head outside it is untouched
+    return model

@@ -11,7 +11,9 @@ order as ``[2] > [1] > ...``. Modes:
 - ``first-token``: FIRST's single-pass ranking: candidates ordered by the model's probability of
   starting its answer with their identifier. Identifiers here are digit strings the tokenizer splits
   into several tokens, so the score is the log-probability of the whole identifier (``1`` then ``]``,
-  ``1`` then ``2`` ...): one prefill plus one batched step per extra digit over the shared KV cache.
+  ``1`` then ``2`` ...): one prefill, then one step that scores every identifier's later digits at once
+  (tree attention over the identifiers' token trie). The KV cache of the prompt's first tokens (the chat
+  template and instruction, shared by every query) is kept from one query to the next.
 
 Each passage is truncated to a token budget derived from the model's context size, the number of
 candidates and the room the answer needs. Every call reports its input and output tokens, seconds and
@@ -20,12 +22,12 @@ parse failures (an answer without a single usable identifier) so that evaluation
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from retrieval.causal_lm import CausalLM
 from retrieval.errors import SiftrankError
@@ -33,6 +35,7 @@ from retrieval.errors import SiftrankError
 Mode = Literal["generate", "sliding-window", "first-token"]
 MODES = ("generate", "sliding-window", "first-token")
 MIN_PASSAGE_TOKENS = 8
+MIN_SHARED_TOKENS = 8  # shorter shared prefixes are prefilled again rather than cut out of the kept cache
 ANSWER_TOKENS_PER_ID = 5  # " [", up to 3 digits, "]", " >" — digits are split one per token
 PLACEHOLDER = "\x00PASSAGES\x00"
 
@@ -103,6 +106,9 @@ class ListwiseRanker:
         self.llm, self.mode, self.window, self.stride = llm, mode, window, stride
         self.max_passage_tokens = max_passage_tokens
         self._context = context_size
+        self.reuse_prefix = True  # first-token mode keeps the last prompt's KV cache for the prefix the next shares
+        self._prefix: tuple[object, list[int], Any] | None = None
+        self._lock = threading.Lock()  # the kept cache is one per ranker
 
     @property
     def context_size(self) -> int:
@@ -200,13 +206,13 @@ class ListwiseRanker:
         return _position_scores(order), stats
 
     def _scored_once(self, query: str, passages: list[str], stats: RankStats) -> tuple[list[float], RankStats]:
-        """First-token mode: one prefill and one step per extra identifier digit."""
+        """First-token mode: one prefill (after the prefix the previous prompt shares) and one tree step."""
         import torch
 
         prompt = self.prompt(query, passages)
         start = time.perf_counter()
-        with torch.inference_mode():
-            scores = self._first_token(self.llm.model, torch.tensor([prompt.ids], device=self.llm.model.device), len(passages))
+        with self._lock, torch.inference_mode():
+            scores = self._first_token(self.llm.model, prompt.ids, len(passages))
         stats.add(RankStats(input_tokens=len(prompt.ids), seconds=time.perf_counter() - start, calls=1,
                             truncated_passages=prompt.truncated))
         return scores, stats
@@ -233,40 +239,83 @@ class ListwiseRanker:
         """log p(answer starts with the identifier of passage i) for every passage (first-token mode's scores)."""
         return self._scored_once(query, passages, RankStats())[0]
 
-    def _first_token(self, model, ids, n: int) -> list[float]:
-        """log p(identifier tokens | prompt + "[") of each candidate, over a trie of the identifiers' tokens."""
+    def _first_token(self, model, ids: list[int], n: int) -> list[float]:
+        """log p(identifier tokens | prompt + "[") of each candidate in two forward passes: the prompt (its
+        first tokens' keys and values reused from the previous prompt where they agree: the chat template and
+        instruction every query shares) and one step over every inner node of the identifiers' token trie at
+        once, each node attending to the prompt and its own ancestors (a tree attention mask)."""
         import torch
 
         opening = self._ids("[")
         paths = {i: self._ids(f"[{i + 1}]")[len(opening):] for i in range(n)}
         if any(self._ids(f"[{i + 1}]")[:len(opening)] != opening for i in range(n)):
             raise SiftrankError("first-token mode needs identifiers that tokenize as '[' + digits + ']'")
-        # transformers renamed past_key_values to cache (5.2x); accept both
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model in training
-        name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        out = model(torch.cat([ids, torch.tensor([opening], device=ids.device)], dim=1), use_cache=True, logits_to_keep=1)
+        device = model.device
+        full = list(ids) + opening
+        name = _cache_argument(model)
+        cache, done = self._reusable_prefix(model, full)
+        out = model(torch.tensor([full[done:]], device=device), use_cache=True, logits_to_keep=1, **{name: cache})
         cache = getattr(out, name)
         logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         scores = {i: float(logp[path[0]]) for i, path in paths.items()}
-        prefixes: list[tuple[int, ...]] = [()]  # rows of the cache, one per prefix of identifier tokens
-        rows_logp = logp.unsqueeze(0)
-        depth = 1
-        while True:
-            # every prefix of length `depth` that some longer identifier continues
-            nexts = sorted({tuple(p[:depth]) for p in paths.values() if len(p) > depth})
-            if not nexts:
-                break
-            parents = [prefixes.index(p[:-1]) for p in nexts]
-            cache.batch_select_indices(torch.tensor(parents, device=ids.device))
-            step = torch.tensor([[p[-1]] for p in nexts], device=ids.device)
-            out = model(step, use_cache=True, **{name: cache})
-            cache, prefixes = getattr(out, name), nexts
-            rows_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        # the trie's inner nodes: every proper prefix of an identifier's digit path (parents before children)
+        nodes = sorted({tuple(p[:d]) for p in paths.values() for d in range(1, len(p))}, key=lambda t: (len(t), t))
+        if nodes:
+            where = {node: j for j, node in enumerate(nodes)}
+            past = len(full)
+            dtype = next(model.parameters()).dtype
+            mask = torch.full((1, 1, len(nodes), past + len(nodes)), torch.finfo(dtype).min, dtype=dtype, device=device)
+            mask[..., :past] = 0
+            for j, node in enumerate(nodes):
+                for d in range(1, len(node) + 1):  # its ancestors and itself
+                    mask[0, 0, j, past + where[node[:d]]] = 0
+            step = torch.tensor([[node[-1] for node in nodes]], device=device)
+            positions = torch.tensor([[past + len(node) - 1 for node in nodes]], device=device)
+            out = model(step, position_ids=positions, attention_mask=mask, use_cache=True, **{name: cache})
+            rows = torch.log_softmax(out.logits[0].float(), dim=-1)
             for i, path in paths.items():
-                if len(path) > depth:
-                    scores[i] += float(rows_logp[prefixes.index(tuple(path[:depth])), path[depth]])
-            depth += 1
+                scores[i] += sum(float(rows[where[tuple(path[:d])], path[d]]) for d in range(1, len(path)))
+        self._keep_prefix(cache, full)
         return [scores[i] for i in range(n)]
+
+    def _reusable_prefix(self, model, ids: list[int]):
+        """The cache of the previous prompt cut to the tokens it shares with ``ids`` (at least
+        ``MIN_SHARED_TOKENS``, and never the whole prompt), or a new empty cache; and how many tokens it holds."""
+        from transformers import DynamicCache
+
+        kept = self._prefix
+        if kept is not None and kept[0] is model and self.reuse_prefix:
+            shared = 0
+            for a, b in zip(kept[1][:kept[2].get_seq_length()], ids[:-1]):
+                if a != b:
+                    break
+                shared += 1
+            if shared >= MIN_SHARED_TOKENS:
+                _crop(kept[2], shared)
+                return kept[2], shared
+        self._prefix = None
+        return DynamicCache(config=model.config), 0
+
+    def _keep_prefix(self, cache, ids: list[int]) -> None:
+        """Keep the prompt's cache for the next query (the tree step's entries cut off)."""
+        if self.reuse_prefix:
+            _crop(cache, len(ids))
+            self._prefix = (self.llm.model, list(ids), cache)
+
+def _crop(cache, length: int) -> None:
+    """Cut a KV cache to its first ``length`` tokens (a negative ``crop`` removes tokens in every transformers version)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def _cache_argument(model) -> str:
+    """The forward argument (and output field) of the KV cache: transformers renamed past_key_values to cache."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model in training
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
 
 def _position_scores(order: list[int]) -> list[float]:
     """``n - position`` for every item of a 0-based order (the first gets ``n``)."""

@@ -34,7 +34,7 @@ class LLMParams(StageParams):
     stride: int = Field(10, ge=1)
     max_passage_tokens: int = Field(100, ge=8)
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"  # int8: dynamic int8 Linear layers (CPU)
     fusion: Literal["auto", "none", "interpolate", "rrf"] = "auto"  # auto: what the adapter artifact stores
     fusion_weight: float | None = Field(None, ge=0.0, le=1.0)  # the ranker's share (default: the artifact's)
     fusion_k: int = Field(60, ge=1)  # rrf: 1 / (k + rank)

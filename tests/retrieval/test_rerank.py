@@ -87,6 +87,25 @@ def test_first_token_scores_equal_the_identifier_log_probabilities(llm: CausalLM
     assert stats.calls == 1 and stats.output_tokens == 0
 
 
+def test_the_shared_prompt_prefix_is_reused_and_changes_no_score(llm: CausalLM) -> None:
+    from retrieval.rerank import MIN_SHARED_TOKENS
+
+    ranker = ListwiseRanker(llm, mode="first-token")
+    ranker.first_token_scores("why do volcanoes erupt", PASSAGES)
+    kept = ranker._prefix
+    assert kept is not None and len(kept[1]) == kept[2].get_seq_length()  # the prompt's cache, tree step cut off
+    full = ranker.prompt("how do plants make food", PASSAGES).ids + ranker._ids("[")
+    shared = next(i for i, (a, b) in enumerate(zip(kept[1], full)) if a != b)
+    assert shared >= MIN_SHARED_TOKENS  # the chat template and the instruction before the query
+    reused = ranker.first_token_scores("how do plants make food", PASSAGES)
+    fresh = ListwiseRanker(llm, mode="first-token")
+    fresh.reuse_prefix = False
+    assert reused == pytest.approx(fresh.first_token_scores("how do plants make food", PASSAGES), abs=1e-4)
+    assert fresh._prefix is None
+    # the same prompt again: everything but its last token comes from the kept cache
+    assert ranker.first_token_scores("how do plants make food", PASSAGES) == pytest.approx(reused, abs=1e-4)
+
+
 def test_generate_returns_a_permutation_and_counts_its_cost(llm: CausalLM) -> None:
     ranker = ListwiseRanker(llm, mode="generate")
     order, stats = ranker.rank("why do volcanoes erupt", PASSAGES[:5])
@@ -171,3 +190,21 @@ def test_auto_precision_on_a_cpu_is_measured_once(tiny_llm: Path) -> None:
     stored = SpeedProbe("llm-precision")._read()
     assert any(llm.fingerprint in key for key in stored)
     assert CausalLM(str(tiny_llm), device="cpu").precision == llm.precision  # from the cache
+
+
+def test_int8_precision_quantises_the_decoder_and_keeps_the_head(tiny_llm: Path) -> None:
+    import math
+
+    import torch
+
+    quantised = CausalLM(str(tiny_llm), precision="int8")
+    assert quantised.precision == "int8"
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    modules = list(quantised.model.base_model.modules())
+    assert any(isinstance(m, DynamicInt8Linear) for m in modules) and not any(isinstance(m, torch.nn.Linear) for m in modules)
+    assert isinstance(quantised.model.lm_head, torch.nn.Linear)  # log-probabilities at full resolution
+    scores = ListwiseRanker(quantised, mode="first-token").first_token_scores("why do volcanoes erupt", PASSAGES[:5])
+    exact = ListwiseRanker(CausalLM(str(tiny_llm), precision="fp32"), mode="first-token").first_token_scores(
+        "why do volcanoes erupt", PASSAGES[:5])
+    assert all(math.isfinite(s) for s in scores) and max(abs(a - b) for a, b in zip(scores, exact)) < 0.5
