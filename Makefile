@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: bench-rerank bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -60,7 +60,19 @@ serve: install
 eval-serve: install
 	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv --pipeline configs/serve.toml --out $(OUT)/dl19-serve
 
-bench: bench-encode bench-search bench-load
+# Encode, search, service and ranker benchmarks, then one table of them all (docs/benchmarks/summary.md);
+# each script prints its figures as ratios against a baseline measured in the same run, with the CPU model
+bench: bench-encode bench-search bench-load bench-rerank
+	$(BIN)/python benchmarks/summary.py --data $(DATA) --out docs/benchmarks
+
+# First-token LLM re-ranking of DL19 BM25 top-20 / top-50: seconds per query against the previous scoring
+bench-rerank: install
+	$(BIN)/python benchmarks/rerank_speed.py --data $(DATA) --out docs/benchmarks
+
+# 10 minutes of the make-serve service at concurrency 16 on loopback: errors, memory, the event log
+bench-soak: install
+	$(BIN)/python benchmarks/soak.py --data $(DATA) --out docs/benchmarks
+	$(BIN)/python benchmarks/summary.py --data $(DATA) --out docs/benchmarks
 
 bench-encode: install
 	$(BIN)/python benchmarks/encode_throughput.py --data $(DATA) --out docs/benchmarks

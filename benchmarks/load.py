@@ -12,7 +12,6 @@ Results: docs/benchmarks/load.{md,json,png}. Reproduce: `make bench-load` (~4 mi
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, arguments, dl19, machine, save
+from common import ROOT, arguments, dl19, machine, save, save_figure
 
 NAIVE = '''
 import sys, faiss, polars as pl
@@ -75,8 +74,9 @@ def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
     raise RuntimeError("server did not become ready")
 
 
-async def drive(port: int, queries: list[str], concurrency: int, seconds: float) -> dict[str, float]:
-    """Keep ``concurrency`` requests in flight for ``seconds``; QPS and latency percentiles (ms)."""
+async def drive(port: int, queries: list[str], concurrency: int, seconds: float, seen: list[str] | None = None) -> dict[str, float]:
+    """Keep ``concurrency`` requests in flight for ``seconds``; QPS and latency percentiles (ms). ``seen``
+    collects the ``query_id`` of every answered request."""
     import httpx
 
     latencies: list[float] = []
@@ -92,6 +92,8 @@ async def drive(port: int, queries: list[str], concurrency: int, seconds: float)
                 response = await client.post("/search", json={"query": queries[i % len(queries)], "k": 10})
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - start)
+                    if seen is not None:
+                        seen.append(response.json()["query_id"])
                 else:
                     errors += 1
                 i += concurrency
@@ -196,11 +198,7 @@ def plot(path: Path, levels: list[int], ours: dict, naive: dict) -> None:
     axes[1].set(xlabel="concurrency", ylabel="p99 ms", title="tail latency", xscale="log", yscale="log")
     for ax in axes:
         ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
