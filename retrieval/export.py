@@ -51,7 +51,7 @@ def check_backend(backend: str, quantize: str) -> None:
 
 
 def export_onnx(hf_model, tokenizer, target: Path, quantize: str, backend: str = "onnx",
-                calibration: list[str] | None = None) -> Path:
+                calibration: list[str] | None = None, max_length: int | None = None) -> Path:
     """Export ``hf_model`` (a Hugging Face encoder) to ``target/model.onnx`` (+ int8: ONNX Runtime's dynamic
     quantisation, or for OpenVINO NNCF's calibrated on ``calibration``), atomically; cached."""
     nncf_int8 = quantize == "int8" and backend == "openvino"
@@ -96,7 +96,8 @@ def export_onnx(hf_model, tokenizer, target: Path, quantize: str, backend: str =
                 module.training = mode
         parameters: dict[str, Any] = {"quantize": quantize, "version": EXPORT_VERSION, "backend": backend}
         if nncf_int8:
-            parameters["calibration"] = quantize_nncf(tmp / "model.onnx", tmp / "model_int8.xml", tokenizer, calibration or [])
+            parameters["calibration"] = quantize_nncf(tmp / "model.onnx", tmp / "model_int8.xml", tokenizer, calibration or [],
+                                                     max_length)
         elif quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -115,9 +116,10 @@ def feeds(tokenizer, texts: list[str], max_length: int | None = None) -> dict[st
     return {k: encoded[k].astype(np.int64) for k in INPUTS}
 
 
-def quantize_nncf(onnx_file: Path, target: Path, tokenizer, passages: list[str]) -> dict[str, Any]:
+def quantize_nncf(onnx_file: Path, target: Path, tokenizer, passages: list[str], max_length: int | None = None) -> dict[str, Any]:
     """NNCF post-training int8 quantisation (transformer preset) of an ONNX encoder into OpenVINO IR at
-    ``target``, calibrated on up to ``CALIBRATION_PASSAGES`` of ``passages`` (evenly spaced)."""
+    ``target``, calibrated on up to ``CALIBRATION_PASSAGES`` of ``passages`` (evenly spaced), each cut to
+    ``max_length`` tokens as the encoder cuts them."""
     import hashlib
 
     try:
@@ -130,7 +132,7 @@ def quantize_nncf(onnx_file: Path, target: Path, tokenizer, passages: list[str])
         raise SiftrankError("int8 calibration needs passages: encode documents (the corpus) first")
     step = max(1, len(texts) // CALIBRATION_PASSAGES)
     sample = texts[::step][:CALIBRATION_PASSAGES]
-    batches = [feeds(tokenizer, sample[i:i + OV_BATCH], 256) for i in range(0, len(sample), OV_BATCH)]
+    batches = [feeds(tokenizer, sample[i:i + OV_BATCH], max_length) for i in range(0, len(sample), OV_BATCH)]
     log.info("NNCF int8 calibration on %d passages", len(sample))
     quantized = nncf.quantize(ov.Core().read_model(str(onnx_file)), nncf.Dataset(batches), subset_size=len(batches),
                               model_type=nncf.ModelType.TRANSFORMER)  # the generic preset wrecks MiniLM (cosine 0.02)
@@ -204,11 +206,11 @@ class ExportedTransformer:
 
         given = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)}
-        feeds = {name: given[name].cpu().numpy().astype(np.int64) for name in self.names}
+        inputs = {name: given[name].cpu().numpy().astype(np.int64) for name in self.names}
         if self.backend == "onnx":
-            hidden = self.session.run(None, feeds)[0]
+            hidden = self.session.run(None, inputs)[0]
         else:
-            hidden = self.compiled(feeds)[0]
+            hidden = self.compiled(inputs)[0]
         return {"last_hidden_state": torch.from_numpy(np.asarray(hidden, dtype=np.float32))}
 
 
@@ -219,7 +221,7 @@ def use_exported(st_model, key: str, backend: str, quantize: str, precision: str
     module = st_model[0]
     hf_model = getattr(module, "model", None) or module.auto_model
     target = cache_dir("exports") / f"{key}-v{EXPORT_VERSION}"
-    model_file = export_onnx(hf_model, st_model.tokenizer, target, quantize, backend, calibration)
+    model_file = export_onnx(hf_model, st_model.tokenizer, target, quantize, backend, calibration, st_model.max_seq_length)
     runner = ExportedTransformer(model_file, backend, hf_model.config, precision)
     setattr(module, "model" if hasattr(module, "model") else "auto_model", _as_module(runner))
     return runner
