@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: bench-rerank bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: bench-rerank bench-encode-prune bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -62,6 +62,10 @@ eval-serve: install
 
 # Encode, search, service and ranker benchmarks, then one table of them all (docs/benchmarks/summary.md);
 # each script prints its figures as ratios against a baseline measured in the same run, with the CPU model
+# Encoder speed from a smaller model: FFN neurons removed, the full model distilled back in (unlabeled corpus text), NNCF int8
+bench-encode-prune: install
+	$(BIN)/python benchmarks/encode_prune.py --data $(DATA) --out docs/benchmarks
+
 bench: bench-encode bench-search bench-load bench-rerank
 	$(BIN)/python benchmarks/summary.py --data $(DATA) --out docs/benchmarks
 

@@ -103,3 +103,15 @@ class ResultStore:
 
     def run(self, key: str, compute, show: tuple[str, ...] = ()) -> dict:
         return self.runs[key] if key in self.runs else self.keep(key, compute(), show)
+
+
+def dense_ndcg(data: Dataset, encoder) -> dict[str, float]:
+    """Per-query nDCG@10 of dense retrieval over ``data``'s whole corpus with ``encoder`` (index cached)."""
+    from eval.metrics import MetricSuite
+    from retrieval.indexer import Indexer
+    from retrieval.pipeline import Pipeline
+    from retrieval.stages.dense import DenseRetriever
+
+    index = Indexer(encoder, progress=False).cached(data)
+    hits = Pipeline(DenseRetriever(encoder, index)).run(data.queries).hits
+    return MetricSuite(data.qrels).per_query({q: {h.id: h.score for h in hs} for q, hs in hits.items()})["nDCG@10"]

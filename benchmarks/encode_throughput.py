@@ -15,19 +15,23 @@ from __future__ import annotations
 import random
 import time
 
-from common import arguments, bar_chart, dl19, machine, save
+from common import arguments, bar_chart, dense_ndcg, dl19, machine, save
 
-from eval.metrics import MetricSuite
 from eval.significance import paired_test
 from retrieval.encoder import Encoder
-from retrieval.indexer import Indexer
-from retrieval.pipeline import Pipeline
-from retrieval.stages.dense import DenseRetriever
 
 WAYS = {"siftrank torch fp32": {"precision": "fp32"}, "siftrank torch bf16": {"precision": "bf16"},
         "siftrank openvino fp32": {"backend": "openvino", "precision": "fp32"},
         "siftrank openvino bf16": {"backend": "openvino", "precision": "bf16"},
         "siftrank openvino int8 (NNCF)": {"backend": "openvino", "quantize": "int8"}}
+
+
+def passages(data, n: int) -> tuple[list[str], list[str], list[str]]:
+    """The corpus, 1,000 evenly spaced passages of it (int8 calibration and the probe), ``n`` shuffled ones to time."""
+    corpus = data.doc_texts()
+    texts = list(corpus)
+    random.Random(0).shuffle(texts)
+    return corpus, corpus[::max(1, len(corpus) // 1000)][:1000], texts[:n]
 
 
 def timed(fn, texts: list[str]) -> tuple[float, object]:
@@ -41,11 +45,7 @@ def main() -> None:
     args = arguments(__doc__, n=(int, 3000, "passages to time"), batch_size=(int, 64, "batch size of the baseline and torch"),
                      quality_from=(float, 2.0, "nDCG for ways at least this many times the baseline (0: none)"))
     data = dl19(args.data)
-    corpus = data.doc_texts()
-    calibration = corpus[::max(1, len(corpus) // 1000)][:1000]
-    texts = list(corpus)
-    random.Random(0).shuffle(texts)
-    texts = texts[: args.n]
+    corpus, calibration, texts = passages(data, args.n)
 
     from sentence_transformers import SentenceTransformer
 
@@ -70,13 +70,10 @@ def main() -> None:
 
     per_query: dict[str, dict[str, float]] = {}
     if args.quality_from:
-        suite = MetricSuite(data.qrels)
         for label, encoder in encoders.items():
             if label != "siftrank torch fp32" and rows[label]["ratio"] < args.quality_from:
                 continue
-            index = Indexer(encoder, progress=False).cached(data)
-            hits = Pipeline(DenseRetriever(encoder, index)).run(data.queries).hits
-            per_query[label] = suite.per_query({q: {h.id: h.score for h in hs} for q, hs in hits.items()})["nDCG@10"]
+            per_query[label] = dense_ndcg(data, encoder)
             rows[label]["nDCG@10"] = sum(per_query[label].values()) / len(per_query[label])
             print(label, "nDCG@10", round(rows[label]["nDCG@10"], 4), flush=True)
         reference = per_query.get("siftrank torch fp32")

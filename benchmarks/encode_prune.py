@@ -1,0 +1,112 @@
+"""Encoder speed from a smaller model: FFN neurons removed, the full model distilled back in, then NNCF int8.
+
+For each ``--sparsities`` share, training/distil.py removes that share of MiniLM's FFN neurons and distils the
+full model's vectors into it on ``--limit`` DL19 corpus passages and their openings (unlabeled: no query, no
+qrel), once (cached under ``--work``). Speed: ``--rounds`` interleaved rounds over the same ``--n`` shuffled
+passages of plain sentence-transformers fp32 ``encode`` (the baseline), OpenVINO NNCF int8 of the full model
+and of every distilled model; medians per way, and each ratio's spread over the rounds (ratios are taken
+within a round, so a slow round slows the baseline too). Size: bytes of the weights on disk. Quality: DL19
+nDCG@10 (43 queries, in-corpus qrels; queries encoded by the same model), paired against the full model in
+torch fp32. Every sparsity tried is reported: the sparsity is not chosen on DL19's queries.
+Results: docs/benchmarks/encode_prune.{json,md,png}. `make bench-encode-prune` on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from common import arguments, bar_chart, dense_ndcg, dl19, machine, save
+from encode_throughput import passages, timed
+
+from eval.significance import paired_test
+from retrieval.encoder import Encoder
+from training.distil import Distiller
+
+FULL = "bundled:all-MiniLM-L6-v2"
+
+
+def distilled(work: Path, sparsity: float, passages: list[str], limit: int) -> Path:
+    """The distilled model for ``sparsity`` (built on first use; a folder with a manifest is reused)."""
+    path = work / f"minilm-ffn{round(sparsity * 100)}-distilled-{limit}"
+    if not (path / "manifest.json").is_file():
+        distiller = Distiller(FULL, sparsity)
+        distiller.save(path, distiller.run(passages, limit), overwrite=True)
+    return path
+
+
+def weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+
+
+def main() -> None:
+    args = arguments(__doc__, n=(int, 3000, "passages to time"), rounds=(int, 3, "interleaved timing rounds"),
+                     sparsities=(str, "0.25,0.5", "shares of FFN neurons removed, comma-separated"),
+                     limit=(int, 8000, "corpus passages to distil on"),
+                     work=(Path, Path.home() / ".cache" / "siftrank" / "models", "where the distilled models are kept"))
+    data = dl19(args.data)
+    corpus, calibration, texts = passages(data, args.n)
+    models = {"full": Encoder().path}
+    for sparsity in (float(s) for s in args.sparsities.split(",")):
+        models[f"FFN −{sparsity:.0%}, distilled"] = distilled(args.work, sparsity, corpus, args.limit)
+
+    from sentence_transformers import SentenceTransformer
+
+    plain = SentenceTransformer(str(models["full"]), device="cpu")
+    ways = {"sentence-transformers fp32 (baseline)": lambda t: plain.encode(t, batch_size=64, normalize_embeddings=True)}
+    encoders: dict[str, Encoder] = {}
+    for name, path in models.items():
+        encoder = Encoder(str(path), backend="openvino", quantize="int8", query_precision="same")
+        encoder.calibrate_on(calibration)
+        encoders[f"openvino int8, {name}"] = encoder
+        ways[f"openvino int8, {name}"] = encoder.encode_documents
+    seconds: dict[str, list[float]] = {k: [] for k in ways}
+    for r in range(args.rounds):
+        for label, fn in ways.items():
+            seconds[label].append(timed(fn, texts)[0])
+        print(f"round {r + 1}:", {k: round(len(texts) / v[-1], 1) for k, v in seconds.items()}, flush=True)
+
+    base = seconds["sentence-transformers fp32 (baseline)"]
+    rows: dict[str, dict] = {}
+    for label, times in seconds.items():
+        ratios = [b / t for b, t in zip(base, times)]
+        rows[label] = {"passages/s": len(texts) / statistics.median(times), "ratio": statistics.median(ratios),
+                       "ratio min": min(ratios), "ratio max": max(ratios)}
+    for name, path in models.items():
+        for label in rows:
+            if label.endswith(name) or (name == "full" and label.startswith("sentence")):
+                rows[label]["weights MB"] = weight_bytes(Path(path)) / 1e6
+    reference = dense_ndcg(data, Encoder(FULL, precision="fp32", query_precision="fp32"))
+    rows["sentence-transformers fp32 (baseline)"]["nDCG@10"] = sum(reference.values()) / len(reference)
+    for label, encoder in encoders.items():
+        scores = dense_ndcg(data, encoder)
+        test = paired_test(reference, scores)
+        rows[label].update({"nDCG@10": sum(scores.values()) / len(scores), "Δ nDCG@10 vs fp32": test["delta"], "p": test["t_test_p"]})
+        print(label, {k: round(v, 4) for k, v in rows[label].items()}, flush=True)
+
+    manifests = {name: json.loads((Path(p) / "manifest.json").read_text()) for name, p in models.items() if name != "full"}
+    cpu = str(machine()["cpu"])
+    save(args.out, "encode_prune", {"passages": len(texts), "rounds": args.rounds, "machine": machine(), "rows": rows,
+                                    "distilled": manifests}, report(rows, len(texts), args.rounds, args.limit, cpu))
+    bar_chart(args.out / "encode_prune.png", [k.replace("sentence-transformers", "ST").replace("openvino ", "")[:30] for k in rows],
+              [v["ratio"] for v in rows.values()], "× sentence-transformers fp32 (median)",
+              f"Encoding speed with a smaller model, {cpu}")
+
+
+def report(rows: dict[str, dict], passages: int, rounds: int, limit: int, cpu: str) -> str:
+    """The Markdown of one run: the table and whether any way reaches 4x within 1 nDCG@10 point."""
+    from eval.report import markdown_table
+
+    fits = [k for k, v in rows.items() if v["ratio"] >= 4.0 and v.get("Δ nDCG@10 vs fp32", 0.0) >= -0.01 and k != next(iter(rows))]
+    verdict = (f"≥ 4x within 1 nDCG@10 point: {', '.join(fits)}." if fits else
+               "No way reaches 4x the baseline within 1 nDCG@10 point in this run.")
+    return "\n".join([f"# Encoder speed from a smaller model ({passages} DL19 passages, {rounds} rounds, {cpu})", "",
+                      markdown_table(rows, "encoder"), "", verdict, "",
+                      f"Distilled on {limit} DL19 corpus passages and their openings (no queries, no qrels). Ratios: median "
+                      "over interleaved rounds (min and max beside). Δ and p: paired over the 43 DL19 queries (t-test) "
+                      "against the full model in torch fp32.", "", "Reproduce: `make bench-encode-prune`", ""])
+
+
+if __name__ == "__main__":
+    main()
