@@ -65,6 +65,7 @@ eval-serve: install
 # Encoder speed from a smaller model: FFN neurons removed, the full model distilled back in (unlabeled corpus text), NNCF int8
 bench-encode-prune: install
 	$(BIN)/python benchmarks/encode_prune.py --data $(DATA) --out docs/benchmarks
+	$(BIN)/python benchmarks/encode_prune.py --data $(DATA) --out docs/benchmarks --sparsities 0.5 --epochs 2 --name encode_prune_2ep
 
 bench: bench-encode bench-search bench-load bench-rerank
 	$(BIN)/python benchmarks/summary.py --data $(DATA) --out docs/benchmarks

@@ -27,11 +27,11 @@ from training.distil import Distiller
 FULL = "bundled:all-MiniLM-L6-v2"
 
 
-def distilled(work: Path, sparsity: float, passages: list[str], limit: int) -> Path:
+def distilled(work: Path, sparsity: float, passages: list[str], limit: int, epochs: float) -> Path:
     """The distilled model for ``sparsity`` (built on first use; a folder with a manifest is reused)."""
-    path = work / f"minilm-ffn{round(sparsity * 100)}-distilled-{limit}"
+    path = work / (f"minilm-ffn{round(sparsity * 100)}-distilled-{limit}" + (f"-{epochs:g}ep" if epochs != 1 else ""))
     if not (path / "manifest.json").is_file():
-        distiller = Distiller(FULL, sparsity)
+        distiller = Distiller(FULL, sparsity, epochs=epochs)
         distiller.save(path, distiller.run(passages, limit), overwrite=True)
     return path
 
@@ -43,13 +43,14 @@ def weight_bytes(folder: Path) -> int:
 def main() -> None:
     args = arguments(__doc__, n=(int, 3000, "passages to time"), rounds=(int, 3, "interleaved timing rounds"),
                      sparsities=(str, "0.25,0.5", "shares of FFN neurons removed, comma-separated"),
-                     limit=(int, 8000, "corpus passages to distil on"),
+                     limit=(int, 8000, "corpus passages to distil on"), epochs=(float, 1.0, "distillation epochs"),
+                     name=(str, "encode_prune", "result file name (under --out)"),
                      work=(Path, Path.home() / ".cache" / "siftrank" / "models", "where the distilled models are kept"))
     data = dl19(args.data)
     corpus, calibration, texts = passages(data, args.n)
     models = {"full": Encoder().path}
     for sparsity in (float(s) for s in args.sparsities.split(",")):
-        models[f"FFN −{sparsity:.0%}, distilled"] = distilled(args.work, sparsity, corpus, args.limit)
+        models[f"FFN −{sparsity:.0%}, distilled" + (f" {args.epochs:g} epochs" if args.epochs != 1 else "")] = distilled(args.work, sparsity, corpus, args.limit, args.epochs)
 
     from sentence_transformers import SentenceTransformer
 
@@ -87,9 +88,9 @@ def main() -> None:
 
     manifests = {name: json.loads((Path(p) / "manifest.json").read_text()) for name, p in models.items() if name != "full"}
     cpu = str(machine()["cpu"])
-    save(args.out, "encode_prune", {"passages": len(texts), "rounds": args.rounds, "machine": machine(), "rows": rows,
-                                    "distilled": manifests}, report(rows, len(texts), args.rounds, args.limit, cpu))
-    plot(rows, cpu, args.out / "encode_prune.png")
+    save(args.out, args.name, {"passages": len(texts), "rounds": args.rounds, "machine": machine(), "rows": rows,
+                                    "distilled": manifests}, report(rows, len(texts), args.rounds, args.limit, cpu, args.epochs))
+    plot(rows, cpu, args.out / f"{args.name}.png")
 
 
 def plot(rows: dict[str, dict], cpu: str, path: Path) -> None:
@@ -100,7 +101,7 @@ def plot(rows: dict[str, dict], cpu: str, path: Path) -> None:
               f"Encode speed, smaller model\n{cpu}")
 
 
-def report(rows: dict[str, dict], passages: int, rounds: int, limit: int, cpu: str) -> str:
+def report(rows: dict[str, dict], passages: int, rounds: int, limit: int, cpu: str, epochs: float = 1.0) -> str:
     """The Markdown of one run: the table and whether any way reaches 4x within 1 nDCG@10 point."""
     from eval.report import markdown_table
 
@@ -109,7 +110,7 @@ def report(rows: dict[str, dict], passages: int, rounds: int, limit: int, cpu: s
                "No way reaches 4x the baseline within 1 nDCG@10 point in this run.")
     return "\n".join([f"# Encoder speed from a smaller model ({passages} DL19 passages, {rounds} rounds, {cpu})", "",
                       markdown_table(rows, "encoder"), "", verdict, "",
-                      f"Distilled on {limit} DL19 corpus passages and their openings (no queries, no qrels). Ratios: median "
+                      f"Distilled for {epochs:g} epoch(s) on {limit} DL19 corpus passages and their openings (no queries, no qrels). Ratios: median "
                       "over interleaved rounds (min and max beside). Δ and p: paired over the 43 DL19 queries (t-test) "
                       "against the full model in torch fp32.", "", "Reproduce: `make bench-encode-prune`", ""])
 
