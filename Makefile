@@ -60,13 +60,13 @@ serve: install
 eval-serve: install
 	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv --pipeline configs/serve.toml --out $(OUT)/dl19-serve
 
-# Encode, search, service and ranker benchmarks, then one table of them all (docs/benchmarks/summary.md);
-# each script prints its figures as ratios against a baseline measured in the same run, with the CPU model
 # Encoder speed from a smaller model: FFN neurons removed, the full model distilled back in (unlabeled corpus text), NNCF int8
 bench-encode-prune: install
 	$(BIN)/python benchmarks/encode_prune.py --data $(DATA) --out docs/benchmarks
 	$(BIN)/python benchmarks/encode_prune.py --data $(DATA) --out docs/benchmarks --sparsities 0.5 --epochs 2 --name encode_prune_2ep
 
+# Encode, search, service and ranker benchmarks, then one table of them all (docs/benchmarks/summary.md);
+# each script prints its figures as ratios against a baseline measured in the same run, with the CPU model
 bench: bench-encode bench-search bench-load bench-rerank
 	$(BIN)/python benchmarks/summary.py --data $(DATA) --out docs/benchmarks
 

@@ -2,15 +2,14 @@
 
 Speed, not domain adaptation (that is GAPrune, training/prune.py): the FFN holds two thirds of MiniLM's
 matrix work, so removing a share of its neurons shrinks the matrices (bytes on disk, passages per second), and
-embedding distillation (EmbedDistill's embedding matching: 1 − cosine to the teacher's vector) pulls the smaller model back towards the full one. The training
-texts are unlabeled: passages of the corpus to be indexed plus their openings (4-10 words) as stand-ins for
+embedding distillation (EmbedDistill's embedding matching: 1 − cosine to the teacher's vector) pulls the smaller
+model back towards the full one. The training texts are unlabeled: passages of the corpus to be indexed plus their openings (4-10 words) as stand-ins for
 queries, the same data int8 calibration reads; no query and no relevance label is seen. Neurons are ranked by
 the summed magnitude of their two FFN weight vectors (no gradients needed).
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Sequence
@@ -22,8 +21,6 @@ from tqdm.auto import tqdm
 from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
 from training.prune import Pruner, check_sparsity
-
-log = logging.getLogger(__name__)
 
 
 class Distiller:
