@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: bench-rerank bench-encode-prune bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -60,10 +60,14 @@ serve: install
 eval-serve: install
 	$(BIN)/siftrank eval --dataset $(DATA)/msmarco-dl19 --qrels qrels.test.in_corpus.tsv --pipeline configs/serve.toml --out $(OUT)/dl19-serve
 
-# Encoder speed from a smaller model: FFN neurons removed, the full model distilled back in (unlabeled corpus text), NNCF int8
+# Encoder speed from a smaller model: half the FFN neurons removed, the full model distilled back in on all of
+# DL19's corpus passages (unlabeled: no query, no qrel), NNCF int8; the recipe comes from distil-select
 bench-encode-prune: install
 	$(BIN)/python benchmarks/encode_prune.py --data $(DATA) --out docs/benchmarks
-	$(BIN)/python benchmarks/encode_prune.py --data $(DATA) --out docs/benchmarks --sparsities 0.5 --epochs 2 --name encode_prune_2ep
+
+# The distillation recipe (loss, learning rate), chosen by held-out cosine on unlabeled corpus text
+distil-select: install
+	$(BIN)/python benchmarks/distil_select.py --data $(DATA) --out docs/benchmarks
 
 # Encode, search, service and ranker benchmarks, then one table of them all (docs/benchmarks/summary.md);
 # each script prints its figures as ratios against a baseline measured in the same run, with the CPU model

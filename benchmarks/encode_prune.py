@@ -22,16 +22,18 @@ from encode_throughput import passages, timed
 
 from eval.significance import paired_test
 from retrieval.encoder import Encoder
-from training.distil import Distiller
+from training.distil import LEARNING_RATE, Distiller
 
 FULL = "bundled:all-MiniLM-L6-v2"
 
 
-def distilled(work: Path, sparsity: float, passages: list[str], limit: int, epochs: float) -> Path:
-    """The distilled model for ``sparsity`` (built on first use; a folder with a manifest is reused)."""
-    path = work / (f"minilm-ffn{round(sparsity * 100)}-distilled-{limit}" + (f"-{epochs:g}ep" if epochs != 1 else ""))
+def distilled(work: Path, sparsity: float, passages: list[str], limit: int, epochs: float, loss: str, lr: float,
+              scoring: str) -> Path:
+    """The distilled model for these settings (built on first use; a folder with a manifest is reused)."""
+    path = work / (f"minilm-ffn{round(sparsity * 100)}-{loss}-{limit}-{epochs:g}ep-lr{lr:g}"
+                   + ("" if scoring == "magnitude" else f"-{scoring}"))
     if not (path / "manifest.json").is_file():
-        distiller = Distiller(FULL, sparsity, epochs=epochs)
+        distiller = Distiller(FULL, sparsity, epochs=epochs, learning_rate=lr, loss=loss, scoring=scoring)
         distiller.save(path, distiller.run(passages, limit), overwrite=True)
     return path
 
@@ -42,8 +44,11 @@ def weight_bytes(folder: Path) -> int:
 
 def main() -> None:
     args = arguments(__doc__, n=(int, 3000, "passages to time"), rounds=(int, 3, "interleaved timing rounds"),
-                     sparsities=(str, "0.25,0.5", "shares of FFN neurons removed, comma-separated"),
-                     limit=(int, 8000, "corpus passages to distil on"), epochs=(float, 1.0, "distillation epochs"),
+                     sparsities=(str, "0.5", "shares of FFN neurons removed, comma-separated"),
+                     limit=(int, 15000, "corpus passages to distil on (DL19 has 14,581: all of them)"), epochs=(float, 1.0, "distillation epochs"),
+                     loss=(str, "layers", "distillation loss: layers (vector + every layer's token states) or cosine"),
+                     lr=(float, LEARNING_RATE, "distillation learning rate"),
+                     scoring=(str, "magnitude", "how FFN neurons are ranked for removal: magnitude or activation"),
                      name=(str, "encode_prune", "result file name (under --out)"),
                      work=(Path, Path.home() / ".cache" / "siftrank" / "models", "where the distilled models are kept"))
     data = dl19(args.data)
@@ -51,7 +56,8 @@ def main() -> None:
     models = {"full": Encoder().path}
     suffix = f" {args.epochs:g} epochs" if args.epochs != 1 else ""
     for sparsity in (float(s) for s in args.sparsities.split(",")):
-        models[f"FFN −{sparsity:.0%}, distilled{suffix}"] = distilled(args.work, sparsity, corpus, args.limit, args.epochs)
+        models[f"FFN −{sparsity:.0%}, distilled{suffix}"] = distilled(args.work, sparsity, corpus, args.limit, args.epochs,
+                                                                      args.loss, args.lr, args.scoring)
 
     from sentence_transformers import SentenceTransformer
 
@@ -87,8 +93,9 @@ def main() -> None:
 
     manifests = {name: json.loads((Path(p) / "manifest.json").read_text()) for name, p in models.items() if name != "full"}
     cpu = str(machine()["cpu"])
+    recipe = f"{args.epochs:g} epoch(s), loss {args.loss}, learning rate {args.lr:g}, {args.scoring} neuron scoring, on {args.limit}"
     save(args.out, args.name, {"passages": len(texts), "rounds": args.rounds, "machine": machine(), "rows": rows,
-                                    "distilled": manifests}, report(rows, len(texts), args.rounds, args.limit, cpu, args.epochs))
+                               "distilled": manifests}, report(rows, len(texts), args.rounds, cpu, recipe))
     plot(rows, cpu, args.out / f"{args.name}.png")
 
 
@@ -100,7 +107,7 @@ def plot(rows: dict[str, dict], cpu: str, path: Path) -> None:
               f"Encode speed, smaller model\n{cpu}")
 
 
-def report(rows: dict[str, dict], passages: int, rounds: int, limit: int, cpu: str, epochs: float = 1.0) -> str:
+def report(rows: dict[str, dict], passages: int, rounds: int, cpu: str, recipe: str) -> str:
     """The Markdown of one run: the table and whether any way reaches 4x within 1 nDCG@10 point."""
     from eval.report import markdown_table
 
@@ -109,7 +116,7 @@ def report(rows: dict[str, dict], passages: int, rounds: int, limit: int, cpu: s
                "No way reaches 4x the baseline within 1 nDCG@10 point in this run.")
     return "\n".join([f"# Encoder speed from a smaller model ({passages} DL19 passages, {rounds} rounds, {cpu})", "",
                       markdown_table(rows, "encoder"), "", verdict, "",
-                      f"Distilled for {epochs:g} epoch(s) on {limit} DL19 corpus passages and their openings (no queries, no qrels). Ratios: median "
+                      f"Distilled for {recipe} DL19 corpus passages and their openings (no queries, no qrels). Ratios: median "
                       "over interleaved rounds (min and max beside). Δ and p: paired over the 43 DL19 queries (t-test) "
                       "against the full model in torch fp32.", "", "Reproduce: `make bench-encode-prune`", ""])
 

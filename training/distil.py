@@ -3,35 +3,51 @@
 Speed, not domain adaptation (that is GAPrune, training/prune.py): the FFN holds two thirds of MiniLM's
 matrix work, so removing a share of its neurons shrinks the matrices (bytes on disk, passages per second), and
 embedding distillation (EmbedDistill's embedding matching: 1 − cosine to the teacher's vector) pulls the smaller
-model back towards the full one. The training texts are unlabeled: passages of the corpus to be indexed plus their openings (4-10 words) as stand-ins for
+model back towards the full one. With ``loss="layers"`` (the default) the student also matches the teacher's
+token states after every layer (relative squared error over real tokens, as in CoFi/TinyBERT layer distillation):
+the FFN removal changes every layer, and one pooled vector per text is a thin signal to repair six of them.
+Dropout is off while distilling: the targets are the teacher's exact outputs, not labels to regularise against.
+The training texts are unlabeled: passages of the corpus to be indexed plus their openings (4-10 words) as stand-ins for
 queries, the same data int8 calibration reads; no query and no relevance label is seen. Neurons are ranked by
-the summed magnitude of their two FFN weight vectors (no gradients needed).
+their expected contribution on the training texts (``scoring="activation"``: RMS of the neuron's activation over
+real tokens times the norm of its output weights, as in Wanda/FLAP) or by the summed magnitude of their two FFN
+weight vectors (``"magnitude"``); neither needs gradients.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
 from training.prune import Pruner, check_sparsity
+
+LOSSES = ("layers", "cosine")
+SCORINGS = ("magnitude", "activation")
+LEARNING_RATE = 1e-3  # highest held-out cosine of the grid in benchmarks/distil_select.py (unlabeled text only)
 
 
 class Distiller:
     """Prunes FFN neurons of a sentence-transformers model and distils the original model's vectors into it."""
 
     def __init__(self, model: str = "bundled:all-MiniLM-L6-v2", sparsity: float = 0.25, epochs: float = 1.0,
-                 batch_size: int = 32, learning_rate: float = 1e-4, seed: int = 0) -> None:
+                 batch_size: int = 32, learning_rate: float = LEARNING_RATE, seed: int = 0, loss: str = "layers",
+                 scoring: str = "magnitude") -> None:
         self.source, self.sparsity = model, check_sparsity(sparsity)
         if epochs <= 0 or batch_size < 1 or learning_rate <= 0:
             raise SiftrankError("epochs and learning rate must be > 0 and the batch size >= 1")
-        self.epochs, self.batch_size, self.learning_rate, self.seed = epochs, batch_size, learning_rate, seed
+        if loss not in LOSSES:
+            raise SiftrankError(f"unknown distillation loss {loss!r}; one of {', '.join(LOSSES)}")
+        if scoring not in SCORINGS:
+            raise SiftrankError(f"unknown neuron scoring {scoring!r}; one of {', '.join(SCORINGS)}")
+        self.epochs, self.batch_size, self.learning_rate, self.seed, self.loss = epochs, batch_size, learning_rate, seed, loss
+        self.scoring = scoring
         self.pruner = Pruner(model, seed=seed)
 
     def texts(self, passages: Sequence[str], limit: int = 8000) -> list[str]:
@@ -46,15 +62,17 @@ class Distiller:
 
     def run(self, passages: Sequence[str], limit: int = 8000, progress: bool = True) -> dict[str, Any]:
         """Prune, then distil on ``passages``; returns what the manifest records (sizes, losses, wall time)."""
+        import copy
+
         import numpy as np
         import torch
 
         texts = self.texts(passages, limit)
         start = time.perf_counter()
-        teacher = Encoder(self.source, device="cpu", precision="fp32", query_precision="fp32")
-        target = torch.from_numpy(teacher.encode_documents(texts, progress=progress))
-        before = sum(p.numel() for p in self.pruner.model.parameters())
-        sizes = self.pruner.remove_neurons(self.pruner.scores("magnitude"), self.sparsity)
+        teacher = copy.deepcopy(self.pruner.model).eval()  # the full model, before any neuron goes
+        before = sum(p.numel() for p in teacher.parameters())
+        scores = self.activation_scores(texts) if self.scoring == "activation" else self.pruner.scores("magnitude")
+        sizes = self.pruner.remove_neurons(scores, self.sparsity)
         student = self.pruner.model
         torch.manual_seed(self.seed)
         # batches of similar length (little padding: 2.5x faster on CPU than shuffled ones), in shuffled order
@@ -66,26 +84,90 @@ class Distiller:
         optimiser = torch.optim.AdamW(student.parameters(), lr=self.learning_rate, weight_decay=0.0)
         warmup = max(1, len(plan) // 20)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / len(plan)))
-        student.train()
-        losses = []
-        for batch in tqdm(plan, desc="distil", unit="batch", disable=not progress):
-            embedded = student(student.preprocess([texts[i] for i in batch]))["sentence_embedding"]
-            loss = (1 - (torch.nn.functional.normalize(embedded, dim=-1) * target[batch]).sum(dim=-1)).mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-        student.eval()
+        student.eval()  # gradients flow in eval mode; only dropout is off
+        losses: list[tuple[float, float]] = []
+        with _hidden_states(student, teacher, self.loss == "layers"):
+            for batch in tqdm(plan, desc="distil", unit="batch", disable=not progress):
+                features = student.preprocess([texts[i] for i in batch])
+                with torch.no_grad():
+                    wanted = teacher(dict(features))
+                got = student(dict(features))
+                vector = (1 - (torch.nn.functional.normalize(got["sentence_embedding"], dim=-1)
+                               * torch.nn.functional.normalize(wanted["sentence_embedding"], dim=-1)).sum(dim=-1)).mean()
+                layers = (_layer_error(got["all_layer_embeddings"], wanted["all_layer_embeddings"], features["attention_mask"])
+                          if self.loss == "layers" else torch.zeros(()))
+                loss = vector + layers
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                losses.append((float(vector.detach()), float(layers.detach())))
         log_every = max(1, len(losses) // 20)
+        log = [np.mean(losses[i:i + log_every], axis=0) for i in range(0, len(losses), log_every)]
         return {"parameters": {"sparsity": self.sparsity, "epochs": self.epochs, "batch_size": self.batch_size,
-                               "learning_rate": self.learning_rate, "seed": self.seed, "scoring": "magnitude",
-                               "loss": "1 - cosine to the teacher's vector"},
+                               "learning_rate": self.learning_rate, "seed": self.seed, "scoring": self.scoring,
+                               "loss": "1 - cosine to the teacher's vector" + (
+                                   " + relative squared error of every layer's token states" if self.loss == "layers" else ""),
+                               "dropout": False},
                 "data": {"texts": len(texts), "passage_limit": limit},
                 "metrics": {"parameters_before": before, **sizes, "steps": len(plan),
-                            "loss_log": [round(float(np.mean(losses[i:i + log_every])), 5) for i in range(0, len(losses), log_every)],
+                            "loss_log": [round(float(v), 5) for v, _ in log],
+                            "layer_loss_log": [round(float(h), 5) for _, h in log] if self.loss == "layers" else [],
                             "wall_seconds": round(time.perf_counter() - start, 1)}}
+
+    def activation_scores(self, texts: Sequence[str], sample: int = 512) -> list[Any]:
+        """Per layer, each FFN neuron's expected output size over real tokens of ``sample`` texts: the RMS of its
+        activation times the norm of its column in ``output.dense`` (what removing it takes out of the layer)."""
+        import torch
+
+        model, layers = self.pruner.model, self.pruner.ffn_layers()
+        energy = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
+        mask: list[Any] = []
+        tokens = 0
+
+        def hook(k: int):
+            def record(_module, _inputs, output) -> None:  # noqa: ANN001
+                energy[k] += ((output.float() ** 2) * mask[0].unsqueeze(-1)).sum(dim=(0, 1))
+            return record
+
+        handles = [layer.intermediate.register_forward_hook(hook(k)) for k, layer in enumerate(layers)]
+        chosen = sorted(random.Random(self.seed).sample(list(texts), min(sample, len(texts))), key=len)
+        try:
+            model.eval()
+            with torch.no_grad():
+                for i in range(0, len(chosen), self.batch_size):
+                    features = model.preprocess(chosen[i:i + self.batch_size])
+                    mask[:] = [features["attention_mask"].float()]
+                    tokens += int(mask[0].sum())
+                    model(features)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [(e / max(tokens, 1)).sqrt() * layer.output.dense.weight.detach().norm(dim=0) for e, layer in zip(energy, layers)]
 
     def save(self, path: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
         """A standard sentence-transformers folder plus manifest.json, written atomically."""
         self.pruner.save(path, manifest, overwrite=overwrite)
+
+
+@contextmanager
+def _hidden_states(student, teacher, on: bool) -> Iterator[None]:
+    """Have both models return every layer's token states (``all_layer_embeddings``) while distilling; the saved
+    model's config is left as it was."""
+    configs = [m[0].auto_model.config for m in (student, teacher)]
+    before = [c.output_hidden_states for c in configs]
+    for c in configs:
+        c.output_hidden_states = on
+    try:
+        yield
+    finally:
+        for c, b in zip(configs, before):
+            c.output_hidden_states = b
+
+
+def _layer_error(got, wanted, mask):
+    """Mean over the transformer layers (not the embedding layer, which is not pruned) of the squared error of
+    the token states relative to the teacher's energy, over real tokens only."""
+    m = mask.unsqueeze(-1).to(got[1].dtype)
+    errors = [(((g - w) ** 2) * m).sum() / ((w ** 2) * m).sum().clamp_min(1e-6) for g, w in zip(got[1:], wanted[1:])]
+    return sum(errors) / len(errors)

@@ -218,24 +218,33 @@ class Pruner:
         return losses
 
     # ---- structured ----------------------------------------------------------------------------------
-    def remove_neurons(self, scores: dict[str, Any], sparsity: float) -> dict[str, int]:
+    def ffn_layers(self) -> list:
+        """The model's BERT-style transformer layers (each with ``intermediate`` and ``output``), or an error."""
+        layers = getattr(getattr(self.model[0].auto_model, "encoder", None), "layer", None)
+        if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
+            raise SiftrankError(f"{self.source} has no BERT-style FFN layers (intermediate/output) to remove neurons from")
+        return list(layers)
+
+    def remove_neurons(self, scores: dict[str, Any] | list[Any], sparsity: float) -> dict[str, int]:
         """Remove the ``sparsity`` share of FFN neurons of every layer, ranked by summed score of the
-        neuron's row in ``intermediate.dense`` and column in ``output.dense``: smaller dense matrices."""
+        neuron's row in ``intermediate.dense`` and column in ``output.dense`` (``scores`` per parameter), or
+        by one score per neuron (``scores`` a list with a vector per layer): smaller dense matrices."""
         import torch
 
         check_sparsity(sparsity)
         transformer = self.model[0].auto_model
-        layers = getattr(getattr(transformer, "encoder", None), "layer", None)
-        if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
-            raise SiftrankError(f"{self.source} has no BERT-style FFN layers (intermediate/output) to remove neurons from")
+        layers = self.ffn_layers()
         keep_count = max(1, int(round((1 - sparsity) * layers[0].intermediate.dense.out_features)))
         for i, layer in enumerate(layers):
             up, down = layer.intermediate.dense, layer.output.dense
-            key_up = next((k for k in scores if re.search(rf"layer\.{i}\.intermediate\.dense\.weight$", k)), None)
-            key_down = next((k for k in scores if re.search(rf"layer\.{i}\.output\.dense\.weight$", k)), None)
-            if key_up is None or key_down is None:
-                raise SiftrankError("structured pruning needs scores for both FFN matrices of every layer")
-            neuron = scores[key_up].sum(dim=1) + scores[key_down].sum(dim=0)
+            if isinstance(scores, list):
+                neuron = scores[i]
+            else:
+                key_up = next((k for k in scores if re.search(rf"layer\.{i}\.intermediate\.dense\.weight$", k)), None)
+                key_down = next((k for k in scores if re.search(rf"layer\.{i}\.output\.dense\.weight$", k)), None)
+                if key_up is None or key_down is None:
+                    raise SiftrankError("structured pruning needs scores for both FFN matrices of every layer")
+                neuron = scores[key_up].sum(dim=1) + scores[key_down].sum(dim=0)
             keep = torch.sort(torch.topk(neuron, keep_count).indices).values
             layer.intermediate.dense = _slice(up, keep, dim=0)
             layer.output.dense = _slice(down, keep, dim=1)

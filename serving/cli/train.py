@@ -1,5 +1,5 @@
-"""Training commands: ``calibrate`` (relevance filter), ``prune`` (GAPrune), ``finetune`` (adapters), and
-``train-ranker`` (the LLM full-ranker). Each writes one artifact atomically and refuses to overwrite."""
+"""Training commands: ``calibrate`` (relevance filter), ``prune`` (GAPrune), ``distil`` (a smaller, faster encoder
+for one corpus), ``finetune`` (adapters), and ``train-ranker`` (the LLM full-ranker). Each writes one artifact atomically and refuses to overwrite."""
 
 from __future__ import annotations
 
@@ -124,6 +124,38 @@ def prune(
     pruner.save(out, {"parameters": report["parameters"], "data": report["data"], "metrics": report["metrics"]}, overwrite)
     typer.echo(f"wrote {out}: {method} {sparsity:.0%}{' structured' if structured else ''}, "
                f"{report['metrics']['parameters']:,} parameters")
+
+
+@app.command()
+def distil(
+    out: Annotated[Path, typer.Option("--out", help="Smaller sentence-transformers folder to write (atomically).")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="The corpus the model will encode: a corpus file or a dataset directory holding one (only its passages are read).")] = DEFAULT_DATA / "msmarco-dl19",
+    model: Annotated[str, typer.Option(help="Model to shrink: bundled:all-MiniLM-L6-v2 or a local BERT-style sentence-transformers folder.")] = "bundled:all-MiniLM-L6-v2",
+    sparsity: Annotated[float, typer.Option(help="Share of every layer's FFN neurons to remove, in (0, 1).")] = 0.5,
+    loss: Annotated[str, typer.Option(help="layers (the vector and every layer's token states) or cosine (the vector only).")] = "layers",
+    scoring: Annotated[str, typer.Option(help="Neurons removed first: magnitude (smallest weights) or activation (least output on the corpus).")] = "magnitude",
+    epochs: Annotated[float, typer.Option(min=0.01, help="Passes over the training texts.")] = 1.0,
+    limit: Annotated[int, typer.Option(min=1, help="Most corpus passages to train on (their openings are added as short inputs).")] = 15000,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the one benchmarks/distil_select.py chose).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per step.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling and batch order.")] = 0,
+    overwrite: OverwriteOpt = False,
+    verbose: Verbose = False,
+) -> None:
+    """Remove FFN neurons from the embedding model and distil the full model back into it on a corpus's own
+    passages (no queries, no labels): a faster encoder for that corpus (docs/speed.md)."""
+    from retrieval.data import Dataset
+    from training.distil import LEARNING_RATE, Distiller
+
+    setup_logging(verbose)
+    refuse_existing(out, overwrite)
+    distiller = Distiller(model, sparsity, epochs=epochs, batch_size=batch_size, seed=seed, loss=loss, scoring=scoring,
+                          learning_rate=LEARNING_RATE if lr is None else lr)
+    report = distiller.run(Dataset.corpus_only(corpus).doc_texts(), limit)
+    distiller.save(out, report, overwrite)
+    metrics = report["metrics"]
+    typer.echo(f"wrote {out}: FFN {metrics['intermediate_size']} wide, {metrics['parameters']:,} parameters "
+               f"(from {metrics['parameters_before']:,}), {metrics['steps']} steps in {metrics['wall_seconds']:.0f} s")
 
 
 @app.command()

@@ -183,6 +183,20 @@ def test_prune_writes_a_loadable_sentence_transformers_folder(tiny: Path, tmp_pa
     assert code == 0, err  # the pruned folder plugs into the pipeline like any encoder
 
 
+def test_distil_writes_a_smaller_encoder_that_plugs_into_the_pipeline(tiny: Path, tmp_path: Path, cli) -> None:
+    code, out, err = cli("distil", "--corpus", tiny, "--sparsity", "0.5", "--batch-size", "4", "--epochs", "0.5",
+                         "--out", tmp_path / "small")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "small" / "manifest.json").read_text())
+    assert manifest["metrics"]["intermediate_size"] == 768 and manifest["parameters"]["loss"].endswith("token states")
+    config = tmp_path / "pipe.toml"
+    config.write_text(f'[encoder]\nmodel = "{tmp_path / "small"}"\n')
+    code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 0, err
+    code, _, err = cli("distil", "--corpus", tiny, "--loss", "kl", "--out", tmp_path / "other")
+    assert code == 2 and "unknown distillation loss" in err and not (tmp_path / "other").exists()
+
+
 def test_train_ranker_then_rerank_a_given_run(tiny: Path, tiny_llm: Path, tmp_path: Path, cli) -> None:
     """train-ranker writes an adapter; eval re-ranks a first-stage run with it and reports the cost."""
     flags = ["--dataset", tiny, "--split", "test", "--model", tiny_llm, "--out", tmp_path / "ranker", "--depth", "4", "--pool", "6",
