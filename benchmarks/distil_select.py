@@ -14,7 +14,7 @@ import time
 
 from common import arguments, bar_chart, dl19, machine, save
 
-from training.distil import Distiller
+from training.distil import Distiller, opening_words
 
 FULL = "bundled:all-MiniLM-L6-v2"
 
@@ -25,7 +25,7 @@ def held_out(corpus: list[str], train: int, n: int, seed: int = 1) -> tuple[list
     shuffled = list(corpus)
     rng.shuffle(shuffled)
     scored = shuffled[train:train + n]
-    return shuffled[:train], scored + [" ".join(p.split()[: rng.randint(4, 10)]) for p in scored[: n // 2]]
+    return shuffled[:train], scored + opening_words(scored[: n // 2], rng)
 
 
 def main() -> None:

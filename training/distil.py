@@ -54,7 +54,7 @@ class Distiller:
         """Up to ``limit`` passages and, for half of them, their opening words (short, query-like inputs)."""
         rng = random.Random(self.seed)
         sample = rng.sample(list(passages), min(limit, len(passages)))
-        openings = [" ".join(p.split()[: rng.randint(4, 10)]) for p in sample[: len(sample) // 2]]
+        openings = opening_words(sample[: len(sample) // 2], rng)
         texts = [t for t in sample + openings if t.strip()]
         if len(texts) < self.batch_size:
             raise SiftrankError(f"{len(texts)} training texts, fewer than one batch of {self.batch_size}")
@@ -148,6 +148,11 @@ class Distiller:
     def save(self, path: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
         """A standard sentence-transformers folder plus manifest.json, written atomically."""
         self.pruner.save(path, manifest, overwrite=overwrite)
+
+
+def opening_words(passages: Sequence[str], rng: random.Random) -> list[str]:
+    """The first 4-10 words (drawn per passage from ``rng``) of each passage: short, query-like inputs."""
+    return [" ".join(p.split()[: rng.randint(4, 10)]) for p in passages]
 
 
 @contextmanager
