@@ -16,6 +16,7 @@ import time
 
 from common import arguments, bar_chart, dl19, machine, save
 
+from retrieval.encoder import resolve_model_path
 from training.distil import Distiller, opening_words
 
 FULL = "bundled:all-MiniLM-L6-v2"
@@ -49,7 +50,11 @@ def main() -> None:
                      held=(int, 800, "held-out passages to score on"))
     corpus = dl19(args.data).doc_texts()
     train, scored = held_out(corpus, 12000, args.held)
-    teacher = Distiller(FULL, args.sparsity).pruner.model.encode(scored, batch_size=64, normalize_embeddings=True)
+    from sentence_transformers import SentenceTransformer
+
+    full = SentenceTransformer(str(resolve_model_path(FULL)), device="cpu")  # the same weights every Distiller starts from
+    teacher = full.encode(scored, batch_size=64, normalize_embeddings=True)
+    del full
     rows: dict[str, dict] = {}
     for entry in args.grid.split(","):
         loss, lr, *scoring = entry.split(":")
