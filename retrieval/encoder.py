@@ -319,7 +319,7 @@ class Encoder:
         return _unit(np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32))
 
     def _encode_streams(self, st_model, texts: list[str], role: str, progress: bool) -> np.ndarray:
-        """OpenVINO throughput path: passages sorted by length into small batches (little padding), a
+        """OpenVINO throughput path: passages sorted by token count into small batches (little padding), a
         stream per core kept busy by an async queue; pooling and the model's other modules as in
         sentence-transformers."""
         import torch
@@ -331,16 +331,10 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         runner: Any = self._runners[self.precision if role == "document" else self.query_precision]
         prompt = (getattr(st_model, "prompts", None) or {}).get(role) or ""
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         heads = list(st_model)[1:]  # Pooling, Normalize, Dense...: what follows the transformer
         numpy_pool = _numpy_pooling(heads)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         bar = tqdm(total=len(texts), disable=not progress, desc="Encoding", unit="passage")
-
-        def batches():
-            for start in range(0, len(order), export.OV_BATCH):
-                rows = order[start:start + export.OV_BATCH]
-                yield export.feeds(st_model.tokenizer, [prompt + texts[i] for i in rows], st_model.max_seq_length), rows
 
         def pool(hidden: np.ndarray, inputs: dict[str, np.ndarray], rows: list[int]) -> None:
             if numpy_pool is not None:  # no torch call here: its OpenMP threads would contend with OpenVINO's streams
@@ -355,7 +349,8 @@ class Encoder:
             out[rows] = features["sentence_embedding"].float().numpy()
             bar.update(len(rows))
 
-        runner.run_async(batches(), pool)
+        inputs = [prompt + t for t in texts] if prompt else texts
+        runner.run_async(export.token_batches(st_model.tokenizer, inputs, st_model.max_seq_length), pool)
         bar.close()
         return _unit(out)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ EXPORT_VERSION = 2  # 2: OpenVINO int8 by NNCF (was ONNX Runtime's quantised gra
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OV_BATCH = 4  # passages per OpenVINO throughput request (measured on 2 cores: batch 1-16, 2-8 requests in flight)
 OV_REQUESTS_PER_STREAM = 2  # one request fills a stream while the next is tokenised
+PAD_MULTIPLE = 16  # batch lengths rounded up to this: fewer distinct shapes (measured 2 cores: 1 383/s, 8 416/s, 16 424/s, 32 382/s)
+SORT_CHUNK = 8192  # texts tokenised and length-sorted together (bounds the token lists held at once)
 CALIBRATION_PASSAGES = 300  # NNCF calibration sample (its default subset size)
 
 
@@ -114,6 +116,26 @@ def feeds(tokenizer, texts: list[str], max_length: int | None = None) -> dict[st
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length or tokenizer.model_max_length,
                         return_tensors="np", return_token_type_ids=True)
     return {k: encoded[k].astype(np.int64) for k in INPUTS}
+
+
+def token_batches(tokenizer, texts: list[str], max_length: int | None = None, batch: int = OV_BATCH,
+                  chunk: int = SORT_CHUNK) -> Iterator[tuple[dict[str, np.ndarray], list[int]]]:
+    """(feeds, rows) for ``texts``: tokenised once, sorted by token count (not characters: 14% less padding on
+    DL19 passages), batched ``batch`` at a time, each batch padded to a multiple of ``PAD_MULTIPLE`` tokens."""
+    limit = max_length or tokenizer.model_max_length
+    pad = tokenizer.pad_token_id or 0
+    for begin in range(0, len(texts), chunk):
+        ids = tokenizer(texts[begin:begin + chunk], truncation=True, max_length=limit)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            width = min(-(-len(ids[rows[0]]) // PAD_MULTIPLE) * PAD_MULTIPLE, limit)  # the longest is first
+            input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, row in enumerate(rows):
+                input_ids[j, :len(ids[row])], mask[j, :len(ids[row])] = ids[row], 1
+            yield ({"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)},
+                   [begin + r for r in rows])
 
 
 def quantize_nncf(onnx_file: Path, target: Path, tokenizer, passages: list[str], max_length: int | None = None) -> dict[str, Any]:

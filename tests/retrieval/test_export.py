@@ -91,3 +91,22 @@ def test_exported_encoder_keeps_adapters(tiny_binary: Path, tmp_path: Path) -> N
 def test_bad_backend_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(SiftrankError, match=message):
         Encoder(**kwargs)
+
+
+def test_token_batches_sort_by_tokens_pad_to_a_multiple_and_cover_every_text() -> None:
+    from transformers import AutoTokenizer
+
+    from retrieval import export
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Encoder().path))
+    texts = [("word " * n).strip() for n in (3, 40, 1, 17, 300, 9, 0, 25)] * 2  # 300 words: cut to the limit
+    seen: list[int] = []
+    for feeds, rows in export.token_batches(tokenizer, texts, max_length=64, batch=3, chunk=8):
+        lengths = [len(tokenizer(texts[r], truncation=True, max_length=64)["input_ids"]) for r in rows]
+        assert feeds["attention_mask"].sum(axis=1).tolist() == lengths and lengths == sorted(lengths, reverse=True)
+        width = feeds["input_ids"].shape[1]
+        assert width == min(64, -(-lengths[0] // export.PAD_MULTIPLE) * export.PAD_MULTIPLE)
+        assert set(feeds) == set(export.INPUTS) and not feeds["token_type_ids"].any()
+        assert all(r // 8 == rows[0] // 8 for r in rows)  # sorted within a chunk, never across
+        seen += rows
+    assert sorted(seen) == list(range(len(texts)))
