@@ -30,6 +30,7 @@ BUNDLED_PREFIX = "bundled:"
 log = logging.getLogger(__name__)
 MIN_COSINE = 0.98  # a candidate whose vectors fall further from fp32 on the probe passages is not eligible
 PROBE_PASSAGES = 96
+PROBE_VERSION = 2  # part of the probe key: bumped when a way's speed changes (2: token-sorted OpenVINO batches)
 # Passage-like filler for a probe that runs before any passage is seen (a query encoded first)
 FILLER = ("The mitochondria produce most of the chemical energy needed to power the cell's biochemical reactions.",
           "In 1969 the Apollo 11 mission landed the first two people on the Moon, Neil Armstrong and Buzz Aldrin.",
@@ -198,7 +199,7 @@ class Encoder:
         backend, quantize, precision, _ = self._request
         ways = {"-".join((b, p if q == "none" else q)): (b, q, p) for b, q, p in candidates(backend, precision, quantize)}
         probe = SpeedProbe("encoder")
-        key = f"{self.fingerprint} {'|'.join(ways)}"
+        key = f"{self.fingerprint} v{PROBE_VERSION} {'|'.join(ways)}"
         stored = probe.lookup(key)
         if stored is None or stored["choice"] not in ways:
             stored = self._measure(probe, key, ways)
