@@ -15,14 +15,14 @@ import time
 import numpy as np
 from common import arguments, machine, save
 
-from eval.calibration import CalibrationCV, aggregate, filter_reports
-from eval.filtering import FilterReport, reliability
 from eval.report import FILTER_COLUMNS, markdown_table
 from retrieval.calibration import FAMILIES
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
+from retrieval.filter_measures import FilterReport, reliability
 from retrieval.indexer import Indexer
 from training.calibrate import CalibratorTrainer, CandidateSet
+from training.calibration_cv import CalibrationCV, aggregate, filter_reports
 
 MAIN_ROWS = ("adapter", "raw_cosine", "platt", "minmax", "zscore", "top_k")
 

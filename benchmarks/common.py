@@ -107,8 +107,8 @@ class ResultStore:
 
 def dense_ndcg(data: Dataset, encoder) -> dict[str, float]:
     """Per-query nDCG@10 of dense retrieval over ``data``'s whole corpus with ``encoder`` (index cached)."""
-    from eval.metrics import MetricSuite
     from retrieval.indexer import Indexer
+    from retrieval.measures import MetricSuite
     from retrieval.pipeline import Pipeline
     from retrieval.stages.dense import DenseRetriever
 

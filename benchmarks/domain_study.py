@@ -21,14 +21,13 @@ from typing import Any
 
 from common import ResultStore, arguments, bar_chart, dl19, machine, save
 
-from eval.metrics import MetricSuite
 from eval.report import markdown_table
 from eval.runner import EvalRunner
-from eval.significance import paired_test
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset, read_run
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
+from retrieval.measures import MetricSuite, paired_test
 from retrieval.pipeline import Pipeline
 from retrieval.stages.dense import DenseRetriever
 from training.build import PipelineBuilder

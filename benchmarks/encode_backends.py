@@ -19,10 +19,10 @@ from pathlib import Path
 
 from common import arguments, bar_chart, dl19, machine, save
 
-from eval.metrics import MetricSuite
 from retrieval.artifacts import cache_dir
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
+from retrieval.measures import MetricSuite
 from retrieval.pipeline import Pipeline
 from retrieval.stages.dense import DenseRetriever
 

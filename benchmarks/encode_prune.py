@@ -20,8 +20,8 @@ from pathlib import Path
 from common import arguments, bar_chart, dense_ndcg, dl19, machine, save
 from encode_throughput import passages, timed
 
-from eval.significance import paired_test
 from retrieval.encoder import Encoder
+from retrieval.measures import paired_test
 from training.distil import LEARNING_RATE, Distiller
 
 FULL = "bundled:all-MiniLM-L6-v2"

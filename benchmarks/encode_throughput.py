@@ -17,8 +17,8 @@ import time
 
 from common import arguments, bar_chart, dense_ndcg, dl19, machine, save
 
-from eval.significance import paired_test
 from retrieval.encoder import Encoder
+from retrieval.measures import paired_test
 
 WAYS = {"siftrank torch fp32": {"precision": "fp32"}, "siftrank torch bf16": {"precision": "bf16"},
         "siftrank openvino fp32": {"backend": "openvino", "precision": "fp32"},

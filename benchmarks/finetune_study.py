@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from common import ResultStore, arguments, save
 
-from eval.metrics import MetricSuite
 from eval.report import markdown_table
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
+from retrieval.measures import MetricSuite
 from retrieval.pipeline import Pipeline
 from retrieval.stages.dense import DenseRetriever
 from training.finetune import FineTuner

@@ -12,11 +12,10 @@ import time
 
 from common import ROOT, arguments, machine, save
 
-from eval.metrics import MetricSuite
 from eval.report import markdown_table
-from eval.significance import paired_test
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset
+from retrieval.measures import MetricSuite, paired_test
 from retrieval.pipeline import Pipeline
 
 CONFIGS = {

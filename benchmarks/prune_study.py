@@ -20,11 +20,11 @@ from pathlib import Path
 
 from common import arguments, machine, save
 
-from eval.metrics import MetricSuite
 from eval.report import markdown_table
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.indexer import Indexer
+from retrieval.measures import MetricSuite
 from retrieval.pipeline import Pipeline
 from retrieval.stages.dense import DenseRetriever
 from training.prune import DEFAULT_BETA, DEFAULT_NORMALISE, Pruner, calibration_sets

@@ -18,10 +18,10 @@ import time
 import torch
 from common import arguments, bar_chart, dl19, machine, save
 
-from eval.metrics import MetricSuite
 from eval.report import markdown_table
 from retrieval.causal_lm import CausalLM
 from retrieval.data import read_run
+from retrieval.measures import MetricSuite
 from retrieval.rerank import ListwiseRanker, _cache_argument
 
 

@@ -31,15 +31,15 @@ import numpy as np
 from common import ResultStore, arguments, machine, save
 
 from eval.report import markdown_table
-from eval.significance import paired_test
 from retrieval.artifacts import cache_dir
 from retrieval.causal_lm import CausalLM
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset, Run, query_folds, read_run
 from retrieval.fusion import ScoreFusion
+from retrieval.measures import paired_test, per_query
 from retrieval.pipeline import Pipeline
 from retrieval.rerank import ListwiseRanker
-from training.fusion import choose_fusion, ndcg_per_query
+from training.fusion import choose_fusion
 from training.listwise import ListwiseTrainer, build_lists
 from training.validation import RankerValidation
 
@@ -255,10 +255,10 @@ def report(out: Path, store: ResultStore, test: Dataset, dl19: Dataset, dense_te
         fusion = ScoreFusion(guarded.fusion.method, guarded.best_weight)
         scores = runs[key]["scores"]
         qrels = test.qrels
-        first = ndcg_per_query({q: dict(list(dense_test[q].items())) for q in scores}, qrels)
+        first = per_query({q: dict(list(dense_test[q].items())) for q in scores}, qrels)
         firsts = {q: {d: dense_test[q][d] for d in top(dense_test, q, depth)} for q in scores}
-        own = ndcg_per_query({q: ordered(firsts[q], scores[q], depth) for q in scores}, qrels)
-        fused = ndcg_per_query({q: fusion.fuse(firsts[q], scores[q]) for q in scores}, qrels)
+        own = per_query({q: ordered(firsts[q], scores[q], depth) for q in scores}, qrels)
+        fused = per_query({q: fusion.fuse(firsts[q], scores[q]) for q in scores}, qrels)
         table = {"dense (first stage)": {"nDCG@10": float(np.mean(list(first.values())))},
                  f"ranker alone ({main_loss}, best step {trained['best_step']})": compare(first, own),
                  f"fused, best on validation ({fusion.method}, w={fusion.weight})": compare(first, fused),
@@ -276,7 +276,7 @@ def report(out: Path, store: ResultStore, test: Dataset, dl19: Dataset, dense_te
         for kept_key in sorted(k for k in runs if k.startswith("score/scifact/dense-kept")):
             adaptive = runs[kept_key]
             label = kept_key.split("/")[3] if kept_key.count("/") == 4 else "artifact"
-            fused_kept = ndcg_per_query({q: ordered(firsts[q], fusion.fuse({d: firsts[q][d] for d in adaptive["scores"][q]},
+            fused_kept = per_query({q: ordered(firsts[q], fusion.fuse({d: firsts[q][d] for d in adaptive["scores"][q]},
                                                                        adaptive["scores"][q]) if len(adaptive["scores"][q]) else {}, depth)
                                     for q in scores}, qrels)
             row = compare(fused, fused_kept)
@@ -309,10 +309,10 @@ def report(out: Path, store: ResultStore, test: Dataset, dl19: Dataset, dense_te
                 inner = [q for q in scores if q not in set(held)]
                 rule = choose_fusion({q: firsts[q] for q in inner}, {q: scores[q] for q in inner}, dl19.qrels, folds=5).fusion
                 chosen.append(f"{rule.method[0]}{rule.weight}")
-                fused_held = ndcg_per_query({q: rule.fuse(firsts[q], scores[q]) for q in held}, dl19.qrels)
-                first_held = ndcg_per_query({q: firsts[q] for q in held}, dl19.qrels)
+                fused_held = per_query({q: rule.fuse(firsts[q], scores[q]) for q in held}, dl19.qrels)
+                first_held = per_query({q: firsts[q] for q in held}, dl19.qrels)
                 diffs.append(float(np.mean(list(fused_held.values())) - np.mean(list(first_held.values()))))
-            own = ndcg_per_query({q: ordered(firsts[q], scores[q], depth) for q in scores}, dl19.qrels)
+            own = per_query({q: ordered(firsts[q], scores[q], depth) for q in scores}, dl19.qrels)
             dl_rows[f"{first_name} → {name}"] = {
                 "first stage": choice.cv_first, "ranker alone": float(np.mean(list(own.values()))),
                 "fused, best on other folds": choice.cv_fused, "shipped rule Δ mean": float(np.mean(diffs)),

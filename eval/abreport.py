@@ -141,7 +141,7 @@ class ABReport:
 
     def ndcg(self, queries: dict[str, str], qrels: dict[str, dict[str, int]], depth: int = 10) -> dict[str, dict[str, float]]:
         """nDCG@10 of every variant's own rankings (served or shadow) on the judged queries it answered."""
-        from eval.metrics import MetricSuite
+        from retrieval.measures import MetricSuite
 
         qid_of = {text: qid for qid, text in queries.items()}
         texts = dict(zip(self.queries["query_id"].to_list(), self.queries["query"].to_list()))

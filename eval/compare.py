@@ -1,15 +1,14 @@
 """Compare TREC runs over the same queries: per-measure deltas against a baseline run, paired tests
 (t-test and randomisation), Holm-corrected over the comparisons of each measure (in the spirit of
-ranx's ``compare``). Definitions of the tests live in :mod:`eval.significance`."""
+ranx's ``compare``). Definitions of the tests live in :mod:`retrieval.measures`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eval.metrics import MetricSuite
-from eval.significance import paired_test
 from retrieval.data import Run
+from retrieval.measures import MetricSuite, paired_test
 
 
 class RunComparison:

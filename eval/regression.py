@@ -12,9 +12,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.metrics import MetricSuite
 from retrieval.artifacts import write_text_atomic
 from retrieval.data import Dataset, read_run
+from retrieval.measures import MetricSuite
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_FILE = HERE / "regressions" / "msmarco-dl19.toml"

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from eval.filtering import FilterReport
 from eval.machine import cpu_model
-from eval.metrics import MetricSuite
 from retrieval.artifacts import write_text_atomic
 from retrieval.calibration import baseline_scores
 from retrieval.data import Dataset, Run, format_run, relevant_grade
+from retrieval.filter_measures import FilterReport
 from retrieval.hits import Hit
+from retrieval.measures import MetricSuite
 from retrieval.pipeline import Pipeline
 
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from retrieval.errors import SiftrankError
-from retrieval.stages.base import StageParams
+from retrieval.stages.params import StageParams
 
 M = TypeVar("M", bound=BaseModel)
 

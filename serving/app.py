@@ -259,7 +259,7 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
     app.add_middleware(WorkerHeader)
     from serving.ui import router as ui_router
 
-    app.include_router(ui_router(service))
+    app.include_router(ui_router(lambda: (service.pool, service.config)))
 
     @app.exception_handler(SiftrankError)
     async def _siftrank_error(_: Request, exc: SiftrankError) -> JSONResponse:

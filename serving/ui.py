@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query
@@ -19,8 +20,8 @@ from retrieval.errors import SiftrankError
 
 if TYPE_CHECKING:
     from retrieval.hits import Hit
-    from serving.app import SearchService
-    from serving.variants import Variant
+    from serving.experiment import ExperimentConfig
+    from serving.variants import Variant, VariantPool
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222} a{color:#2a6fb0}
@@ -89,8 +90,9 @@ def table(rows: dict[str, dict[str, Any]], label: str) -> str:
     return f"<table><tr><th>{html.escape(label)}</th>{head}</tr>{body}</table>"
 
 
-def router(service: SearchService) -> APIRouter:
-    """The /ui routes of one service."""
+def router(current: Callable[[], tuple[VariantPool | None, ExperimentConfig]]) -> APIRouter:
+    """The /ui routes of one service: ``current`` gives the variant pool serving now (None while it loads)
+    and the experiment config beside it (both are swapped together when the service reloads)."""
     ui = APIRouter(include_in_schema=False)
 
     async def shadow_hits(variant: Variant, query: str, k: int) -> list[Hit]:
@@ -99,7 +101,7 @@ def router(service: SearchService) -> APIRouter:
 
     @ui.get("/ui", response_class=HTMLResponse)
     async def search_page(q: str = Query("", max_length=512), k: int = Query(10, ge=1, le=50)) -> HTMLResponse:
-        pool = service.pool
+        pool = current()[0]
         form = (f'<form action="/ui"><input name="q" value="{html.escape(q)}" placeholder="search" autofocus> '
                 f'<input name="k" type="number" min="1" max="50" value="{k}" style="width:4em"> <button>Search</button></form>')
         if pool is None:
@@ -130,9 +132,10 @@ def router(service: SearchService) -> APIRouter:
     async def ab_page() -> HTMLResponse:
         from eval.abreport import ABReport
 
-        experiment = service.config.experiment
+        config = current()[1]
+        experiment = config.experiment
         try:
-            report = await asyncio.to_thread(ABReport, service.config.service.event_log)
+            report = await asyncio.to_thread(ABReport, config.service.event_log)
         except SiftrankError as exc:
             return page(f"A/B: {experiment.name}", f"<p>{html.escape(str(exc))}</p>")
         arms = await asyncio.to_thread(report.arms, experiment.ab or None)

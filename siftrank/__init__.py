@@ -34,7 +34,7 @@ _EXPORTS = {
     "StageContext": "retrieval.stages.context",
     "SiftrankError": "retrieval.errors",
     "EvalRunner": "eval.runner",
-    "MetricSuite": "eval.metrics",
+    "MetricSuite": "retrieval.measures",
 }
 
 __all__ = sorted(_EXPORTS)

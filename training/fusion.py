@@ -19,22 +19,10 @@ import numpy as np
 from retrieval.data import query_folds
 from retrieval.errors import SiftrankError
 from retrieval.fusion import METHODS, ScoreFusion
+from retrieval.measures import paired_p, per_query
 
 Scores = Mapping[str, Mapping[str, float]]  # qid -> doc id -> score
 WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
-
-
-def ndcg_per_query(run: Scores, qrels: Mapping[str, Mapping[str, int]], measure: str = "nDCG@10") -> dict[str, float]:
-    """Per-query value of an ir_measures measure; a query with no ranked document counts 0."""
-    import ir_measures
-
-    parsed = ir_measures.parse_measure(measure)
-    qrels_rows = [ir_measures.Qrel(q, d, int(g)) for q in run for d, g in qrels.get(q, {}).items()]
-    run_rows = [ir_measures.ScoredDoc(q, d, float(s)) for q, docs in run.items() for d, s in docs.items()]
-    values = {q: 0.0 for q in run}
-    for metric in ir_measures.iter_calc([parsed], qrels_rows, run_rows):
-        values[metric.query_id] = float(metric.value)
-    return values
 
 
 @dataclass
@@ -70,9 +58,9 @@ def choose_fusion(first: Scores, ranker: Scores, qrels: Mapping[str, Mapping[str
     for method in methods:
         for weight in weights:
             fusion = ScoreFusion(method, weight, k)  # type: ignore[arg-type]
-            values[(method, weight)] = ndcg_per_query({q: fusion.fuse(first[q], ranker[q]) for q in qids}, qrels)
-    first_only = ndcg_per_query({q: dict(first[q]) for q in qids}, qrels)
-    ranker_only = ndcg_per_query({q: dict(ranker[q]) for q in qids}, qrels)
+            values[(method, weight)] = per_query({q: fusion.fuse(first[q], ranker[q]) for q in qids}, qrels)
+    first_only = per_query({q: dict(first[q]) for q in qids}, qrels)
+    ranker_only = per_query({q: dict(ranker[q]) for q in qids}, qrels)
 
     def best(on: list[str]) -> tuple[str, float]:
         return max(values, key=lambda key: (float(np.mean([values[key][q] for q in on])), -key[1]))
@@ -96,12 +84,3 @@ def choose_fusion(first: Scores, ranker: Scores, qrels: Mapping[str, Mapping[str
     grid = {m: {str(w): float(np.mean(list(values[(m, w)].values()))) for w in weights} for m in methods}
     return FusionChoice(ScoreFusion(method, weight, k), cv_fused, cv_first,  # type: ignore[arg-type]
                         float(np.mean(list(ranker_only.values()))), p, alpha, best_weight, records, grid)
-
-
-def paired_p(a: list[float], b: list[float]) -> float:
-    """Two-sided paired t-test p of ``a`` against ``b`` (1.0 when they never differ)."""
-    from scipy.stats import ttest_rel
-
-    if not any(x != y for x, y in zip(a, b)):
-        return 1.0
-    return float(ttest_rel(a, b).pvalue)

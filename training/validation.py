@@ -19,8 +19,8 @@ import numpy as np
 from retrieval.causal_lm import CausalLM
 from retrieval.data import Dataset, Run
 from retrieval.errors import SiftrankError
+from retrieval.measures import per_query
 from retrieval.rerank import ListwiseRanker
-from training.fusion import ndcg_per_query
 
 
 @dataclass
@@ -71,7 +71,7 @@ class RankerValidation:
         """Score at ``step``; True when this is the best so far (the caller keeps those weights)."""
         start = time.perf_counter()
         scores = self.score(llm, max_passage_tokens)
-        value = float(np.mean(list(ndcg_per_query(scores, self.qrels).values())))
+        value = float(np.mean(list(per_query(scores, self.qrels).values())))
         best = not self.history or value > max(h["val_ndcg@10"] for h in self.history)
         self.history.append({"step": step, "val_ndcg@10": value, "seconds": round(time.perf_counter() - start, 2)})
         if best:
@@ -80,7 +80,7 @@ class RankerValidation:
 
     def first_stage(self) -> float:
         """nDCG@10 of the first stage on the validation queries (the line the ranker is measured against)."""
-        return float(np.mean(list(ndcg_per_query(self.first, self.qrels).values())))
+        return float(np.mean(list(per_query(self.first, self.qrels).values())))
 
     def exhausted(self) -> bool:
         """``patience`` evaluations in a row without a new best."""

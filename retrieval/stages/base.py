@@ -10,28 +10,17 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from retrieval.hits import Hit
+from retrieval.stages.params import StageParams
 
 if TYPE_CHECKING:
     from retrieval.docstore import DocStore
     from retrieval.encoder import Encoder
     from retrieval.stages.context import StageContext
-
-
-class StageParams(BaseModel):
-    """A stage's config keys (besides ``kind``); unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    def resolve(self, base: Path) -> StageParams:
-        """Paths in the params made relative to the config file's folder ``base`` (none by default)."""
-        return self
 
 
 class QueryBatch:

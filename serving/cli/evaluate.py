@@ -43,8 +43,8 @@ def evaluate(
     if runs and not compare:
         raise SiftrankError("runs as arguments are compared: add --compare (or score them with --run)")
     if compare or score_run:
-        from eval.metrics import MetricSuite
         from retrieval.data import read_qrels, read_run
+        from retrieval.measures import MetricSuite
 
         given = list(runs or []) if compare else list(score_run or [])
         if compare and (score_run or len(given) < 2):

@@ -40,12 +40,12 @@ def calibrate(
     verbose: Verbose = False,
 ) -> None:
     """Train a Cosine Adapter relevance calibrator on a dataset's top-K candidates and choose its threshold."""
-    from eval.calibration import CalibrationCV, aggregate
     from eval.report import FILTER_COLUMNS, print_table
     from retrieval.calibration import FAMILIES
     from retrieval.data import Dataset
     from retrieval.stages.context import StageContext
     from training.calibrate import CalibratorTrainer, CandidateSet, feature_flags
+    from training.calibration_cv import CalibrationCV, aggregate
 
     setup_logging(verbose)
     refuse_existing(out, overwrite)

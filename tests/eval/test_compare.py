@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eval.compare import RunComparison
-from eval.metrics import MetricSuite
+from retrieval.measures import MetricSuite
 
 QRELS = {f"q{i}": {"good": 2, "ok": 1} for i in range(12)}
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from eval.metrics import MetricSuite
+from retrieval.measures import MetricSuite
 
 
 def test_graded_qrels_use_rel_2_and_hand_computed_values() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.filtering import FilterReport, expected_calibration_error
+from retrieval.filter_measures import FilterReport, expected_calibration_error
 
 
 def test_summary_by_hand() -> None:

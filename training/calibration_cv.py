@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from eval.filtering import FilterReport
-from eval.metrics import MetricSuite
 from retrieval.calibration import Calibrator, baseline_scores
 from retrieval.data import Qrels, query_folds
+from retrieval.filter_measures import FilterReport
+from retrieval.measures import MetricSuite
 from training.calibrate import CalibratorTrainer, CandidateSet
 
 Table = dict[str, dict[str, float | None]]

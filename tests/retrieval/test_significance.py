@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.significance import paired_test
+from retrieval.measures import paired_test
 
 
 def test_a_consistent_gain_is_significant_and_noise_is_not() -> None:

@@ -1,0 +1,92 @@
+"""Measures and significance, in one place for eval, training and benchmarks: which measures siftrank
+reports, computed through ir_measures (trec_eval), and the paired tests between two systems.
+
+nDCG@10 uses the graded labels. Binary measures (RR, R, AP) count grade >= 2 as relevant when the
+qrels are graded beyond 1 (the TREC DL passage convention), and grade >= 1 for binary qrels such as
+BEIR's, where ``rel=2`` would silently score zero; the measure names say which was used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import ir_measures
+import numpy as np
+
+from retrieval.data import Qrels, relevant_grade
+
+
+class MetricSuite:
+    """The standard measures for one set of qrels: aggregate and per-query scores of runs."""
+
+    def __init__(self, qrels: Qrels, extra: Sequence[str] = ()) -> None:
+        self.qrels = qrels
+        self.rel = relevant_grade(qrels)
+        suffix = f"(rel={self.rel})" if self.rel != 1 else ""
+        self.names = ["nDCG@10", f"RR{suffix}@10", f"R{suffix}@100", f"R{suffix}@1000", f"AP{suffix}"]
+        self.names += [name for name in extra if name not in self.names]  # any ir_measures name (``-m``)
+        self.measures = [ir_measures.parse_measure(name) for name in self.names]
+        self.keys = {str(m): name for m, name in zip(self.measures, self.names)}  # ir_measures' spelling → ours
+
+    def evaluate(self, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        """Mean of each measure over the judged queries (queries missing from the run score 0)."""
+        scores = {self.keys[str(m)]: v for m, v in ir_measures.calc_aggregate(self.measures, self.qrels, _complete(run, self.qrels)).items()}
+        return {name: float(scores[name]) for name in self.names}
+
+    def per_query(self, run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+        """``{measure: {qid: value}}`` for significance tests and per-query plots."""
+        out: dict[str, dict[str, float]] = {name: {} for name in self.names}
+        for metric in ir_measures.iter_calc(self.measures, self.qrels, _complete(run, self.qrels)):
+            out[self.keys[str(metric.measure)]][metric.query_id] = float(metric.value)
+        return out
+
+
+def per_query(run: Mapping[str, Mapping[str, float]], qrels: Qrels, measure: str = "nDCG@10") -> dict[str, float]:
+    """One measure per query of ``run``; a query of the run with no ranked document counts 0 (queries the
+    run does not name are left out, so a subset of queries is scored on its own)."""
+    parsed = ir_measures.parse_measure(measure)
+    qrels_rows = [ir_measures.Qrel(q, d, int(g)) for q in run for d, g in qrels.get(q, {}).items()]
+    run_rows = [ir_measures.ScoredDoc(q, d, float(s)) for q, docs in run.items() for d, s in docs.items()]
+    values = dict.fromkeys(run, 0.0)
+    for metric in ir_measures.iter_calc([parsed], qrels_rows, run_rows):
+        values[metric.query_id] = float(metric.value)
+    return values
+
+
+def mean_ndcg(run: Mapping[str, Mapping[str, float]], qrels: Qrels) -> float:
+    """Mean nDCG@10 over the queries of ``run`` (see :func:`per_query`)."""
+    values = per_query(run, qrels)
+    return float(np.mean(list(values.values()))) if values else 0.0
+
+
+def paired_test(a: Mapping[str, float], b: Mapping[str, float], permutations: int = 10_000,
+                seed: int = 0) -> dict[str, float]:
+    """``b - a`` over the queries both score: mean delta, its std, the t-test and randomisation p-values."""
+    from scipy.stats import ttest_rel
+
+    qids = sorted(set(a) & set(b))
+    if not qids:
+        raise ValueError("no query is scored by both systems")
+    x = np.array([a[q] for q in qids], dtype=np.float64)
+    y = np.array([b[q] for q in qids], dtype=np.float64)
+    diff = y - x
+    observed = abs(diff.mean())
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(permutations, diff.size))
+    randomised = float((np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12).mean())
+    t_p = float(ttest_rel(y, x).pvalue) if np.any(diff != 0) else 1.0
+    return {"delta": float(diff.mean()), "delta_std": float(diff.std(ddof=1)) if diff.size > 1 else 0.0,
+            "t_test_p": t_p, "randomisation_p": randomised, "queries": len(qids)}
+
+
+def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided paired t-test p of two aligned score lists (1.0 when they never differ)."""
+    return paired_test(dict(enumerate(a)), dict(enumerate(b)), permutations=1)["t_test_p"]
+
+
+def _complete(run: Mapping[str, Mapping[str, float]], qrels: Qrels) -> dict[str, dict[str, float]]:
+    """trec_eval averages only over queries present in the run; an empty ranking must count as 0,
+    so queries with no results get one unjudged placeholder document."""
+    full = {q: dict(run[q]) for q in run if q in qrels and run[q]}
+    for qid in qrels:
+        full.setdefault(qid, {"__siftrank_no_results__": 0.0})
+    return full
