@@ -21,6 +21,7 @@ from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.filter_measures import FilterReport, reliability
 from retrieval.indexer import Indexer
+from retrieval.stages.dense import DenseRetriever
 from training.calibrate import CalibratorTrainer, CandidateSet
 from training.calibration_cv import CalibrationCV, aggregate, filter_reports
 
@@ -153,7 +154,7 @@ def main() -> None:
         scifact: dict = {}
         curves: dict = {}
         for k in ks:
-            train_c, test_c = CandidateSet.retrieve(train, encoder, index, k), CandidateSet.retrieve(test, encoder, index, k)
+            train_c, test_c = (CandidateSet.retrieve(part, DenseRetriever(encoder, index), encoder, k) for part in (train, test))
             scifact[k] = {}
             for family in families:
                 tables, chosen = [], []
@@ -184,7 +185,7 @@ def main() -> None:
         dl: dict = {}
         curves = {}
         for k in ks:
-            cands = CandidateSet.retrieve(dl19, encoder, dl_index, k)
+            cands = CandidateSet.retrieve(dl19, DenseRetriever(encoder, dl_index), encoder, k)
             dl[k] = {}
             for family in families:
                 cv = CalibrationCV(lambda seed, family=family: CalibratorTrainer(family=family, seed=seed), args.folds, 0)

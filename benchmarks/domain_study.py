@@ -41,16 +41,19 @@ def folder_bytes(path: Path | None) -> int:
 
 
 PRUNED = "with prune"  # the recipe with its prune stage on: the pruned model every "on pruned" variant reuses
+HYBRID = "hybrid first stage"  # the recipe with [first_stage] kind = "hybrid", its fusion chosen on validation queries
 METHOD_VARIANTS = ("connected on pruned", "lora on pruned", "adalora on pruned")
 
 
-def variants(work: Path) -> dict[str, tuple[str, list[str]]]:
+def variants(work: Path, build: Path) -> dict[str, tuple[str, list[str]]]:
     """(folder, recipe overrides) of each variant. "with prune" turns the recipe's prune stage on; the
     fine-tuning methods reuse its pruned model (a prebuilt artifact, never rebuilt) and skip the filter,
-    since they are compared on the dense stage."""
+    since they are compared on the dense stage. The hybrid first stage sits on the default build's fine-tuned
+    encoder (prebuilt), so its row differs from the default in the first stage alone."""
     pruned = ["prune.enabled=true", f'prune.artifact="{work / "with-prune" / "prune"}"']
     encoder_only = ["calibrate.enabled=false"]
     return {"no finetune": ("no-finetune-base", ["prune.enabled=false", "finetune.enabled=false"]),
+            HYBRID: ("hybrid", ['first_stage.kind="hybrid"', f'finetune.artifact="{build / "finetune"}"']),
             PRUNED: ("with-prune", ["prune.enabled=true"]),
             "pruned only": ("no-finetune", pruned + ["finetune.enabled=false"]),
             "connected on pruned": ("connected-on-pruned", pruned + encoder_only + ["finetune.method=connected"]),
@@ -115,7 +118,7 @@ def main() -> None:
     base_file.write_text(f'[encoder]\nmodel = "{recipe.encoder.base}"\n')
     store.run("base (zero-shot, dense)", lambda: evaluate(base_file, test, work / "eval" / "base"))
     wanted = [v.strip() for v in args.only.split(",") if v.strip()]
-    for name, (folder_name, overrides) in variants(work).items():
+    for name, (folder_name, overrides) in variants(work, build).items():
         if wanted and name not in wanted:
             continue
         folder = work / folder_name
@@ -163,10 +166,10 @@ def write_report(store: ResultStore, report: dict[str, Any], out: Path, recipe: 
         return values
 
     stage_rows = {"base encoder (zero-shot MiniLM), dense": row(base, base["final"], None, "base (zero-shot, dense)")}
-    stage_rows[f"+ finetune ({recipe.finetune.method}), dense"] = row(full, first, None, "full")
+    stage_rows[f"+ finetune ({recipe.stage('finetune').method}), dense"] = row(full, first, None, "full")
     if final != first:
         stage_rows["+ filter"] = row(full, final, None, "full")
-    stage_rows["+ rank"] = ({"nDCG@10": "off (docs/ranking.md)"} if not recipe.rank.enabled
+    stage_rows["+ rank"] = ({"nDCG@10": "off (docs/ranking.md)"} if not recipe.stage('rank').enabled
                             else row(full, final, None, "full"))
 
     ablation = {f"default pipeline ({' → '.join(recipe.active())})": row(full, final, None, "full", sizes=False)}
@@ -175,18 +178,21 @@ def write_report(store: ResultStore, report: dict[str, Any], out: Path, recipe: 
                                       sizes=False)
     if final != first:
         ablation["no filter"] = row(full, first, (full, final), "full", sizes=False)
-    ablation["no rank" + (" (rank is off in the recipe: = default)" if not recipe.rank.enabled else "")] = \
-        row(full, "filter" if recipe.rank.enabled else final, (full, final), "full", sizes=False)
+    ablation["no rank" + (" (rank is off in the recipe: = default)" if not recipe.stage('rank').enabled else "")] = \
+        row(full, "filter" if recipe.stage('rank').enabled else final, (full, final), "full", sizes=False)
+    if HYBRID in runs:
+        ablation["hybrid first stage (dense + BM25, fusion chosen on validation queries)"] = row(
+            runs[HYBRID], runs[HYBRID]["final"], (full, final), HYBRID, sizes=False)
     if PRUNED in runs:
         ablation["with prune (GAPrune 50%, structured) on"] = row(runs[PRUNED], runs[PRUNED]["final"], (full, final), PRUNED,
                                                                  sizes=False)
     ablation["no stage: base encoder, dense"] = row(base, base["final"], (full, final), "base (zero-shot, dense)", sizes=False)
 
-    methods: dict[str, dict[str, Any]] = {f"{recipe.finetune.method} on the dense model (the default)": row(full, first, None, "full")}
+    methods: dict[str, dict[str, Any]] = {f"{recipe.stage('finetune').method} on the dense model (the default)": row(full, first, None, "full")}
     if "pruned only" in runs:
         methods["pruned only"] = row(runs["pruned only"], "dense", (full, first), "pruned only")
     if PRUNED in runs:
-        methods[f"{recipe.finetune.method} on pruned"] = row(runs[PRUNED], "dense", (full, first), PRUNED)
+        methods[f"{recipe.stage('finetune').method} on pruned"] = row(runs[PRUNED], "dense", (full, first), PRUNED)
     for name in METHOD_VARIANTS:
         if name in runs:
             methods[name] = row(runs[name], "dense", (full, first), name)

@@ -147,10 +147,15 @@ def _under(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """A pydantic error as one line: ``section.key: message`` for each problem."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-                     for e in exc.errors())
+def describe_errors(exc: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line: ``section.key: message`` for each problem (``prefix``: the section the
+    model was validated as)."""
+    def one(error: Any) -> str:
+        where = ".".join(map(str, ((prefix,) if prefix else ()) + tuple(error["loc"])))
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message  # a whole-model check names its section itself
+
+    return "; ".join(one(e) for e in exc.errors())
 
 
 def load_toml(model: type[M], path: Path, what: str) -> M:

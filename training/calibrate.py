@@ -33,7 +33,9 @@ from retrieval.calibration import (
 from retrieval.data import Dataset, query_folds, relevant_grade
 from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
-from retrieval.index import Index
+from retrieval.hits import Hit
+from retrieval.stages.base import FirstStage, QueryBatch
+from retrieval.stages.cosine_filter import fill_cosines
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +75,24 @@ class CandidateSet:
                                 "no relevant pairs: check the qrels")
 
     @classmethod
-    def retrieve(cls, dataset: Dataset, encoder: Encoder, index: Index, k: int) -> CandidateSet:
-        """Encode the dataset's (judged) queries, search the top ``k``, label hits from the qrels."""
+    def retrieve(cls, dataset: Dataset, stage: FirstStage, encoder: Encoder, k: int) -> CandidateSet:
+        """The top ``k`` of ``stage`` (any first stage) for every query of ``dataset``, labelled (see :meth:`from_hits`)."""
         cls.check_judgments(dataset)
-        index.check_encoder(encoder.identity())
         qids = list(dataset.queries)
-        vectors = encoder.encode_queries([dataset.queries[q] for q in qids])
-        scores, ids = index.search(vectors, k)
+        batch = QueryBatch(qids, [dataset.queries[q] for q in qids], encoder)
+        return cls.from_hits(dataset, batch, stage.retrieve(batch, k), encoder, k)
+
+    @classmethod
+    def from_hits(cls, dataset: Dataset, batch: QueryBatch, hits: list[list[Hit]], encoder: Encoder, k: int) -> CandidateSet:
+        """The first stage's top-``k`` hits of ``batch`` (training queries of ``dataset``), labelled from the
+        qrels; hits without a cosine (BM25, hybrid) get it from their passages."""
+        cls.check_judgments(dataset)
+        cosines = fill_cosines(hits, batch.vectors, encoder, dataset.store)
+        ids = [[h.id for h in ranked] for ranked in hits]
         rel = relevant_grade(dataset.qrels)
-        labels = [np.array([dataset.qrels.get(q, {}).get(d, 0) >= rel for d in row], dtype=np.float32) for q, row in zip(qids, ids)]
-        cosines = [np.asarray(s[: len(row)], dtype=np.float32) for s, row in zip(scores, ids)]
-        return cls(qids, vectors, cosines, ids, labels, k)
+        labels = [np.array([dataset.qrels.get(q, {}).get(d, 0) >= rel for d in row], dtype=np.float32)
+                  for q, row in zip(batch.qids, ids)]
+        return cls(list(batch.qids), batch.vectors, cosines, ids, labels, k)
 
     def subset(self, rows: np.ndarray | list[int]) -> CandidateSet:
         rows = list(rows)

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,12 @@ LEARNING_RATES = {"full": 5e-5, "bitfit": 1e-3, "lora": 5e-4, "adalora": 5e-4, "
 class FineTuner:
     """Fine-tunes a sentence-transformers model with one method and writes the result."""
 
-    def __init__(self, model: str, method: str, seed: int = 0, learning_rate: float | None = None, epochs: float = 4,
+    def __init__(self, model: str | Encoder, method: str, seed: int = 0, learning_rate: float | None = None, epochs: float = 4,
                  batch_size: int = 32, eval_steps: int = 20, max_fraction: float | None = None,
                  validation_share: float = 0.1, bf16: bool | None = None, checkpoint_dir: Path | None = None,
                  checkpoint_steps: int = 0) -> None:
-        self.encoder = Encoder(model)
-        self.source, self.method, self.seed = model, method, seed
+        self.encoder = model if isinstance(model, Encoder) else Encoder(model)  # a build passes the one it holds
+        self.source, self.method, self.seed = self.encoder.spec, method, seed
         self.setup = TrainableSetup(method, max_fraction=max_fraction)
         self.learning_rate = learning_rate or LEARNING_RATES[method]
         self.epochs, self.batch_size, self.eval_steps = epochs, batch_size, eval_steps
@@ -54,10 +54,11 @@ class FineTuner:
         """Training and validation query ids (judged-relevant queries only; seeded shuffle)."""
         return validation_split(dataset, self.validation_share)
 
-    def train(self, dataset: Dataset, steps: int | None = None, progress: bool = True,
-              general: Sequence[Triplet] = ()) -> dict[str, Any]:
+    def train(self, dataset: Dataset, ranked: Callable[[list[str], int], dict[str, list[str]]], steps: int | None = None,
+              progress: bool = True, general: Sequence[Triplet] = ()) -> dict[str, Any]:
         """Train on ``dataset``'s training qrels, with ``general`` triplets (e.g. MS MARCO) mixed in to keep
-        quality on general data; returns the parameter counts, wall time and history."""
+        quality on general data; ``ranked(qids, depth)`` gives each query's candidates from the pipeline's
+        first stage (hard negatives, validation candidates). Returns the parameter counts, wall time and history."""
         import torch
         from datasets import Dataset as HFDataset
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -65,17 +66,14 @@ class FineTuner:
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
         from transformers import TrainerCallback
 
-        from retrieval.indexer import Indexer
-
         train_q, val_q = self.split(dataset)
         if self.setup.adapters is not None:  # AdaLoRA's rank schedule spans the run
             self.setup.adapters.total_steps = steps or max(1, int(self.epochs * len(train_q) / self.batch_size))
         torch.manual_seed(self.seed)
         model = load_sentence_transformer(self.encoder.path, "cpu")
         self.counts = self.setup.apply(model)  # a blown budget fails here, before any encoding
-        index = Indexer(self.encoder, progress=progress).cached(dataset)
-        triplets, _ = training_pairs(dataset, self.encoder, index, train_q)
-        _, candidates = training_pairs(dataset, self.encoder, index, val_q, depth=10)
+        triplets = training_pairs(dataset, ranked(train_q, 30), train_q)
+        candidates = ranked(val_q, 10)
         if not triplets:
             raise SiftrankError(f"{dataset.root}: no training triplets")
         triplets = triplets + list(general)

@@ -27,17 +27,18 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.artifacts import Manifest, atomic_dir
-from retrieval.data import Dataset
-from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
 from training.adapters import FFN_PATTERN
-from training.triplets import Triplet, domain_triplets, general_triplets
+from training.triplets import Triplet, general_triplets, judged_queries, training_pairs
+
+if TYPE_CHECKING:
+    from training.stages.context import BuildContext
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,17 @@ NORMALISERS = {"mean": lambda t: t.mean(), "max": lambda t: t.max(), "rms": _rms
 DEFAULT_BETA, DEFAULT_NORMALISE = 0.0, "rms"
 
 
-def calibration_sets(model: str, domain: Path, domain_split: str, general: Path | None, limit: int = 256
-                     ) -> tuple[list[Triplet], list[Triplet]]:
-    """Domain triplets (hard negatives mined with ``model`` itself) and general triplets (none without a
-    general folder: methods that need them then fail with a clear error)."""
-    from retrieval.indexer import Indexer
+def calibration_sets(model: str, domain: Path, domain_split: str, general: Path | None, limit: int = 256,
+                     context: BuildContext | None = None) -> tuple[list[Triplet], list[Triplet]]:
+    """Domain triplets (one per judged query, the hard negative from the pipeline's first stage over
+    ``model``: ``context``'s in a build, else a dense one) and general triplets (none without a general
+    folder: methods that need them then fail with a clear error)."""
+    from training.stages.context import BuildContext
 
     general_set = general_triplets(general, limit) if general is not None else []  # cheap checks first: no encoding before bad input is caught
-    data = Dataset.load(domain, split=domain_split)
-    encoder = Encoder(model)
-    index = Indexer(encoder, progress=False).cached(data)
-    return domain_triplets(data, encoder, index, limit), general_set
+    ctx = context or BuildContext.plain(model, domain, domain_split)
+    qids = judged_queries(ctx.dataset)[:limit]
+    return training_pairs(ctx.dataset, ctx.ranked_ids(qids, 20), qids, per_query=1), general_set
 
 
 class Pruner:

@@ -8,12 +8,11 @@ DL qrels (grade 1 is "related", not relevant), ≥ 1 on binary qrels. Hard negat
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from retrieval.data import Dataset, Qrels, relevant_grade
-from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
-from retrieval.index import Index
 
 Triplet = tuple[str, str, str]
 
@@ -31,29 +30,23 @@ def judged_queries(dataset: Dataset) -> list[str]:
     return [q for q in dataset.queries if relevant_docs(dataset.qrels, q, level)]
 
 
-def training_pairs(dataset: Dataset, encoder: Encoder, index: Index, qids: list[str], depth: int = 30,
-                   per_query: int | None = None) -> tuple[list[Triplet], dict[str, list[str]]]:
+def training_pairs(dataset: Dataset, ranked: Mapping[str, list[str]], qids: list[str],
+                   per_query: int | None = None) -> list[Triplet]:
     """(query, positive, hard negative) for every relevant passage of ``qids`` (at most ``per_query``
-    each), the negative being the encoder's best-ranked passage judged 0 or unjudged; and each query's
-    top-``depth`` candidates (for a validation corpus)."""
+    each), the negative being the best-ranked candidate (``ranked``: each query's first-stage order) that is
+    judged 0 or unjudged."""
     if not qids:
         raise SiftrankError(f"{dataset.root}: no training queries with relevant passages")
-    _, ranked = index.search(encoder.encode_queries([dataset.queries[q] for q in qids]), depth)
     store, level = dataset.store, relevant_grade(dataset.qrels)
     triplets: list[Triplet] = []
-    for q, hits in zip(qids, ranked):
-        negative = next((d for d in hits if dataset.qrels[q].get(d, 0) <= 0), None)
+    for q in qids:
+        negative = next((d for d in ranked[q] if dataset.qrels[q].get(d, 0) <= 0), None)
         positives = [d for d in relevant_docs(dataset.qrels, q, level) if d in store]
         if negative is not None and positives:
             chosen = positives[:per_query]
             texts = store.texts(chosen + [negative])
             triplets += [(dataset.queries[q], t, texts[-1]) for t in texts[:-1]]
-    return triplets, dict(zip(qids, ranked))
-
-
-def domain_triplets(dataset: Dataset, encoder: Encoder, index: Index, limit: int = 256, depth: int = 20) -> list[Triplet]:
-    """Domain triplets from a dataset's training qrels, one per query (its best relevant passage)."""
-    return training_pairs(dataset, encoder, index, judged_queries(dataset)[:limit], depth, per_query=1)[0]
+    return triplets
 
 
 def general_triplets(root: Path, limit: int = 256) -> list[Triplet]:

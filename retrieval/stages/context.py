@@ -21,8 +21,15 @@ if TYPE_CHECKING:
 class StageContext:
     """Lazily built shared resources for the stages of one pipeline."""
 
-    def __init__(self, config: PipelineConfig, dataset: Dataset | None = None, progress: bool = True) -> None:
+    def __init__(self, config: PipelineConfig, dataset: Dataset | None = None, progress: bool = True,
+                 encoder: Encoder | None = None, index: Any = None) -> None:
+        """``encoder`` and ``index``: ones the caller already holds (a build), used instead of loading them."""
         self.config, self.dataset, self.progress = config, dataset, progress
+        if encoder is not None:
+            self.__dict__["encoder"] = encoder
+        if index is not None:
+            index.check_encoder(self.encoder.identity())
+            self.__dict__["index"] = index
 
     @property
     def has_corpus(self) -> bool:

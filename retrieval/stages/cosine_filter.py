@@ -16,6 +16,22 @@ from retrieval.stages.base import Filter, QueryBatch, StageParams
 from retrieval.stages.context import StageContext
 
 
+def fill_cosines(hits: list[list[Hit]], vectors: np.ndarray, encoder: Encoder, store: DocStore | None) -> list[np.ndarray]:
+    """Each query's candidate cosines in hit order; hits without one (BM25, hybrid, run files) get theirs
+    from their passages encoded now (set on the hits)."""
+    cosines = []
+    for vector, ranked in zip(vectors, hits):
+        missing = [h for h in ranked if h.cosine is None]
+        if missing:
+            if store is None:
+                raise RuntimeError("the filter needs passage texts to score candidates without a cosine")
+            docs = encoder.encode_documents(store.texts([h.id for h in missing]))
+            for h, c in zip(missing, docs @ vector):
+                h.cosine = float(c)
+        cosines.append(np.array([h.cosine for h in ranked], dtype=np.float32))
+    return cosines
+
+
 class CosineFilterParams(StageParams):
     calibrator: Path  # a calibrator artifact from `siftrank calibrate`
     threshold: float | None = Field(None, ge=0.0, le=1.0)  # override the artifact's global threshold
@@ -50,16 +66,7 @@ class CosineAdapterFilter(Filter):
     def filter(self, queries: QueryBatch, hits: list[list[Hit]], threshold: float | None = None) -> list[list[Hit]]:
         cut = self.threshold if threshold is None else check_threshold(threshold)
         vectors = queries.vectors
-        cosines = []
-        for vector, ranked in zip(vectors, hits):
-            missing = [h for h in ranked if h.cosine is None]
-            if missing:
-                if self.store is None:
-                    raise RuntimeError("the filter needs passage texts to score candidates without a cosine")
-                docs = self.encoder.encode_documents(self.store.texts([h.id for h in missing]))
-                for h, c in zip(missing, docs @ vector):
-                    h.cosine = float(c)
-            cosines.append(np.array([h.cosine for h in ranked], dtype=np.float32))
+        cosines = fill_cosines(hits, vectors, self.encoder, self.store)
         for ranked, relevance in zip(hits, self.calibrator.relevance(vectors, cosines)):
             for h, s in zip(ranked, relevance):
                 h.relevance = float(s)

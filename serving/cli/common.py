@@ -69,5 +69,5 @@ def refuse_stages(config: PipelineConfig, command: str, first_stages: tuple[str,
     extra = [name for name in ("filter", "rerank") if getattr(config, name) is not None]
     if extra or config.first_stage.kind not in first_stages:
         named = ", ".join(f"[{n}]" for n in extra) or f"[first_stage] kind = '{config.first_stage.kind}'"
-        raise SiftrankError(f"{command} uses only the config's [encoder] and [index] (a dense first stage); "
+        raise SiftrankError(f"{command} uses only the config's [encoder], [index] and first stage ({' or '.join(first_stages)}); "
                             f"it does not run {named}: give it a config without them")

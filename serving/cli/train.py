@@ -65,12 +65,12 @@ def calibrate(
     if family not in FAMILIES:
         raise SiftrankError(f"--family must be one of {', '.join(FAMILIES)}, not '{family}'")
     config = load_config(pipeline)
-    refuse_stages(config, "calibrate")
+    refuse_stages(config, "calibrate", first_stages=("dense", "bm25", "hybrid"))  # calibrated on its first stage's candidates
     data = Dataset.load(dataset, split=split, qrels=qrels)
     CandidateSet.check_judgments(data)
     context = StageContext(config, data)
     encoder = context.encoder
-    candidates = CandidateSet.retrieve(data, encoder, context.index, k)
+    candidates = CandidateSet.retrieve(data, config.first_stage.build(context), encoder, k)
     metrics: dict = {}
     if folds:
         if not 2 <= folds <= len(candidates):

@@ -58,15 +58,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_build_writes_every_stage_with_lineage_and_a_pipeline_eval_takes(built, cli) -> None:
     recipe, out = built
-    assert statuses(out) == {"prune": "built", "finetune": "built", "index": "built", "calibrate": "built"}
-    for stage in ("prune", "finetune", "index", "calibrate"):
+    assert statuses(out) == {"prune": "built", "finetune": "built", "index": "built", "first_stage": "built", "calibrate": "built"}
+    for stage in ("prune", "finetune", "index", "first_stage", "calibrate"):
         lineage = json.loads((out / stage / "manifest.json").read_text())["lineage"]
         assert lineage["stage"] == stage and len(lineage["key"]) == 20
-    # each stage names what it was built from: finetune ← prune, index ← finetune, calibrate ← index
-    keys = {s: json.loads((out / s / "manifest.json").read_text())["lineage"] for s in ("prune", "finetune", "index", "calibrate")}
+    # each stage names what it was built from: finetune ← prune, index ← finetune, first stage ← index, calibrate ← first stage
+    keys = {s: json.loads((out / s / "manifest.json").read_text())["lineage"]
+            for s in ("prune", "finetune", "index", "first_stage", "calibrate")}
     assert keys["finetune"]["inputs"]["encoder"] == keys["prune"]["key"]
     assert keys["index"]["inputs"]["encoder"] == keys["finetune"]["key"]
-    assert keys["calibrate"]["inputs"]["index"] == keys["index"]["key"]
+    assert keys["first_stage"]["inputs"]["index"] == keys["index"]["key"]
+    assert keys["calibrate"]["inputs"]["first_stage"] == keys["first_stage"]["key"]
     pruned = json.loads((out / "prune" / "manifest.json").read_text())
     assert pruned["parameters"]["structured"] is True and pruned["metrics"]["parameters"] < 22_713_216
     config = PipelineConfig.load(out / "pipeline.toml")
@@ -81,14 +83,16 @@ def test_rerun_reuses_and_a_changed_parameter_rebuilds_from_its_stage(built, cli
     recipe, out = built
     code, stdout, err = cli("build", recipe, "--out", out)
     assert code == 0, err
-    assert statuses(out) == {"prune": "reused", "finetune": "reused", "index": "reused", "calibrate": "reused"}
+    assert statuses(out) == {"prune": "reused", "finetune": "reused", "index": "reused", "first_stage": "reused",
+                             "calibrate": "reused"}
     assert "reused" in stdout
     code, _, err = cli("build", recipe, "--out", out, "--set", "calibrate.k=4")
     assert code == 0, err
-    assert statuses(out) == {"prune": "reused", "finetune": "reused", "index": "reused", "calibrate": "built"}
+    assert statuses(out) == {"prune": "reused", "finetune": "reused", "index": "reused", "first_stage": "reused",
+                             "calibrate": "built"}
     code, _, err = cli("build", recipe, "--out", out, "--set", "finetune.enabled=false", "--set", "calibrate.k=4")
     assert code == 0, err
-    assert statuses(out) == {"prune": "reused", "index": "built", "calibrate": "built"}
+    assert statuses(out) == {"prune": "reused", "index": "built", "first_stage": "built", "calibrate": "built"}
     assert PipelineConfig.load(out / "pipeline.toml").encoder.model == str(out / "prune")
 
 
@@ -100,7 +104,7 @@ def test_kill_9_in_the_finetune_stage_then_resume_redoes_only_that_stage(tmp_pat
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert process.stdout is not None
     for line in process.stdout:
-        if line.startswith("[2/4] finetune"):
+        if line.startswith("[2/5] finetune"):
             break
     time.sleep(3)  # inside the stage: the model is loading, mining negatives or training
     assert process.poll() is None, "the finetune stage ended before it could be killed: raise finetune_steps"
@@ -112,7 +116,7 @@ def test_kill_9_in_the_finetune_stage_then_resume_redoes_only_that_stage(tmp_pat
     (out / ".finetune.leftover.tmp").mkdir()  # what a kill during the artifact's write leaves behind
     result = subprocess.run(command, capture_output=True, text=True, env=env)  # the same recipe
     assert result.returncode == 0, result.stderr[-2000:]
-    assert statuses(out) == {"prune": "reused", "finetune": "built", "index": "built", "calibrate": "built"}
+    assert statuses(out) == {"prune": "reused", "finetune": "built", "index": "built", "first_stage": "built", "calibrate": "built"}
     assert (out / "prune" / "manifest.json").read_text() == prune_manifest
     assert not list(out.glob(".*.tmp"))
 
@@ -183,3 +187,35 @@ def test_a_rank_stage_trains_the_ranker_on_the_built_first_stage(tmp_path: Path,
     assert manifest["kind"] == "ranker-adapter" and manifest["lineage"]["stage"] == "rank"
     config = PipelineConfig.load(tmp_path / "out" / "pipeline.toml")
     assert config.stages() == ["dense", "rerank"] and config.rerank is not None
+
+
+def test_a_hybrid_first_stage_is_chosen_on_validation_and_feeds_the_filter(tmp_path: Path, cli) -> None:
+    recipe = write_recipe(tmp_path, prune={"enabled": False}, finetune={"enabled": False},
+                          first_stage={"kind": "hybrid"})
+    code, stdout, err = cli("build", recipe, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "fusion chosen on" in stdout
+    manifest = json.loads((tmp_path / "out" / "first_stage" / "manifest.json").read_text())
+    section = manifest["parameters"]["section"]
+    assert section["kind"] == "hybrid" and section["fusion"] in ("rrf", "interpolate")
+    evidence = manifest["metrics"]
+    assert evidence["queries"] == len(QUERIES) and evidence["chosen"] == max(evidence["options"].values())
+    calibrator = json.loads((tmp_path / "out" / "calibrate" / "manifest.json").read_text())
+    assert calibrator["data"]["first_stage"] == section  # the filter was fitted on the hybrid's candidates
+    config = PipelineConfig.load(tmp_path / "out" / "pipeline.toml")
+    assert config.stages() == ["hybrid", "filter"] and config.first_stage.params.fusion == section["fusion"]
+    code, _, err = cli("eval", "--dataset", recipe.parent / "tiny", "--pipeline", tmp_path / "out" / "pipeline.toml",
+                       "--out", tmp_path / "ev")
+    assert code == 0, err
+    assert set(json.loads((tmp_path / "ev" / "metrics.json").read_text())["stages"]) == {"hybrid", "filter"}
+
+
+def test_a_new_build_stage_is_one_module_and_one_registry_line() -> None:
+    from training.recipe import Recipe
+    from training.stages.registry import BUILD_STAGES, build_stage
+
+    for name in BUILD_STAGES:
+        stage = build_stage(name)
+        assert stage.name == name and stage.Params is not None
+    recipe = Recipe.model_validate({"data": {"dataset": "x"}})
+    assert recipe.active() == ["prune", "finetune", "index", "first_stage", "calibrate"]  # rank is off by default

@@ -1,0 +1,158 @@
+"""What the stages of one build share, each loaded once: the dataset (corpus included), the encoder the
+build has reached, its index and the pipeline's first stage; the lineage keys of what has been built; and
+the pipeline config the build is writing. Training draws its candidates from :meth:`BuildContext.candidates`:
+the pipeline's own first stage, whatever its kind (dense, BM25, hybrid)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from retrieval.config import PipelineConfig
+from retrieval.data import Dataset, file_digest
+from retrieval.encoder import Encoder, model_fingerprint, resolve_model_path
+from retrieval.errors import SiftrankError
+from retrieval.hits import Hit
+from retrieval.stages.base import FirstStage, QueryBatch
+from retrieval.stages.context import StageContext
+from training.stages.lineage import lineage_key
+
+if TYPE_CHECKING:
+    from retrieval.index import Index
+    from training.recipe import Recipe
+
+QUERY_BATCH = 256
+
+
+class BuildContext:
+    """Shared state of one build (see the module doc). ``keys`` maps ``encoder``, ``index`` and
+    ``first_stage`` to the lineage key of what the build holds now; stages name them as their inputs."""
+
+    def __init__(self, recipe: Recipe, out: Path, echo: Callable[[str], None] = print, progress: bool = True,
+                 dataset: Dataset | None = None) -> None:
+        self.recipe, self.out, self.echo, self.progress = recipe, Path(out), echo, progress
+        if dataset is not None:
+            self.__dict__["dataset"] = dataset
+        self.base_path = resolve_model_path(recipe.encoder.base)
+        self.keys: dict[str, str] = {"encoder": model_fingerprint(self.base_path)}
+        self.model, self.adapter = recipe.encoder.base, None
+        self.index_path: Path | None = None
+        self.first_stage_section: dict[str, Any] = recipe.stage("first_stage").section()
+        self.sections: dict[str, dict[str, Any]] = {}  # the pipeline's filter and rerank sections
+        #: training queries no earlier stage trained on (the fine-tuning's validation split), if one did
+        self.held_out: list[str] | None = None
+        self._digests: dict[str, str | None] = {}
+        self._reset()
+
+    @classmethod
+    def plain(cls, model: str, dataset: Path, split: str = "train", progress: bool = True) -> BuildContext:
+        """A context over ``model`` and a dataset with the default (dense) first stage, for one stage run
+        outside a recipe (the training commands, the studies)."""
+        from training.recipe import Recipe
+
+        recipe = Recipe.model_validate({"data": {"dataset": str(dataset), "split": split}, "encoder": {"base": model}})
+        return cls(recipe, Path("."), progress=progress)
+
+    # ---- data, loaded once ------------------------------------------------------------------------
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        return Dataset.load(Path(self.recipe.data.dataset), split=self.recipe.data.split)
+
+    def digest(self, name: str) -> str | None:
+        """Digest of ``data`` (corpus and training qrels), ``corpus`` or ``general`` (None: no general data)."""
+        if name not in self._digests:
+            data = self.dataset
+            if name == "corpus":
+                value: str | None = file_digest(data.corpus_path)
+            elif name == "data":
+                assert data.qrels_path is not None
+                value = lineage_key(file_digest(data.corpus_path), file_digest(data.qrels_path))
+            elif name == "general":
+                folder = self.recipe.data.general
+                files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if folder else []
+                value = lineage_key([(p.name, file_digest(p)) for p in files]) if folder else None
+            else:
+                raise KeyError(name)
+            self._digests[name] = value
+        return self._digests[name]
+
+    def require_general(self, why: str) -> None:
+        """Refuse a recipe without usable general data where a stage needs it."""
+        folder = self.recipe.data.general
+        if folder is None:
+            raise SiftrankError(f"recipe: [data] general is needed ({why})")
+        from training.triplets import general_triplets
+
+        general_triplets(Path(folder), 1)  # the folder exists and holds triplets
+
+    # ---- what the build holds now -------------------------------------------------------------------
+    def _reset(self) -> None:
+        self._encoder: Encoder | None = None
+        self._index: Any = None
+        self._first: FirstStage | None = None
+
+    def set_encoder(self, model: str, adapter: str | None, key: str) -> None:
+        """The encoder later stages use (a pruned or fine-tuned model, or an adapter on one)."""
+        self.model, self.adapter, self.keys["encoder"] = model, adapter, key
+        self.index_path = None
+        self._reset()
+
+    def set_index(self, path: Path, key: str, index: Index | None = None) -> None:
+        """The built index (``index``: the object just built, so it is not read back)."""
+        self.index_path, self.keys["index"] = Path(path), key
+        self._index, self._first = index, None
+
+    def set_first_stage(self, section: dict[str, Any], key: str) -> None:
+        self.first_stage_section, self.keys["first_stage"] = dict(section), key
+        self._first = None
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = Encoder(self.model, adapter=self.adapter)
+        return self._encoder
+
+    def config(self) -> PipelineConfig:
+        """The pipeline the build has reached (absolute paths)."""
+        raw: dict[str, Any] = {"encoder": {"model": self.model, "adapter": self.adapter},
+                               "index": {"kind": self.recipe.stage("index").kind, "params": self.recipe.stage("index").params,
+                                         "path": self.index_path},
+                               "first_stage": self.first_stage_section, **self.sections}
+        raw["encoder"] = {k: v for k, v in raw["encoder"].items() if v is not None}
+        raw["index"] = {k: v for k, v in raw["index"].items() if v is not None}
+        return PipelineConfig.model_validate(raw)
+
+    @property
+    def first_stage(self) -> FirstStage:
+        """The pipeline's first stage over the current encoder, built once (its index too: the built one, or
+        before the index stage the dataset's cached index of the current encoder)."""
+        if self._first is None:
+            context = StageContext(self.config(), self.dataset, self.progress, encoder=self.encoder, index=self._index)
+            self._first = context.config.first_stage.build(context)
+            if "index" in context.__dict__:
+                self._index = context.__dict__["index"]
+        return self._first
+
+    def candidates(self, qids: Sequence[str], depth: int) -> tuple[QueryBatch, list[list[Hit]]]:
+        """The first stage's top ``depth`` for each of ``qids`` (training queries), with their query batch
+        (whose vectors are encoded once)."""
+        if not qids:
+            raise SiftrankError(f"{self.dataset.root}: no training queries to draw candidates for")
+        batch = QueryBatch(list(qids), [self.dataset.queries[q] for q in qids], self.encoder)
+        hits: list[list[Hit]] = []
+        stage = self.first_stage
+        for lo in tqdm(range(0, len(batch), QUERY_BATCH), desc=f"candidates ({stage.name})", unit="batch",
+                       disable=not self.progress or len(batch) <= QUERY_BATCH, leave=False):
+            part = QueryBatch(batch.qids[lo:lo + QUERY_BATCH], batch.texts[lo:lo + QUERY_BATCH], self.encoder)
+            part.__dict__["vectors"] = batch.vectors[lo:lo + QUERY_BATCH]
+            hits += stage.retrieve(part, depth)
+        return batch, hits
+
+    def ranked_ids(self, qids: Sequence[str], depth: int) -> dict[str, list[str]]:
+        """Each query's candidate ids in first-stage order (for mining hard negatives)."""
+        _, hits = self.candidates(qids, depth)
+        return {q: [h.id for h in ranked] for q, ranked in zip(qids, hits)}
