@@ -40,8 +40,11 @@ def test_scores(encoder: Encoder, data: Dataset) -> dict[str, float]:
 
 
 def run_one(model: str, method: str, seed: int, args, train: Dataset, test: Dataset, work: Path) -> dict:
-    tuner = FineTuner(model, method, seed=seed, epochs=args.epochs, batch_size=args.batch_size, eval_steps=args.eval_steps)
-    report = tuner.train(train, steps=args.steps or None)
+    from training.stages.context import BuildContext
+
+    ctx = BuildContext.plain(model, train.root, "train", loaded=train)  # hard negatives from the dense first stage
+    tuner = FineTuner(ctx.encoder, method, seed=seed, epochs=args.epochs, batch_size=args.batch_size, eval_steps=args.eval_steps)
+    report = tuner.train(ctx.dataset, ctx.ranked_ids, steps=args.steps or None)
     folder = work / f"{method}-{seed}"
     tuner.save(folder, report, overwrite=True)
     encoder = Encoder(model, adapter=folder) if tuner.setup.adapters is not None else Encoder(str(folder))

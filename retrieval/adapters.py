@@ -18,14 +18,52 @@ This module lives in ``retrieval`` because the Encoder applies a trained adapter
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from retrieval.artifacts import Manifest, atomic_dir
 from retrieval.errors import SiftrankError
 
 WEIGHTS = "adapter.safetensors"
 LORA_TARGETS = ("query", "value")
+ASIDE_MARKER = "aside_pathway."
+
+
+class InsideModules(NamedTuple):
+    """One kind of parameter-efficient module put inside the transformer's layers: how it is attached to a
+    Hugging Face model (in place), and the substring that names its weights."""
+
+    attach: Callable[[ConnectedAdapters, Any, Any], None]  # (adapters, transformer, target modules)
+    marker: str
+
+
+def _lora(adapters: ConnectedAdapters, transformer: Any, targets: Any) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    rank = adapters.lora_rank
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets), transformer)
+
+
+def _adalora(adapters: ConnectedAdapters, transformer: Any, targets: Any) -> None:
+    """AdaLoRA (Zhang et al., 2023): SVD-form LoRA whose ranks are pruned from init_r toward r by importance
+    during training (``ConnectedAdapters.step``); the pruned singular values are zeros in the weights."""
+    from peft import AdaLoraConfig
+    from peft.tuners.adalora import AdaLoraModel
+
+    steps, rank = max(adapters.total_steps, 4), adapters.lora_rank
+    config = AdaLoraConfig(init_r=int(1.5 * rank), target_r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                           target_modules=targets, total_step=steps, tinit=steps // 10, tfinal=steps // 5,
+                           deltaT=max(1, steps // 20))
+    adapters.allocator = AdaLoraModel(transformer, config, "default")
+
+
+#: the inside modules by method; ``connected`` adds the aside pathway to its LoRA
+INSIDE: dict[str, InsideModules] = {
+    "connected": InsideModules(_lora, "lora_"),
+    "lora": InsideModules(_lora, "lora_"),
+    "adalora": InsideModules(_adalora, "lora_"),
+}
 
 
 def _torch():
@@ -40,8 +78,8 @@ class ConnectedAdapters:
 
     def __init__(self, method: str = "connected", lora_rank: int = 8, aside_dim: int = 64,
                  lora_targets: tuple[str, ...] | str = LORA_TARGETS, total_steps: int = 100) -> None:
-        if method not in ("connected", "lora", "adalora", "aside"):
-            raise SiftrankError(f"adapter method must be connected, lora, adalora or aside, not '{method}'")
+        if method not in INSIDE:
+            raise SiftrankError(f"adapter method must be one of {', '.join(INSIDE)}, not '{method}'")
         self.total_steps = total_steps  # adalora: its rank schedule spans the training run
         self.allocator: Any = None  # adalora: the peft tuner that reallocates ranks during training
         # peft target modules: suffixes, or one regex over module names
@@ -49,12 +87,12 @@ class ConnectedAdapters:
         self.method, self.lora_rank, self.aside_dim = method, lora_rank, aside_dim
 
     @property
-    def inside(self) -> bool:
-        return self.method in ("connected", "lora", "adalora")
-
-    @property
     def aside(self) -> bool:
-        return self.method in ("connected", "aside")
+        return self.method == "connected"
+
+    def owns(self, name: str) -> bool:
+        """Whether parameter ``name`` belongs to the adapter (what trains)."""
+        return INSIDE[self.method].marker in name or ASIDE_MARKER in name
 
     def attach(self, model) -> None:
         """Add the modules to ``model`` (a SentenceTransformer) in place; they are its parameters now."""
@@ -63,22 +101,7 @@ class ConnectedAdapters:
         if layers is None:
             raise SiftrankError("connected adapters need a BERT-style encoder (encoder.layer[...])")
         targets = self.lora_targets if isinstance(self.lora_targets, str) else list(self.lora_targets)
-        if self.method == "adalora":
-            # AdaLoRA (Zhang et al., 2023): SVD-form LoRA whose ranks are pruned from init_r toward r by
-            # importance during training (``step``); the pruned singular values are zeros in the weights.
-            from peft import AdaLoraConfig
-            from peft.tuners.adalora import AdaLoraModel
-
-            steps = max(self.total_steps, 4)
-            adaptive = AdaLoraConfig(init_r=int(1.5 * self.lora_rank), target_r=self.lora_rank, lora_alpha=2 * self.lora_rank,
-                                   lora_dropout=0.0, target_modules=targets, total_step=steps, tinit=steps // 10,
-                                   tfinal=steps // 5, deltaT=max(1, steps // 20))
-            self.allocator = AdaLoraModel(transformer, adaptive, "default")
-        elif self.inside:
-            from peft import LoraConfig, inject_adapter_in_model
-
-            config = LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0, target_modules=targets)
-            inject_adapter_in_model(config, transformer)
+        INSIDE[self.method].attach(self, transformer, targets)
         if self.aside:
             pathway = AsidePathway(transformer.config.hidden_size, len(layers), self.aside_dim)
             pathway.to(next(transformer.parameters()).dtype)
@@ -93,8 +116,7 @@ class ConnectedAdapters:
     def state_dict(self, model) -> dict[str, Any]:
         """The adapter's weights only (LoRA matrices and the aside pathway)."""
         transformer = model[0].auto_model
-        return {k: v.detach().cpu().float().contiguous() for k, v in transformer.state_dict().items()
-                if "lora_" in k or k.startswith("aside_pathway.")}
+        return {k: v.detach().cpu().float().contiguous() for k, v in transformer.state_dict().items() if self.owns(k)}
 
     def trainable_names(self, model) -> list[str]:
         return [f"0.auto_model.{k}" for k in self.state_dict(model)]

@@ -15,14 +15,35 @@ error, not a silent overshoot.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from retrieval.adapters import ConnectedAdapters
+from retrieval.adapters import LORA_TARGETS, ConnectedAdapters
 from retrieval.errors import SiftrankError
 
-METHODS: tuple[str, ...] = ("connected", "lora", "adalora", "bitfit", "full")
 FFN_PATTERN = r"layer\.\d+\.(intermediate\.dense|output\.dense)\.weight$"  # both FFN matrices of a layer
 ALL_LINEAR = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"  # attention, its output, both FFN matrices
+
+
+@dataclass(frozen=True)
+class Method:
+    """A fine-tuning method: its default learning rate, and either which of the model's own weights train
+    (``trains``) or where its adapter modules go (``targets``, for ``retrieval.adapters.INSIDE``)."""
+
+    learning_rate: float
+    trains: Callable[[str], bool] | None = None
+    targets: str | tuple[str, ...] = ALL_LINEAR
+
+
+#: the registry of fine-tuning methods (a new adapter kind: an entry here and one in retrieval.adapters.INSIDE)
+METHODS: dict[str, Method] = {
+    "connected": Method(5e-4, targets=LORA_TARGETS),
+    "lora": Method(5e-4),
+    "adalora": Method(5e-4),
+    "bitfit": Method(1e-3, trains=lambda name: name.endswith("bias")),
+    "full": Method(5e-5, trains=lambda name: True),
+}
 
 
 class TrainableSetup:
@@ -34,26 +55,19 @@ class TrainableSetup:
             raise SiftrankError(f"fine-tuning method must be one of {', '.join(METHODS)}, not '{method}'")
         if max_fraction is not None and not 0 < max_fraction <= 1:
             raise SiftrankError(f"the trainable budget must be a fraction in (0, 1], not {max_fraction}")
-        self.method, self.max_fraction = method, max_fraction
+        self.method, self.max_fraction, self.spec = method, max_fraction, METHODS[method]
         self.adapters: ConnectedAdapters | None = None
-        if method in ("lora", "adalora"):
-            self.adapters = ConnectedAdapters(method, lora_rank, aside_dim, ALL_LINEAR, total_steps)
-        elif method == "connected":
-            self.adapters = ConnectedAdapters("connected", lora_rank, aside_dim)
+        if self.spec.trains is None:
+            self.adapters = ConnectedAdapters(method, lora_rank, aside_dim, self.spec.targets, total_steps)
 
     def apply(self, model) -> dict[str, Any]:
         """Attach modules, set ``requires_grad``, check the budget; returns the parameter counts."""
         base_total = sum(p.numel() for p in model.parameters())
         if self.adapters is not None:
             self.adapters.attach(model)
+        trains = self.spec.trains or self.adapters.owns  # type: ignore[union-attr]
         for name, parameter in model.named_parameters():
-            if self.method == "full":
-                train = True
-            elif self.method == "bitfit":
-                train = name.endswith("bias")
-            else:
-                train = "lora_" in name or ".aside_pathway." in name
-            parameter.requires_grad_(train)
+            parameter.requires_grad_(trains(name))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         fraction = trainable / base_total
         if self.max_fraction is not None and fraction > self.max_fraction:

@@ -22,11 +22,10 @@ from retrieval.artifacts import Manifest, atomic_dir, write_text_atomic
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder, load_sentence_transformer, model_fingerprint
 from retrieval.errors import SiftrankError
-from training.adapters import FFN_PATTERN, TrainableSetup
+from training.adapters import FFN_PATTERN, METHODS, TrainableSetup
 from training.triplets import Triplet, judged_queries, relevant_docs, training_pairs
 
 log = logging.getLogger(__name__)
-LEARNING_RATES = {"full": 5e-5, "bitfit": 1e-3, "lora": 5e-4, "adalora": 5e-4, "connected": 5e-4}
 
 
 class FineTuner:
@@ -39,7 +38,7 @@ class FineTuner:
         self.encoder = model if isinstance(model, Encoder) else Encoder(model)  # a build passes the one it holds
         self.source, self.method, self.seed = self.encoder.spec, method, seed
         self.setup = TrainableSetup(method, max_fraction=max_fraction)
-        self.learning_rate = learning_rate or LEARNING_RATES[method]
+        self.learning_rate = learning_rate or METHODS[method].learning_rate
         self.epochs, self.batch_size, self.eval_steps = epochs, batch_size, eval_steps
         self.validation_share = validation_share
         if checkpoint_steps < 0 or (checkpoint_steps and checkpoint_dir is None):

@@ -177,16 +177,16 @@ def finetune(
     verbose: Verbose = False,
 ) -> None:
     """Fine-tune the embedding model contrastively (in-batch + mined hard negatives) with one method."""
-    from retrieval.data import Dataset
     from training.finetune import FineTuner
+    from training.stages.context import BuildContext
 
     setup_logging(verbose)
     refuse_existing(out, overwrite)
-    tuner = FineTuner(model, method, seed=seed, learning_rate=lr, epochs=epochs, batch_size=batch_size,
+    ctx = BuildContext.plain(model, dataset, split)  # hard negatives from the dense first stage, as a build mines them
+    tuner = FineTuner(ctx.encoder, method, seed=seed, learning_rate=lr, epochs=epochs, batch_size=batch_size,
                       eval_steps=eval_steps, max_fraction=max_fraction, checkpoint_steps=checkpoint_steps,
                       checkpoint_dir=out.with_name(out.name + ".checkpoints") if checkpoint_steps else None)
-    data = Dataset.load(dataset, split=split)
-    report = tuner.train(data, steps=steps)
+    report = tuner.train(ctx.dataset, ctx.ranked_ids, steps=steps)
     tuner.save(out, report, overwrite)
     typer.echo(f"wrote {out}: {method}, {report['trainable']:,} trainable parameters "
                f"({report['trainable_fraction']:.2%}), {report['steps']} steps in {report['wall_seconds']:.0f} s")

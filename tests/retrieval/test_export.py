@@ -73,10 +73,12 @@ def test_export_is_cached_and_index_caches_are_kept_apart(tiny: Path, tmp_path: 
 def test_exported_encoder_keeps_adapters(tiny_binary: Path, tmp_path: Path) -> None:
     """The connected adapters' hooks are part of the traced graph."""
     from training.finetune import FineTuner
+    from training.stages.context import BuildContext
 
     tuner = FineTuner("bundled:all-MiniLM-L6-v2", "connected", batch_size=2, eval_steps=5, validation_share=0.34,
                       learning_rate=5e-2)
-    report = tuner.train(Dataset.load(tiny_binary), steps=2, progress=False)
+    ctx = BuildContext.plain("bundled:all-MiniLM-L6-v2", tiny_binary, "test", progress=False)
+    report = tuner.train(ctx.dataset, ctx.ranked_ids, steps=2, progress=False)
     tuner.save(tmp_path / "adapter", report)
     torch_vectors = Encoder(precision="fp32", adapter=tmp_path / "adapter").encode_documents(TEXTS)
     base = Encoder(precision="fp32").encode_documents(TEXTS)

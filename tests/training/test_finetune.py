@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,14 @@ from training.adapters import TrainableSetup
 from training.finetune import FineTuner
 
 TEXTS = ["how do plants make food", "Volcanoes erupt when magma rises."]
+
+
+def mined(root: Path) -> tuple[Dataset, Callable[[list[str], int], dict[str, list[str]]]]:
+    """The dataset and its first stage's candidates (dense, MiniLM), as a build hands them to the tuner."""
+    from training.stages.context import BuildContext
+
+    ctx = BuildContext.plain("bundled:all-MiniLM-L6-v2", root, "test", progress=False)
+    return ctx.dataset, ctx.ranked_ids
 
 
 @pytest.mark.parametrize("method", ["connected", "lora", "adalora", "bitfit", "full"])
@@ -65,13 +74,13 @@ def test_budget_and_bad_input(tiny: Path) -> None:
     one = Dataset.load(tiny)
     one = Dataset(one.root, one.corpus_path, one.corpus, {"q1": one.queries["q1"]}, {"q1": one.qrels["q1"]})
     with pytest.raises(SiftrankError, match="at least 2 training queries"):
-        FineTuner("bundled:all-MiniLM-L6-v2", "lora").train(one)
+        FineTuner("bundled:all-MiniLM-L6-v2", "lora").train(one, lambda qids, depth: {})
 
 
 def test_train_save_and_load_adapter_only_on_its_base(tiny_binary: Path, tmp_path: Path) -> None:
     tuner = FineTuner("bundled:all-MiniLM-L6-v2", "connected", batch_size=2, eval_steps=1, validation_share=0.34,
                       checkpoint_dir=tmp_path / "checkpoints", checkpoint_steps=2)
-    report = tuner.train(Dataset.load(tiny_binary), steps=3, progress=False)
+    report = tuner.train(*mined(tiny_binary), steps=3, progress=False)
     assert report["steps"] == 3 and report["trainable"] == tuner.counts["trainable"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]  # written atomically, loadable:
     Encoder(adapter=tmp_path / "checkpoints" / "step-2").encode_queries(TEXTS[:1])
@@ -100,7 +109,7 @@ def test_full_finetuning_keeps_pruned_weights_zero(tiny: Path, tmp_path: Path) -
     pruner.apply(pruner.masks(pruner.scores("magnitude"), 0.5))
     pruner.save(tmp_path / "pruned", {"parameters": {}})
     tuner = FineTuner(str(tmp_path / "pruned"), "full", batch_size=2, eval_steps=2, validation_share=0.34)
-    tuner.train(Dataset.load(tiny), steps=2, progress=False)
+    tuner.train(*mined(tiny), steps=2, progress=False)
     weight = tuner.model[0].auto_model.encoder.layer[0].intermediate.dense.weight
     assert 0.3 < float((weight == 0).float().mean()) < 0.7
     assert isinstance(ConnectedAdapters("connected"), ConnectedAdapters)
@@ -108,7 +117,7 @@ def test_full_finetuning_keeps_pruned_weights_zero(tiny: Path, tmp_path: Path) -
 
 def test_adalora_reallocates_ranks_and_its_artifact_reloads(tiny_binary: Path, tmp_path: Path) -> None:
     tuner = FineTuner("bundled:all-MiniLM-L6-v2", "adalora", batch_size=2, eval_steps=20, validation_share=0.34)
-    report = tuner.train(Dataset.load(tiny_binary), steps=12, progress=False)
+    report = tuner.train(*mined(tiny_binary), steps=12, progress=False)
     assert report["steps"] == 12
     singular = [p for n, p in tuner.model.named_parameters() if "lora_E" in n]
     assert singular and any(bool((p == 0).any()) for p in singular)  # ranks pruned by importance during training

@@ -49,13 +49,14 @@ class BuildContext:
         self._reset()
 
     @classmethod
-    def plain(cls, model: str, dataset: Path, split: str = "train", progress: bool = True) -> BuildContext:
+    def plain(cls, model: str, dataset: Path, split: str = "train", progress: bool = True,
+              loaded: Dataset | None = None) -> BuildContext:
         """A context over ``model`` and a dataset with the default (dense) first stage, for one stage run
-        outside a recipe (the training commands, the studies)."""
+        outside a recipe (the training commands, the studies); ``loaded``: that dataset already in memory."""
         from training.recipe import Recipe
 
         recipe = Recipe.model_validate({"data": {"dataset": str(dataset), "split": split}, "encoder": {"base": model}})
-        return cls(recipe, Path("."), progress=progress)
+        return cls(recipe, Path("."), progress=progress, dataset=loaded)
 
     # ---- data, loaded once ------------------------------------------------------------------------
     @functools.cached_property
