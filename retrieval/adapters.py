@@ -118,9 +118,6 @@ class ConnectedAdapters:
         transformer = model[0].auto_model
         return {k: v.detach().cpu().float().contiguous() for k, v in transformer.state_dict().items() if self.owns(k)}
 
-    def trainable_names(self, model) -> list[str]:
-        return [f"0.auto_model.{k}" for k in self.state_dict(model)]
-
     def save(self, model, path: Path, base: dict[str, Any], extra: dict[str, Any] | None = None,
              overwrite: bool = False) -> None:
         """Write ``adapter.safetensors`` + ``manifest.json`` (the base model's identity inside), atomically."""

@@ -163,10 +163,6 @@ class Calibrator:
     def feature_dim(self) -> int:
         return (self.embedding_dim if self.use_embedding else 0) + (N_STATS if self.use_stats else 0)
 
-    @property
-    def query_dependent(self) -> bool:
-        return self.feature_dim > 0
-
     def features(self, query_vectors: np.ndarray, cosine_lists: Sequence[np.ndarray]) -> np.ndarray:
         """Per-query features: the query embedding and/or standardised top-K cosine statistics."""
         parts = []

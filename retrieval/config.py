@@ -1,4 +1,4 @@
-"""The pipeline config: one TOML file naming each stage and its artifact (see DESIGN.md)."""
+"""The pipeline config: one TOML file naming each stage and its artifact (the contract in docs/stages.md)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ prompts and pooling stay the library's. Exports are cached under ``~/.cache/sift
 keeps the calibration it was first built with (its manifest names the passages' digest).
 
 Why not sentence-transformers' own ``backend="onnx"``: it needs optimum-onnx, which today pins
-transformers < 5 and silently downgrades the whole environment (DESIGN.md). This path needs only
+transformers < 5 and silently downgrades the whole environment (tests/test_packaging.py guards it). This path needs only
 ``onnx``, ``onnxruntime`` and ``openvino`` (the ``fast`` extra).
 """
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -21,7 +21,6 @@ from retrieval.artifacts import Manifest, atomic_dir
 from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
 
-IndexKind = Literal["flat", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 FAISS_FILE, DOCS_FILE = "index.faiss", "docs.parquet"
 

@@ -53,12 +53,6 @@ def per_query(run: Mapping[str, Mapping[str, float]], qrels: Qrels, measure: str
     return values
 
 
-def mean_ndcg(run: Mapping[str, Mapping[str, float]], qrels: Qrels) -> float:
-    """Mean nDCG@10 over the queries of ``run`` (see :func:`per_query`)."""
-    values = per_query(run, qrels)
-    return float(np.mean(list(values.values()))) if values else 0.0
-
-
 def paired_test(a: Mapping[str, float], b: Mapping[str, float], permutations: int = 10_000,
                 seed: int = 0) -> dict[str, float]:
     """``b - a`` over the queries both score: mean delta, its std, the t-test and randomisation p-values."""

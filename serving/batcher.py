@@ -56,7 +56,6 @@ class MicroBatcher:
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"siftrank-{name}",
                                                initializer=_worker_setup, initargs=(nice, threads))
             self._job = self._run_here
-        self.in_process = process is not None
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[Answer]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -290,6 +290,17 @@ class Pruner:
                                "sparsity_per_matrix": per_matrix},
                 "data": {"domain_triplets": len(domain_set), "general_triplets": len(general_set)}, "metrics": metrics}
 
+    def build(self, out: Path, context: BuildContext, method: str, sparsity: float, triplets: int,
+              general: Path | None, scope: str = "global", structured: bool = False, retrain_steps: int = 0,
+              general_mix: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """The whole prune as ``siftrank prune`` and the build's prune stage run it: calibration triplets through
+        ``context``'s first stage, :meth:`prune`, then the folder at ``out``; returns the report."""
+        domain_set, general_set = calibration_sets(str(self.source), Path(context.recipe.data.dataset),
+                                                   context.recipe.data.split, general, triplets, context=context)
+        report = self.prune(method, sparsity, domain_set, general_set, scope, structured, retrain_steps, general_mix)
+        self.save(out, {"parameters": report["parameters"], "data": report["data"], "metrics": report["metrics"]}, overwrite)
+        return report
+
     # ---- output ----------------------------------------------------------------------------------------
     def save(self, path: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
         """A standard sentence-transformers folder plus manifest.json, written atomically."""

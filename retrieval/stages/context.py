@@ -4,25 +4,23 @@ store, each built on first use and at most once (a hybrid stage and a filter use
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from retrieval.artifacts import Manifest
 from retrieval.errors import SiftrankError
-from retrieval.index import SHARDED_KIND
+from retrieval.searchable import SearchIndex, open_index
 
 if TYPE_CHECKING:
     from retrieval.config import PipelineConfig
     from retrieval.data import Dataset
     from retrieval.docstore import DocStore
     from retrieval.encoder import Encoder
-    from retrieval.index import Index
 
 
 class StageContext:
     """Lazily built shared resources for the stages of one pipeline."""
 
     def __init__(self, config: PipelineConfig, dataset: Dataset | None = None, progress: bool = True,
-                 encoder: Encoder | None = None, index: Any = None) -> None:
+                 encoder: Encoder | None = None, index: SearchIndex | None = None) -> None:
         """``encoder`` and ``index``: ones the caller already holds (a build), used instead of loading them."""
         self.config, self.dataset, self.progress = config, dataset, progress
         if encoder is not None:
@@ -40,19 +38,13 @@ class StageContext:
         return self.config.encoder.build()
 
     @functools.cached_property
-    def index(self) -> Index:
-        """The config's prebuilt index (``[index].path``), else the dataset's cached one (built if missing);
-        refused when it was built by another encoder."""
+    def index(self) -> SearchIndex:
+        """The config's prebuilt index (``[index].path``, one FAISS index or a sharded one), else the dataset's
+        cached one (built if missing); refused when it was built by another encoder."""
         section = self.config.index
+        index: SearchIndex
         if section.path is not None:
-            if (section.path / "manifest.json").is_file() and Manifest.read(section.path).kind == SHARDED_KIND:
-                from retrieval.sharded import ShardedIndex
-
-                index: Any = ShardedIndex.load(section.path, address=section.ray)  # searched like an Index
-            else:
-                from retrieval.index import Index
-
-                index = Index.load(section.path, device=section.device)
+            index = open_index(section.path, section.device, section.ray)
         elif not self.has_corpus:
             raise SiftrankError("no index: set [index].path in the pipeline config or give a dataset")
         else:

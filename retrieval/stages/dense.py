@@ -6,7 +6,7 @@ from typing import Any
 
 from retrieval.encoder import Encoder
 from retrieval.hits import Hit
-from retrieval.index import Index
+from retrieval.searchable import SearchIndex
 from retrieval.stages.base import FirstStage, QueryBatch, StageParams
 from retrieval.stages.context import StageContext
 
@@ -18,7 +18,7 @@ class DenseRetriever(FirstStage):
     gives_cosine = True
     encoder: Encoder
 
-    def __init__(self, encoder: Encoder, index: Index) -> None:
+    def __init__(self, encoder: Encoder, index: SearchIndex) -> None:
         index.check_encoder(encoder.identity())
         self.encoder, self.index = encoder, index
 

@@ -38,9 +38,6 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
 
 
 ENCODER_KEYS = {"model", "precision", "backend"}
-INDEX_KEYS = {"kind", "device"}
-
-
 def load_config(path: Optional[Path], first_stage: Optional[str] = None, first_stage_run: Optional[Path] = None,
                 index: Optional[Path] = None, **overrides: Optional[str]) -> PipelineConfig:
     """The pipeline config with command-line overrides applied (and validated again): encoder and index

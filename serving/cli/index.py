@@ -26,7 +26,6 @@ app.add_typer(index_app, name="index")
 
 
 @index_app.command("build")
-@index_app.command("build")
 def index_build(
     corpus: Annotated[Path, typer.Option("--corpus", help="A corpus file (corpus.jsonl[.gz], collection.tsv) or a dataset directory holding one.")],
     out: Annotated[Path, typer.Option("--out", help="Index directory to write (written atomically).")],

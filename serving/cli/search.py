@@ -29,10 +29,9 @@ def search(
     print the ranked hits. With --index the encoder defaults to the one that built it; another is refused."""
     import json
 
-    from retrieval.artifacts import write_text_atomic
+    from retrieval.artifacts import Manifest, write_text_atomic
     from retrieval.data import Dataset, format_run, read_queries
     from retrieval.errors import SiftrankError
-    from retrieval.index import Index
     from retrieval.pipeline import Pipeline
 
     setup_logging(verbose)
@@ -46,7 +45,10 @@ def search(
         if config.index.path is None:
             raise SiftrankError("give --index, --dataset, or a pipeline config with [index].path")
     else:
-        source = Index.load(index).manifest.source_model if index is not None and model is None and pipeline is None else model
+        if index is not None and not index.is_dir():
+            raise SiftrankError(f"{index}: index directory not found")
+        # the index's own encoder (read from its manifest: a sharded index too) unless one is given
+        source = Manifest.read(index).source_model if index is not None and model is None and pipeline is None else model
         config = load_config(pipeline, index=index, model=source)
     data = Dataset.corpus_only(dataset) if dataset is not None else None
     pipeline_ = Pipeline.from_config(config, data, progress=False)

@@ -110,7 +110,8 @@ def prune(
     verbose: Verbose = False,
 ) -> None:
     """Prune the embedding model with GAPrune (or a baseline) and write a sentence-transformers folder."""
-    from training.prune import DEFAULT_BETA, DEFAULT_NORMALISE, METHODS, Pruner, calibration_sets, check_sparsity
+    from training.prune import DEFAULT_BETA, DEFAULT_NORMALISE, METHODS, Pruner, check_sparsity
+    from training.stages.context import BuildContext
 
     setup_logging(verbose)
     refuse_existing(out, overwrite)
@@ -119,9 +120,8 @@ def prune(
         raise SiftrankError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
     pruner = Pruner(model, target=target, seed=seed, beta=DEFAULT_BETA if beta is None else beta,
                     normalise=normalise or DEFAULT_NORMALISE)
-    domain_set, general_set = calibration_sets(model, domain, domain_split, general, triplets)
-    report = pruner.prune(method, sparsity, domain_set, general_set, scope, structured, retrain_steps)
-    pruner.save(out, {"parameters": report["parameters"], "data": report["data"], "metrics": report["metrics"]}, overwrite)
+    report = pruner.build(out, BuildContext.plain(model, domain, domain_split), method, sparsity, triplets, general, scope,
+                          structured, retrain_steps, overwrite=overwrite)
     typer.echo(f"wrote {out}: {method} {sparsity:.0%}{' structured' if structured else ''}, "
                f"{report['metrics']['parameters']:,} parameters")
 

@@ -78,8 +78,8 @@ BAD_INPUTS = [
     (["finetune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--max-fraction", "0.01"], "over the budget"),
     (["finetune", "--dataset", "{tmp}/empty", "--out", "{tmp}/idx"], "no corpus"),
     # serving
-    (["calibrate", "--dataset", "{tiny}", "--k", "5", "--out", "{tmp}/idx", "--pipeline", "{tmp}/bm25.toml"],
-     "calibrate uses only the config's [encoder] and [index] (a dense first stage); it does not run [first_stage] kind = 'bm25'"),
+    (["calibrate", "--dataset", "{tiny}", "--k", "5", "--out", "{tmp}/idx", "--pipeline", "{tmp}/rerank.toml"],
+     "calibrate uses only the config's [encoder], [index] and first stage (dense or bm25 or hybrid); it does not run [rerank]"),
     (["index", "build", "--corpus", "{tiny}", "--out", "{tmp}/idx", "--pipeline", "{tmp}/rerank.toml"], "it does not run [rerank]"),
     (["serve", "--experiment", "{tmp}/nope.toml"], "experiment config not found"),
     (["ab-report", "--log", "{tmp}/nope.db"], "event log not found"),
@@ -148,6 +148,20 @@ def test_calibrate_then_evaluate_with_the_filter_stage(tiny: Path, tmp_path: Pat
     kept = (tmp_path / "ev" / "run.filter.trec").read_text().splitlines()
     assert len(kept) == round(filt["kept_per_query"] * 3)
     assert "relevance filter" in out
+
+
+def test_calibrate_on_a_bm25_first_stage_then_filter_it(tiny: Path, tmp_path: Path, cli) -> None:
+    """The filter is calibrated on the candidates of the config's own first stage, whatever its kind."""
+    (tmp_path / "bm25.toml").write_text('[first_stage]\nkind = "bm25"\n')
+    code, _, err = cli("calibrate", "--dataset", tiny, "--split", "test", "--k", "6", "--features", "global",
+                       "--pipeline", tmp_path / "bm25.toml", "--out", tmp_path / "cal")
+    assert code == 0, err
+    config = tmp_path / "pipe.toml"
+    config.write_text('[first_stage]\nkind = "bm25"\n\n[filter]\ncalibrator = "cal"\n')
+    code, _, err = cli("eval", "--dataset", tiny, "--pipeline", config, "--out", tmp_path / "ev")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["bm25", "filter"] and 0 < metrics["stages"]["filter"]["kept_per_query"] <= 6
 
 
 def test_filter_config_errors(tiny: Path, tmp_path: Path, cli) -> None:

@@ -55,7 +55,7 @@ def test_a_per_query_input_undoes_query_levels_without_learned_query_parameters(
     calibrator = CalibratorTrainer(family="power", use_embedding=False, use_stats=False, **FAST).fit(train)
     chosen = calibrator.extra["chosen"]
     assert chosen["features"] == "global" and chosen["input"] in ("minmax", "zscore", "gap", "rank")
-    assert not calibrator.query_dependent  # no learned query part, yet the map differs per query
+    assert calibrator.feature_dim == 0  # no learned query part, yet the map differs per query
     by_input = {r["input"]: r["cv_pr_auc"] for r in calibrator.extra["selection"] if r["features"] == "global"}
     assert by_input[chosen["input"]] > by_input["cosine"] + 0.1
     adapter = _pooled_ap(calibrator.relevance(test.query_vectors, test.cosines), test.labels)
@@ -67,7 +67,7 @@ def test_without_query_signal_the_choice_shrinks_to_the_global_map() -> None:
     train = synthetic(n_queries=40, shift=0.0, seed=2)  # every query alike: a query part can only overfit
     calibrator = CalibratorTrainer(family="power", **FAST).fit(train)
     assert calibrator.extra["chosen"]["features"] == "global"
-    assert not calibrator.query_dependent
+    assert calibrator.feature_dim == 0
 
 
 def test_intercept_correction_restores_the_base_rate() -> None:

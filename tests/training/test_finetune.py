@@ -126,3 +126,4 @@ def test_adalora_reallocates_ranks_and_its_artifact_reloads(tiny_binary: Path, t
     trained = tuner.model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
     reloaded = Encoder(precision="fp32", query_precision="fp32", adapter=tmp_path / "adalora").encode_queries(TEXTS)
     assert np.allclose(reloaded, trained, atol=1e-5)
+

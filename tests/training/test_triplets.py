@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.config import PipelineConfig
 from retrieval.data import Dataset, relevant_grade
-from retrieval.stages.context import StageContext
+from training.stages.context import BuildContext
 from training.triplets import judged_queries, relevant_docs, training_pairs
 
 
@@ -20,9 +19,10 @@ def test_graded_qrels_take_grade_2_binary_qrels_grade_1(tiny: Path, tiny_binary:
 
 
 def test_triplets_use_the_level_and_never_take_a_related_passage_as_negative(tiny: Path) -> None:
-    data = Dataset.load(tiny)
-    context = StageContext(PipelineConfig(), data, progress=False)
-    triplets, candidates = training_pairs(data, context.encoder, context.index, ["q1", "q2", "q3"], depth=12)
+    context = BuildContext.plain("bundled:all-MiniLM-L6-v2", tiny, "test", progress=False)
+    data = context.dataset
+    candidates = context.ranked_ids(["q1", "q2", "q3"], 12)  # the pipeline's first stage (dense here)
+    triplets = training_pairs(data, candidates, ["q1", "q2", "q3"])
     texts = dict(zip(data.corpus["id"].to_list(), data.doc_texts()))
     positives = {(q, p) for q, p, _ in triplets}
     assert len(triplets) == 5  # d1, d2 | d3 | d5, d6: the grade-1 d4 is no positive
@@ -32,3 +32,12 @@ def test_triplets_use_the_level_and_never_take_a_related_passage_as_negative(tin
     grades = [data.qrels[qid_of[q]].get(doc_of[n], 0) for q, _, n in triplets]
     assert grades and all(g <= 0 for g in grades)  # negatives are judged 0 or unjudged, never "related"
     assert all(len(c) == 12 for c in candidates.values())
+
+
+def test_training_candidates_come_from_the_pipelines_first_stage_whatever_its_kind(tiny: Path) -> None:
+    """BM25 and hybrid first stages give training candidates too (the calibrator's and the ranker's)."""
+    context = BuildContext.plain("bundled:all-MiniLM-L6-v2", tiny, "test", progress=False)
+    for kind in ("bm25", "hybrid"):
+        context.set_first_stage({"kind": kind}, kind)
+        batch, hits = context.candidates(["q1", "q2"], 5)
+        assert context.first_stage.kind == kind and batch.qids == ["q1", "q2"] and all(0 < len(h) <= 5 for h in hits)

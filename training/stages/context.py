@@ -22,7 +22,7 @@ from retrieval.stages.context import StageContext
 from training.stages.lineage import lineage_key
 
 if TYPE_CHECKING:
-    from retrieval.index import Index
+    from retrieval.searchable import SearchIndex
     from training.recipe import Recipe
 
 QUERY_BATCH = 256
@@ -93,7 +93,7 @@ class BuildContext:
     # ---- what the build holds now -------------------------------------------------------------------
     def _reset(self) -> None:
         self._encoder: Encoder | None = None
-        self._index: Any = None
+        self._index: SearchIndex | None = None
         self._first: FirstStage | None = None
 
     def set_encoder(self, model: str, adapter: str | None, key: str) -> None:
@@ -102,7 +102,7 @@ class BuildContext:
         self.index_path = None
         self._reset()
 
-    def set_index(self, path: Path, key: str, index: Index | None = None) -> None:
+    def set_index(self, path: Path, key: str, index: SearchIndex | None = None) -> None:
         """The built index (``index``: the object just built, so it is not read back)."""
         self.index_path, self.keys["index"] = Path(path), key
         self._index, self._first = index, None

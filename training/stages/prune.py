@@ -60,16 +60,12 @@ class PruneStage(BuildStage):
         return model_fingerprint(path)
 
     def run(self, ctx: BuildContext, target: Path) -> dict[str, Any]:
-        from training.prune import Pruner, calibration_sets
+        from training.prune import Pruner
 
         p, general = self.params, ctx.recipe.data.general
-        pruner = Pruner(str(ctx.encoder.path), seed=p.seed)
-        domain_set, general_set = calibration_sets(ctx.model, Path(ctx.recipe.data.dataset), ctx.recipe.data.split,
-                                                   Path(general) if general else None, p.triplets, context=ctx)
-        report = pruner.prune(p.method, p.sparsity, domain_set, general_set, "global", p.structured, p.retrain_steps,
-                              general_mix=p.general_mix)
-        pruner.save(target, {"parameters": report["parameters"], "data": report["data"], "metrics": report["metrics"]},
-                    overwrite=True)
+        report = Pruner(str(ctx.encoder.path), seed=p.seed).build(
+            target, ctx, p.method, p.sparsity, p.triplets, Path(general) if general else None, "global", p.structured,
+            p.retrain_steps, p.general_mix, overwrite=True)
         return {"parameters": report["metrics"]["parameters"]}
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:
