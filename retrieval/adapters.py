@@ -58,11 +58,21 @@ def _adalora(adapters: ConnectedAdapters, transformer: Any, targets: Any) -> Non
     adapters.allocator = AdaLoraModel(transformer, config, "default")
 
 
+def _ia3(adapters: ConnectedAdapters, transformer: Any, targets: Any) -> None:
+    """(IA)³ (Liu et al., 2022): learned vectors rescaling the attention keys and values and the FFN's
+    inner activations; about 0.1% of MiniLM's parameters."""
+    from peft import IA3Config, inject_adapter_in_model
+
+    ffn = r".*encoder\.layer\.\d+\.output\.dense$"  # the FFN's down projection: its input is rescaled
+    inject_adapter_in_model(IA3Config(target_modules=targets, feedforward_modules=ffn), transformer)
+
+
 #: the inside modules by method; ``connected`` adds the aside pathway to its LoRA
 INSIDE: dict[str, InsideModules] = {
     "connected": InsideModules(_lora, "lora_"),
     "lora": InsideModules(_lora, "lora_"),
     "adalora": InsideModules(_adalora, "lora_"),
+    "ia3": InsideModules(_ia3, "ia3_"),
 }
 
 

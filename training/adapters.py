@@ -5,6 +5,7 @@
     lora        peft LoRA (rank 8) in every linear layer of every transformer layer: scattered modules
     adalora     peft AdaLoRA there (ranks 12 → 8 by importance during training; no orthogonality penalty,
                 which lives in peft's model wrapper that sentence-transformers' loss does not call)
+    ia3         peft (IA)³ vectors on the attention keys and values and the FFN (Liu et al., 2022)
     connected   LoRA (rank 8) in the attention query/value of every layer (inside) plus the aside
                 pathway of ``retrieval.adapters`` joining the layers into one trainable path
 
@@ -41,6 +42,7 @@ METHODS: dict[str, Method] = {
     "connected": Method(5e-4, targets=LORA_TARGETS),
     "lora": Method(5e-4),
     "adalora": Method(5e-4),
+    "ia3": Method(3e-3, targets=r".*encoder\.layer\.\d+\.(attention\.self\.(key|value)|output\.dense)$"),
     "bitfit": Method(1e-3, trains=lambda name: name.endswith("bias")),
     "full": Method(5e-5, trains=lambda name: True),
 }

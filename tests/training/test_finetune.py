@@ -127,3 +127,20 @@ def test_adalora_reallocates_ranks_and_its_artifact_reloads(tiny_binary: Path, t
     reloaded = Encoder(precision="fp32", query_precision="fp32", adapter=tmp_path / "adalora").encode_queries(TEXTS)
     assert np.allclose(reloaded, trained, atol=1e-5)
 
+
+def test_ia3_added_through_the_registry_trains_and_its_artifact_reloads(tiny_binary: Path, tmp_path: Path) -> None:
+    model = Encoder(precision="fp32").model
+    before = model.encode(TEXTS, convert_to_tensor=True)
+    counts = TrainableSetup("ia3").apply(model)
+    assert torch.allclose(model.encode(TEXTS, convert_to_tensor=True), before, atol=1e-6)  # (IA)³ starts as the identity
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("ia3_" in n for n in trainable) and counts["trainable_fraction"] < 0.005
+    tuner = FineTuner("bundled:all-MiniLM-L6-v2", "ia3", batch_size=2, eval_steps=20, validation_share=0.34,
+                      learning_rate=5e-2)
+    report = tuner.train(*mined(tiny_binary), steps=3, progress=False)
+    tuner.save(tmp_path / "ia3", report)
+    trained = tuner.model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
+    reloaded = Encoder(precision="fp32", query_precision="fp32", adapter=tmp_path / "ia3").encode_queries(TEXTS)
+    assert np.allclose(reloaded, trained, atol=1e-5)
+    base = Encoder(precision="fp32", query_precision="fp32").encode_queries(TEXTS)
+    assert not np.allclose(trained, base, atol=1e-4)  # the vectors trained
