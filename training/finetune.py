@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.artifacts import Manifest, atomic_dir, write_text_atomic
-from retrieval.data import Dataset
+from retrieval.data import Dataset, Qrels
 from retrieval.encoder import Encoder, load_sentence_transformer, model_fingerprint
 from retrieval.errors import SiftrankError
 from training.adapters import FFN_PATTERN, METHODS, TrainableSetup
 from training.triplets import Triplet, judged_queries, relevant_docs, training_pairs
 
 log = logging.getLogger(__name__)
+VALIDATION_KEY = "val_cosine_ndcg@10"  # logged by the trainer as eval_val_cosine_ndcg@10
 
 
 class FineTuner:
@@ -61,7 +62,6 @@ class FineTuner:
         import torch
         from datasets import Dataset as HFDataset
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-        from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
         from transformers import TrainerCallback
 
@@ -76,13 +76,11 @@ class FineTuner:
         if not triplets:
             raise SiftrankError(f"{dataset.root}: no training triplets")
         triplets = triplets + list(general)
-        relevant = {q: set(relevant_docs(dataset.qrels, q)) for q in val_q}
+        relevant = {q: relevant_docs(dataset.qrels, q) for q in val_q}
         val_docs = sorted(d for d in {d for q in val_q for d in candidates[q]} | {d for q in val_q for d in relevant[q]}
                           if d in dataset.store)
-        evaluator = InformationRetrievalEvaluator(
-            {q: dataset.queries[q] for q in val_q}, dict(zip(val_docs, dataset.store.texts(val_docs))),
-            relevant, name="val", write_csv=False,
-            ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[10], precision_recall_at_k=[10], map_at_k=[10])
+        evaluator = validation_evaluator({q: dataset.queries[q] for q in val_q}, dict(zip(val_docs, dataset.store.texts(val_docs))),
+                                         {q: dataset.qrels[q] for q in val_q})
 
         masks = _pruned_masks(model) if self.method == "full" else {}
         rows = {"anchor": [t[0] for t in triplets], "positive": [t[1] for t in triplets], "negative": [t[2] for t in triplets]}
@@ -121,7 +119,7 @@ class FineTuner:
         model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
         model.eval()
         self.model = model
-        self.history = [{"step": 0, "eval_val_cosine_ndcg@10": first.get("val_cosine_ndcg@10")}] + [
+        self.history = [{"step": 0, f"eval_{VALIDATION_KEY}": first[VALIDATION_KEY]}] + [
             {k: v for k, v in entry.items() if isinstance(v, (int, float))} for entry in trainer.state.log_history]
         __import__("shutil").rmtree(work, ignore_errors=True)
         return {**self.counts, "wall_seconds": wall, "train_triplets": len(triplets), "general_triplets": len(general), "train_queries": len(train_q),
@@ -129,7 +127,7 @@ class FineTuner:
 
     def validation_score(self) -> float:
         """nDCG@10 on the validation queries at the last evaluation (the step-0 score before training)."""
-        scores = [e["eval_val_cosine_ndcg@10"] for e in self.history if e.get("eval_val_cosine_ndcg@10") is not None]
+        scores = [e[f"eval_{VALIDATION_KEY}"] for e in self.history if e.get(f"eval_{VALIDATION_KEY}") is not None]
         if not scores:
             raise SiftrankError("no validation score yet: train first")
         return float(scores[-1])
@@ -171,6 +169,33 @@ def validation_split(dataset: Dataset, share: float = 0.1) -> tuple[list[str], l
     random.Random(0).shuffle(qids)  # the split is fixed across seeds: seeds vary the training only
     cut = max(1, int(round(share * len(qids))))
     return qids[cut:], qids[:cut]
+
+
+def validation_evaluator(queries: dict[str, str], docs: dict[str, str], qrels: Qrels) -> Any:
+    """A sentence-transformers evaluator for the validation queries: each query's top 10 among ``docs``
+    (its candidates and its judged passages) by cosine, scored by the project's one nDCG@10
+    (:func:`retrieval.measures.per_query`, graded labels)."""
+    import numpy as np
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+    from retrieval.measures import per_query
+
+    qids, doc_ids = list(queries), list(docs)
+
+    class ValidationNDCG(SentenceEvaluator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.primary_metric = VALIDATION_KEY
+
+        def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+            q = model.encode_query([queries[i] for i in qids], normalize_embeddings=True, convert_to_numpy=True)
+            d = model.encode_document([docs[i] for i in doc_ids], normalize_embeddings=True, convert_to_numpy=True)
+            scores = q @ d.T
+            top = np.argsort(-scores, axis=1)[:, :10]
+            run = {qid: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
+            return {VALIDATION_KEY: float(np.mean(list(per_query(run, qrels).values())))}
+
+    return ValidationNDCG()
 
 
 def _pruned_masks(model) -> dict[str, Any]:
