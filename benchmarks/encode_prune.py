@@ -34,7 +34,8 @@ def distilled(work: Path, sparsity: float, passages: list[str], limit: int, epoc
                    + ("" if scoring == "magnitude" else f"-{scoring}"))
     if not (path / "manifest.json").is_file():
         distiller = Distiller(FULL, sparsity, epochs=epochs, learning_rate=lr, loss=loss, scoring=scoring)
-        distiller.save(path, distiller.run(passages, limit), overwrite=True)
+        distiller.run(passages, limit)
+        distiller.save(path, overwrite=True)
     return path
 
 

@@ -46,7 +46,7 @@ def run_one(model: str, method: str, seed: int, args, train: Dataset, test: Data
     tuner = FineTuner(ctx.encoder, method, seed=seed, epochs=args.epochs, batch_size=args.batch_size, eval_steps=args.eval_steps)
     report = tuner.train(ctx.dataset, ctx.ranked_ids, steps=args.steps or None)
     folder = work / f"{method}-{seed}"
-    tuner.save(folder, report, overwrite=True)
+    tuner.save(folder, overwrite=True)
     encoder = Encoder(model, adapter=folder) if tuner.setup.adapters is not None else Encoder(str(folder))
     return {"method": method, "seed": seed, "model": model, **test_scores(encoder, test), **report,
             "history": tuner.history}
@@ -76,8 +76,8 @@ def main() -> None:
         domain_set, general_set = calibration_sets(MODEL, args.data / "scifact", "train",
                                                    args.data / "msmarco-train-toy", 256)
         pruner = Pruner(MODEL)
-        pruning = pruner.prune("gaprune", 0.5, domain_set, general_set)
-        pruner.save(pruned, {k: pruning[k] for k in ("parameters", "data", "metrics")}, overwrite=True)
+        pruner.prune("gaprune", 0.5, domain_set, general_set)
+        pruner.save(pruned, overwrite=True)
         store.run("gaprune50/zero-shot", lambda: {"method": "gaprune50", "seed": 0, **test_scores(Encoder(str(pruned)), test),
                                                   "trainable_fraction": 0.0, "wall_seconds": 0.0}, METRICS)
         store.keep("gaprune50+connected/seed0", run_one(str(pruned), "connected", 0, args, train, test, work), METRICS)

@@ -84,7 +84,7 @@ def main() -> None:
         local.beta, local.normalise = (1.0, "mean") if paper else (DEFAULT_BETA, DEFAULT_NORMALISE)
         report = local.prune(method, sparsity, domain_set, general_set, structured=structured, retrain_steps=steps)
         folder = work / label.replace(" ", "_").replace("%", "pct").replace("+", "plus")
-        local.save(folder, {k: report[k] for k in ("parameters", "data", "metrics")}, overwrite=True)
+        local.save(folder, overwrite=True)
         results[label] = evaluate(str(folder), datasets)
         extra[label] = report["metrics"]
         print(f"{label}: {results[label]} [{time.time() - started:.0f}s]", flush=True)

@@ -157,7 +157,7 @@ def main() -> None:
                                       lora_rank=args.lora_rank, learning_rate=args.lr, steps=steps, accumulation=args.accumulation)
             report = trainer.train(lists, validation)
             choice = trainer.choose_fusion()
-            trainer.save(folder, report, data=used, overwrite=True)
+            trainer.save(folder, overwrite=True)
             return {**report, "fusion": choice.to_dict(), "history": trainer.history,
                     "wall_seconds": time.perf_counter() - started, "validation_scores": validation.best_scores,  # type: ignore[union-attr]
                     "validation_zero_shot": validation.history[0]}  # type: ignore[union-attr]

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -56,6 +56,18 @@ class Manifest(BaseModel):
         if kind is not None and manifest.kind != kind:
             raise SiftrankError(f"{directory}: is a '{manifest.kind}' artifact, expected '{kind}'")
         return manifest
+
+
+@runtime_checkable
+class Artifact(Protocol):
+    """The one contract of everything siftrank writes (an index, a calibrator, a pruned, fine-tuned or distilled
+    encoder, an adapter, a ranker): ``save(path, overwrite)`` makes a directory holding a :class:`Manifest` of
+    kind ``artifact_kind``, written through :func:`atomic_dir` (refused over an existing one unless
+    ``overwrite``). What went into it (data, metrics, the training report) is the object's own state."""
+
+    artifact_kind: str
+
+    def save(self, path: Path, overwrite: bool = False) -> None: ...
 
 
 def write_text_atomic(path: Path, text: str) -> None:

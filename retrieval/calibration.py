@@ -140,6 +140,8 @@ def _torch_net(family: str, in_dim: int, hidden: int):
 class Calibrator:
     """Maps a query's raw cosines to relevance probabilities and filters them with one global threshold."""
 
+    artifact_kind = "calibrator"
+
     def __init__(self, family: str = "power", embedding_dim: int = 384, use_embedding: bool = True,
                  use_stats: bool = False, hidden: int = 0, k: int = 100, threshold: float = 0.5,
                  stats_mean: Sequence[float] | None = None, stats_std: Sequence[float] | None = None,
@@ -157,6 +159,8 @@ class Calibrator:
         self.stats_std = np.asarray(stats_std if stats_std is not None else np.ones(N_STATS), dtype=np.float32)
         self.encoder = dict(encoder or {})
         self.extra = dict(extra or {})
+        self.data: dict[str, Any] = {}  # what it was trained on (written to the manifest)
+        self.metrics: dict[str, Any] = {}  # how it did (e.g. a cross-validation report)
         self.net = _torch_net(family, self.feature_dim, hidden)
 
     @property
@@ -214,15 +218,14 @@ class Calibrator:
                 "use_stats": self.use_stats, "hidden": self.hidden, "k": self.k, "threshold": self.threshold,
                 "stats_mean": self.stats_mean.tolist(), "stats_std": self.stats_std.tolist()}
 
-    def save(self, path: Path, overwrite: bool = False, data: dict[str, Any] | None = None,
-             metrics: dict[str, Any] | None = None) -> None:
-        """Write the artifact (weights + manifest) atomically."""
+    def save(self, path: Path, overwrite: bool = False) -> None:
+        """Write the artifact (weights + manifest, with :attr:`data` and :attr:`metrics`) atomically."""
         from safetensors.torch import save_file
 
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
             save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-            Manifest(kind="calibrator", source_model=self.encoder.get("model"), parameters=self.config(),
-                     data=data or {}, metrics=metrics or {}, encoder=self.encoder, extra=self.extra).write(tmp)
+            Manifest(kind=self.artifact_kind, source_model=self.encoder.get("model"), parameters=self.config(),
+                     data=self.data, metrics=self.metrics, encoder=self.encoder, extra=self.extra).write(tmp)
 
     @classmethod
     def load(cls, path: Path) -> Calibrator:
@@ -231,7 +234,7 @@ class Calibrator:
         path = Path(path)
         if not path.is_dir():
             raise SiftrankError(f"{path}: calibrator directory not found")
-        manifest = Manifest.read(path, kind="calibrator")
+        manifest = Manifest.read(path, kind=cls.artifact_kind)
         if not (path / WEIGHTS_FILE).is_file():
             raise SiftrankError(f"{path}: incomplete calibrator (no {WEIGHTS_FILE})")
         calibrator = cls(**manifest.parameters, encoder=getattr(manifest, "encoder", {}), extra=getattr(manifest, "extra", {}))

@@ -68,6 +68,7 @@ def _apply_search_params(index, kind: str, params: dict[str, Any]) -> None:
 
 
 class Index:
+    artifact_kind = "index"
     """Top-k inner-product search over string document ids, with the documents kept beside the vectors."""
 
     def __init__(self, manifest: Manifest, path: Path | None = None, cpu_index=None, docs: pl.DataFrame | None = None,
@@ -103,7 +104,7 @@ class Index:
                 raise SiftrankError(f"IVF with nlist={merged['nlist']} needs at least that many documents")
             index.train(vectors)
         index.add(vectors)
-        manifest = Manifest(kind="index", source_model=str(encoder["model"]),
+        manifest = Manifest(kind=cls.artifact_kind, source_model=str(encoder["model"]),
                             parameters={"index_kind": kind, **merged, "dim": vectors.shape[1], "count": len(vectors)},
                             data=data or {}, encoder=encoder)
         return cls(manifest, None, index, docs.select("id", "title", "text"), device)
@@ -124,7 +125,7 @@ class Index:
         path = Path(path)
         if not path.is_dir():
             raise SiftrankError(f"{path}: index directory not found")
-        manifest = Manifest.read(path, kind="index")
+        manifest = Manifest.read(path, kind=cls.artifact_kind)
         for name in (FAISS_FILE, DOCS_FILE):
             if not (path / name).is_file():
                 raise SiftrankError(f"{path}: incomplete index (no {name})")

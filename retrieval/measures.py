@@ -41,7 +41,8 @@ class MetricSuite:
         return out
 
 
-def per_query(run: Mapping[str, Mapping[str, float]], qrels: Qrels, measure: str = "nDCG@10") -> dict[str, float]:
+def per_query(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+              measure: str = "nDCG@10") -> dict[str, float]:
     """One measure per query of ``run``; a query of the run with no ranked document counts 0 (queries the
     run does not name are left out, so a subset of queries is scored on its own)."""
     parsed = ir_measures.parse_measure(measure)
@@ -74,7 +75,7 @@ def paired_test(a: Mapping[str, float], b: Mapping[str, float], permutations: in
 
 def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided paired t-test p of two aligned score lists (1.0 when they never differ)."""
-    return paired_test(dict(enumerate(a)), dict(enumerate(b)), permutations=1)["t_test_p"]
+    return paired_test({str(i): x for i, x in enumerate(a)}, {str(i): x for i, x in enumerate(b)}, permutations=1)["t_test_p"]
 
 
 def _complete(run: Mapping[str, Mapping[str, float]], qrels: Qrels) -> dict[str, dict[str, float]]:

@@ -36,6 +36,8 @@ LEARNING_RATE = 1e-3  # highest held-out cosine of the grid in benchmarks/distil
 class Distiller:
     """Prunes FFN neurons of a sentence-transformers model and distils the original model's vectors into it."""
 
+    artifact_kind = "pruned-encoder"
+
     def __init__(self, model: str = "bundled:all-MiniLM-L6-v2", sparsity: float = 0.25, epochs: float = 1.0,
                  batch_size: int = 32, learning_rate: float = LEARNING_RATE, seed: int = 0, loss: str = "layers",
                  scoring: str = "magnitude") -> None:
@@ -104,7 +106,7 @@ class Distiller:
                 losses.append((float(vector.detach()), float(layers.detach())))
         log_every = max(1, len(losses) // 20)
         log = [np.mean(losses[i:i + log_every], axis=0) for i in range(0, len(losses), log_every)]
-        return {"parameters": {"sparsity": self.sparsity, "epochs": self.epochs, "batch_size": self.batch_size,
+        self.pruner.report = {"parameters": {"sparsity": self.sparsity, "epochs": self.epochs, "batch_size": self.batch_size,
                                "learning_rate": self.learning_rate, "seed": self.seed, "scoring": self.scoring,
                                "loss": "1 - cosine to the teacher's vector" + (
                                    " + relative squared error of every layer's token states" if self.loss == "layers" else ""),
@@ -114,6 +116,7 @@ class Distiller:
                             "loss_log": [round(float(v), 5) for v, _ in log],
                             "layer_loss_log": [round(float(h), 5) for _, h in log] if self.loss == "layers" else [],
                             "wall_seconds": round(time.perf_counter() - start, 1)}}
+        return self.pruner.report
 
     def activation_scores(self, texts: Sequence[str], sample: int = 512) -> list[Any]:
         """Per layer, each FFN neuron's expected output size over real tokens of ``sample`` texts: the RMS of its
@@ -145,9 +148,9 @@ class Distiller:
                 handle.remove()
         return [(e / max(tokens, 1)).sqrt() * layer.output.dense.weight.detach().norm(dim=0) for e, layer in zip(energy, layers)]
 
-    def save(self, path: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
-        """A standard sentence-transformers folder plus manifest.json, written atomically."""
-        self.pruner.save(path, manifest, overwrite=overwrite)
+    def save(self, path: Path, overwrite: bool = False) -> None:
+        """A standard sentence-transformers folder plus manifest.json (the last run's report), written atomically."""
+        self.pruner.save(path, overwrite=overwrite)
 
 
 def opening_words(passages: Sequence[str], rng: random.Random) -> list[str]:

@@ -48,6 +48,7 @@ class FineTuner:
         self.bf16 = self.encoder.precision == "bf16" if bf16 is None else bf16
         self.history: list[dict[str, Any]] = []
         self.counts: dict[str, Any] = {}
+        self.report: dict[str, Any] = {}  # the last training run (written to the manifest)
         self.model = None
 
     def split(self, dataset: Dataset) -> tuple[list[str], list[str]]:
@@ -122,8 +123,9 @@ class FineTuner:
         self.history = [{"step": 0, f"eval_{VALIDATION_KEY}": first[VALIDATION_KEY]}] + [
             {k: v for k, v in entry.items() if isinstance(v, (int, float))} for entry in trainer.state.log_history]
         __import__("shutil").rmtree(work, ignore_errors=True)
-        return {**self.counts, "wall_seconds": wall, "train_triplets": len(triplets), "general_triplets": len(general), "train_queries": len(train_q),
+        self.report = {**self.counts, "wall_seconds": wall, "train_triplets": len(triplets), "general_triplets": len(general), "train_queries": len(train_q),
                 "validation_queries": len(val_q), "steps": trainer.state.global_step, "learning_rate": self.learning_rate}
+        return self.report
 
     def validation_score(self) -> float:
         """nDCG@10 on the validation queries at the last evaluation (the step-0 score before training)."""
@@ -138,12 +140,16 @@ class FineTuner:
         assert self.checkpoint_dir is not None
         self._write(model, Path(self.checkpoint_dir) / f"step-{step}", {"steps": step, "checkpoint": True}, overwrite=True)
 
-    def save(self, path: Path, report: dict[str, Any], overwrite: bool = False) -> None:
+    @property
+    def artifact_kind(self) -> str:
+        return "adapter" if self.setup.adapters is not None else "finetuned-encoder"
+
+    def save(self, path: Path, overwrite: bool = False) -> None:
         """Adapters: an adapter artifact for the base model. Full and BitFit: a sentence-transformers folder.
-        Both with the training log (``training_log.json``)."""
+        Both with the training log (``training_log.json``) and the last run's report."""
         if self.model is None:
             raise SiftrankError("train the model before saving it")
-        self._write(self.model, path, report, overwrite)
+        self._write(self.model, path, self.report, overwrite)
 
     def _write(self, model, path: Path, report: dict[str, Any], overwrite: bool) -> None:
         base = {"model": self.source, "fingerprint": self.encoder.base_fingerprint}
@@ -155,7 +161,7 @@ class FineTuner:
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
             model.save(str(tmp))
             write_text_atomic(tmp / "training_log.json", json.dumps(self.history, indent=1) + "\n")
-            Manifest(kind="finetuned-encoder", source_model=self.source, parameters={"method": self.method},
+            Manifest(kind=self.artifact_kind, source_model=self.source, parameters={"method": self.method},
                      encoder={**base, "result": model_fingerprint(tmp)}, **extra).write(tmp)
 
 

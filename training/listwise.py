@@ -175,6 +175,8 @@ def build_lists(dataset: Dataset, first_stage: Run | None, extra: list[str], dep
 class ListwiseTrainer:
     """LoRA-trains a causal LM to output complete rankings (see the module doc)."""
 
+    artifact_kind = ADAPTER_KIND
+
     def __init__(self, model: str = "bundled:SmolLM2-135M-Instruct", loss: Loss = "importance", depth: int = 20,
                  max_passage_tokens: int = 48, lora_rank: int = 16, learning_rate: float = 3e-4, steps: int = 200,
                  accumulation: int = 4, separator_weight: float = 1.0, seed: int = 0, bf16: bool | None = None,
@@ -193,6 +195,8 @@ class ListwiseTrainer:
         self.history: list[dict[str, Any]] = []
         self.validation: RankerValidation | None = None
         self.fusion: FusionChoice | None = None
+        self.report: dict[str, Any] = {}  # the last training run, and the data it used (written to the manifest)
+        self.used: dict[str, Any] = {}
 
     def tokens(self, example: ListwiseExample) -> dict[str, list]:
         """Prompt + answer ids, labels (-100 on the prompt) and the per-token loss weights."""
@@ -287,6 +291,7 @@ class ListwiseTrainer:
             report.update({"validation": validation.history, "best_step": validation.best_step,
                            "validation_queries": len(validation.queries),
                            "validation_first_stage": validation.first_stage()})
+        self.report = report
         return report
 
     def fit(self, dataset: Dataset, first_stage: Run | None, extra: list[str], pool: int = 50, samples: int = 2,
@@ -297,6 +302,7 @@ class ListwiseTrainer:
         lists, used, checks = build_lists(dataset, first_stage, extra, self.depth, pool, samples, folds, fold,
                                           self.seed, validation, every, patience)
         report = self.train(lists, checks)
+        self.used = used
         return report, (self.choose_fusion() if checks is not None else None), used
 
     def choose_fusion(self, folds: int = 5) -> FusionChoice:
@@ -307,24 +313,23 @@ class ListwiseTrainer:
                                     folds=min(folds, len(self.validation.queries)), seed=self.seed)
         return self.fusion
 
-    def save(self, path: Path, report: dict[str, Any], data: dict[str, Any] | None = None,
-             overwrite: bool = False) -> None:
-        """The LoRA weights as a ranker-adapter artifact tied to the base model, plus the training log
-        and, when one was chosen, the fusion (method, weight, k) the ranker stage uses by default."""
+    def save(self, path: Path, overwrite: bool = False) -> None:
+        """The LoRA weights as a ranker-adapter artifact tied to the base model, plus the training log, the last
+        run's report and data, and, when one was chosen, the fusion (method, weight, k) the ranker stage uses."""
         if self.model is None:
             raise SiftrankError("train the ranker before saving it")
         parameters: dict[str, Any] = {"loss": self.loss, "depth": self.depth, "lora_rank": self.lora_rank,
                                       "max_passage_tokens": self.ranker.max_passage_tokens,
                                       "separator_weight": self.separator_weight, "seed": self.seed}
-        extra = dict(data or {})
+        extra = dict(self.used)
         if self.fusion is not None:
             parameters["fusion"] = self.fusion.fusion.to_dict()
             extra["fusion_cv"] = self.fusion.to_dict()
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
             self.model.save_pretrained(str(tmp))
             write_text_atomic(tmp / "training_log.json", json.dumps(self.history, indent=1) + "\n")
-            Manifest(kind=ADAPTER_KIND, source_model=self.llm.spec, parameters=parameters,
-                     data={**extra, "training": report},
+            Manifest(kind=self.artifact_kind, source_model=self.llm.spec, parameters=parameters,
+                     data={**extra, "training": self.report},
                      base={"model": self.llm.spec, "fingerprint": self.llm.fingerprint}).write(tmp)
 
 

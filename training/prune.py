@@ -73,6 +73,8 @@ def calibration_sets(model: str, domain: Path, domain_split: str, general: Path 
 class Pruner:
     """Scores, masks and (optionally) retrains the target matrices of a sentence-transformers model."""
 
+    artifact_kind = "pruned-encoder"
+
     def __init__(self, model: str, target: str = FFN_PATTERN, batch_size: int = 16, temperature: float = 0.05,
                  max_length: int = 256, seed: int = 0, beta: float = DEFAULT_BETA, normalise: str = DEFAULT_NORMALISE) -> None:
         import torch
@@ -84,6 +86,7 @@ class Pruner:
         if beta < 0:
             raise SiftrankError(f"beta must be >= 0, not {beta}")
         self.source, self.beta, self.normalise = model, beta, normalise
+        self.report: dict[str, Any] = {}  # the manifest's parameters, data and metrics (set by prune or distil)
         self.path = resolve_model_path(model)
         torch.manual_seed(seed)
         self.seed = seed
@@ -285,10 +288,11 @@ class Pruner:
             retrain_set = list(domain_set) + (list(general_set) if general_mix else [])
             metrics["retrain_loss_last"] = self.retrain(retrain_set, retrain_steps, masks=masks)[-10:]
         metrics["parameters"] = sum(p.numel() for p in self.model.parameters())
-        return {"parameters": {"method": method, "sparsity": sparsity, "beta": self.beta, "normalise": self.normalise, "scope": scope, "structured": structured,
+        self.report = {"parameters": {"method": method, "sparsity": sparsity, "beta": self.beta, "normalise": self.normalise, "scope": scope, "structured": structured,
                                "retrain_steps": retrain_steps, "general_mix": general_mix,
                                "sparsity_per_matrix": per_matrix},
                 "data": {"domain_triplets": len(domain_set), "general_triplets": len(general_set)}, "metrics": metrics}
+        return self.report
 
     def build(self, out: Path, context: BuildContext, method: str, sparsity: float, triplets: int,
               general: Path | None, scope: str = "global", structured: bool = False, retrain_steps: int = 0,
@@ -298,15 +302,15 @@ class Pruner:
         domain_set, general_set = calibration_sets(str(self.source), Path(context.recipe.data.dataset),
                                                    context.recipe.data.split, general, triplets, context=context)
         report = self.prune(method, sparsity, domain_set, general_set, scope, structured, retrain_steps, general_mix)
-        self.save(out, {"parameters": report["parameters"], "data": report["data"], "metrics": report["metrics"]}, overwrite)
+        self.save(out, overwrite)
         return report
 
     # ---- output ----------------------------------------------------------------------------------------
-    def save(self, path: Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
-        """A standard sentence-transformers folder plus manifest.json, written atomically."""
+    def save(self, path: Path, overwrite: bool = False) -> None:
+        """A standard sentence-transformers folder plus manifest.json (with :attr:`report`), written atomically."""
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
             self.model.save(str(tmp))
-            Manifest(kind="pruned-encoder", source_model=self.source, **manifest).write(tmp)
+            Manifest(kind=self.artifact_kind, source_model=self.source, **self.report).write(tmp)
 
 
 def _slice(linear, keep, dim: int):

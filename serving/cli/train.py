@@ -80,9 +80,10 @@ def calibrate(
         print_table(metrics["cv"]["aggregate"], title=f"{folds}-fold query cross-validation, K={k} (mean ± std over folds)",
                     columns=FILTER_COLUMNS)
     calibrator = make_trainer(seed).fit(candidates, encoder.identity())
-    calibrator.save(out, overwrite=overwrite, metrics=metrics,
-                    data={"dataset": str(data.root), "qrels": str(data.qrels_path), "queries": len(candidates),
-                          "positives": candidates.positives, "k": k})
+    calibrator.metrics = metrics
+    calibrator.data = {"dataset": str(data.root), "qrels": str(data.qrels_path), "queries": len(candidates),
+                          "positives": candidates.positives, "k": k}
+    calibrator.save(out, overwrite=overwrite)
     chosen_config = calibrator.extra["chosen"]
     typer.echo(f"wrote {out}: {family} map of {chosen_config['input']}, features={chosen_config['features']}, "
                f"hidden={chosen_config['hidden']}, decay={chosen_config['decay']}, threshold={calibrator.threshold:.4g} "
@@ -152,7 +153,7 @@ def distil(
     distiller = Distiller(model, sparsity, epochs=epochs, batch_size=batch_size, seed=seed, loss=loss, scoring=scoring,
                           learning_rate=LEARNING_RATE if lr is None else lr)
     report = distiller.run(Dataset.corpus_only(corpus).doc_texts(), limit)
-    distiller.save(out, report, overwrite)
+    distiller.save(out, overwrite)
     metrics = report["metrics"]
     typer.echo(f"wrote {out}: FFN {metrics['intermediate_size']} wide, {metrics['parameters']:,} parameters "
                f"(from {metrics['parameters_before']:,}), {metrics['steps']} steps in {metrics['wall_seconds']:.0f} s")
@@ -187,7 +188,7 @@ def finetune(
                       eval_steps=eval_steps, max_fraction=max_fraction, checkpoint_steps=checkpoint_steps,
                       checkpoint_dir=out.with_name(out.name + ".checkpoints") if checkpoint_steps else None)
     report = tuner.train(ctx.dataset, ctx.ranked_ids, steps=steps)
-    tuner.save(out, report, overwrite)
+    tuner.save(out, overwrite)
     typer.echo(f"wrote {out}: {method}, {report['trainable']:,} trainable parameters "
                f"({report['trainable_fraction']:.2%}), {report['steps']} steps in {report['wall_seconds']:.0f} s")
 
@@ -232,9 +233,9 @@ def train_ranker(
                               depth=depth, max_passage_tokens=max_passage_tokens, lora_rank=lora_rank,
                               learning_rate=lr, steps=steps, accumulation=accumulation,
                               separator_weight=separator_weight, seed=seed)
-    report, fusion, used = trainer.fit(data, read_run(first_stage_run) if first_stage_run else None, extra or [], pool,
+    report, fusion, _ = trainer.fit(data, read_run(first_stage_run) if first_stage_run else None, extra or [], pool,
                                        samples, folds, fold, validation, every, patience)
-    trainer.save(out, report, data=used, overwrite=overwrite)
+    trainer.save(out, overwrite=overwrite)
     typer.echo(f"wrote {out}: {report['lists']} lists, {report['steps']} steps in {report['wall_seconds']:.0f} s "
                f"({report['seconds_per_step']} s per step, {'bf16' if report['bf16'] else 'fp32'}, {report['cpu']}), "
                f"{report['trainable']:,} trainable parameters")

@@ -45,3 +45,36 @@ def test_manifest_validation(tmp_path: Path) -> None:
     Manifest(kind="index").write(tmp_path)
     with pytest.raises(SiftrankError, match="is a 'index' artifact, expected 'calibrator'"):
         Manifest.read(tmp_path, kind="calibrator")
+
+
+def test_every_artifact_writer_keeps_the_one_contract() -> None:
+    """Index, calibrator, pruned/distilled encoder, fine-tuned encoder or adapter, ranker: ``save(path,
+    overwrite=False)`` and a manifest kind, nothing else passed at save time."""
+    import inspect
+
+    from retrieval.artifacts import Artifact
+    from retrieval.calibration import Calibrator
+    from retrieval.index import Index
+    from training.distil import Distiller
+    from training.finetune import FineTuner
+    from training.listwise import ListwiseTrainer
+    from training.prune import Pruner
+
+    for cls in (Index, Calibrator, Pruner, Distiller, FineTuner, ListwiseTrainer):
+        parameters = list(inspect.signature(cls.save).parameters.values())
+        assert [p.name for p in parameters] == ["self", "path", "overwrite"], cls
+        assert parameters[2].default is False and hasattr(cls, "artifact_kind"), cls
+    calibrator = Calibrator(family="linear", use_embedding=False)
+    assert isinstance(calibrator, Artifact) and calibrator.artifact_kind == "calibrator"
+
+
+def test_a_calibrator_writes_its_data_and_metrics_through_save(tmp_path: Path) -> None:
+    from retrieval.calibration import Calibrator
+
+    calibrator = Calibrator(family="linear", use_embedding=False)
+    calibrator.data, calibrator.metrics = {"queries": 3}, {"cv": {"folds": 2}}
+    calibrator.save(tmp_path / "cal")
+    manifest = Manifest.read(tmp_path / "cal", kind="calibrator")
+    assert manifest.data == {"queries": 3} and manifest.metrics == {"cv": {"folds": 2}}
+    with pytest.raises(SiftrankError, match="exists"):
+        calibrator.save(tmp_path / "cal")

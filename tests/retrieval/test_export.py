@@ -78,8 +78,8 @@ def test_exported_encoder_keeps_adapters(tiny_binary: Path, tmp_path: Path) -> N
     tuner = FineTuner("bundled:all-MiniLM-L6-v2", "connected", batch_size=2, eval_steps=5, validation_share=0.34,
                       learning_rate=5e-2)
     ctx = BuildContext.plain("bundled:all-MiniLM-L6-v2", tiny_binary, "test", progress=False)
-    report = tuner.train(ctx.dataset, ctx.ranked_ids, steps=2, progress=False)
-    tuner.save(tmp_path / "adapter", report)
+    tuner.train(ctx.dataset, ctx.ranked_ids, steps=2, progress=False)
+    tuner.save(tmp_path / "adapter")
     torch_vectors = Encoder(precision="fp32", adapter=tmp_path / "adapter").encode_documents(TEXTS)
     base = Encoder(precision="fp32").encode_documents(TEXTS)
     assert (torch_vectors * base).sum(axis=1).min() < 0.9999  # the adapter changed the vectors

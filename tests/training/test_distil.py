@@ -24,10 +24,10 @@ def test_distilling_shrinks_the_ffn_and_pulls_vectors_back_to_the_teacher(tmp_pa
     pruned, distilled = tmp_path / "pruned", tmp_path / "distilled"
     untrained = Distiller(sparsity=0.5)
     untrained.pruner.remove_neurons(untrained.pruner.scores("magnitude"), 0.5)
-    untrained.save(pruned, {"parameters": {}, "data": {}, "metrics": {}})
+    untrained.save(pruned)
     distiller = Distiller(sparsity=0.5, epochs=2, batch_size=12, learning_rate=5e-4, loss=loss, scoring=scoring)
     manifest = distiller.run(PASSAGES, progress=False)
-    distiller.save(distilled, manifest)
+    distiller.save(distilled)
     # the layer term is logged only when it is trained on, and the saved config does not keep returning every layer
     assert bool(manifest["metrics"]["layer_loss_log"]) == (loss == "layers")
     assert json.loads((distilled / "config.json").read_text()).get("output_hidden_states", False) is False

@@ -85,7 +85,7 @@ def test_train_save_and_load_adapter_only_on_its_base(tiny_binary: Path, tmp_pat
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]  # written atomically, loadable:
     Encoder(adapter=tmp_path / "checkpoints" / "step-2").encode_queries(TEXTS[:1])
     assert any("loss" in h for h in tuner.history) and tuner.history[0]["step"] == 0
-    tuner.save(tmp_path / "adapter", report)
+    tuner.save(tmp_path / "adapter")
     trained = tuner.model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
     config = tmp_path / "pipeline.toml"
     config.write_text('[encoder]\nprecision = "fp32"\nquery_precision = "fp32"\nadapter = "adapter"\n')
@@ -107,7 +107,7 @@ def test_full_finetuning_keeps_pruned_weights_zero(tiny: Path, tmp_path: Path) -
 
     pruner = Pruner("bundled:all-MiniLM-L6-v2")
     pruner.apply(pruner.masks(pruner.scores("magnitude"), 0.5))
-    pruner.save(tmp_path / "pruned", {"parameters": {}})
+    pruner.save(tmp_path / "pruned")
     tuner = FineTuner(str(tmp_path / "pruned"), "full", batch_size=2, eval_steps=2, validation_share=0.34)
     tuner.train(*mined(tiny), steps=2, progress=False)
     weight = tuner.model[0].auto_model.encoder.layer[0].intermediate.dense.weight
@@ -122,7 +122,7 @@ def test_adalora_reallocates_ranks_and_its_artifact_reloads(tiny_binary: Path, t
     singular = [p for n, p in tuner.model.named_parameters() if "lora_E" in n]
     assert singular and any(bool((p == 0).any()) for p in singular)  # ranks pruned by importance during training
     assert not all(bool((p == 0).all()) for p in singular)  # and the kept ones trained
-    tuner.save(tmp_path / "adalora", report)
+    tuner.save(tmp_path / "adalora")
     trained = tuner.model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
     reloaded = Encoder(precision="fp32", query_precision="fp32", adapter=tmp_path / "adalora").encode_queries(TEXTS)
     assert np.allclose(reloaded, trained, atol=1e-5)
@@ -137,8 +137,8 @@ def test_ia3_added_through_the_registry_trains_and_its_artifact_reloads(tiny_bin
     assert trainable and all("ia3_" in n for n in trainable) and counts["trainable_fraction"] < 0.005
     tuner = FineTuner("bundled:all-MiniLM-L6-v2", "ia3", batch_size=2, eval_steps=20, validation_share=0.34,
                       learning_rate=5e-2)
-    report = tuner.train(*mined(tiny_binary), steps=3, progress=False)
-    tuner.save(tmp_path / "ia3", report)
+    tuner.train(*mined(tiny_binary), steps=3, progress=False)
+    tuner.save(tmp_path / "ia3")
     trained = tuner.model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
     reloaded = Encoder(precision="fp32", query_precision="fp32", adapter=tmp_path / "ia3").encode_queries(TEXTS)
     assert np.allclose(reloaded, trained, atol=1e-5)

@@ -116,7 +116,7 @@ def test_training_lowers_the_loss_and_saves_an_adapter_bound_to_its_base(tiny: P
     losses = [h["loss"] for h in trainer.history if "loss" in h]
     assert report["steps"] == 40 and 0 < report["trainable"] < report["parameters"]
     assert losses[-1] < 0.5 * losses[0]
-    trainer.save(tmp_path / "ranker", report, data=used)
+    trainer.save(tmp_path / "ranker")
     manifest = json.loads((tmp_path / "ranker" / "manifest.json").read_text())
     assert manifest["kind"] == "ranker-adapter" and manifest["parameters"]["loss"] == "importance"
     tuned = ListwiseRanker(CausalLM(str(tiny_llm), adapter=tmp_path / "ranker", precision="fp32"), mode="generate")
@@ -126,7 +126,7 @@ def test_training_lowers_the_loss_and_saves_an_adapter_bound_to_its_base(tiny: P
     with pytest.raises(SiftrankError, match="belongs to base model"):
         CausalLM(str(other), adapter=tmp_path / "ranker")
     with pytest.raises(SiftrankError, match="exists"):
-        trainer.save(tmp_path / "ranker", report)
+        trainer.save(tmp_path / "ranker")
 
 
 def test_augmented_lists_vary_in_length_and_order(tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ def test_validation_keeps_the_best_weights_and_the_artifact_carries_the_fusion(t
     rescored = checks.score(trainer.llm, trainer.ranker.max_passage_tokens)
     assert all(rescored[q] == pytest.approx(checks.best_scores[q], abs=1e-4) for q in checks.queries)  # best weights back
     choice = trainer.choose_fusion()
-    trainer.save(tmp_path / "ranker", report, data=used)
+    trainer.save(tmp_path / "ranker")
     stored = json.loads((tmp_path / "ranker" / "manifest.json").read_text())["parameters"]["fusion"]
     assert stored == choice.fusion.to_dict()
     params = LLMParams(model=str(tiny_llm), adapter=tmp_path / "ranker")

@@ -107,7 +107,8 @@ def test_masks_survive_retraining_and_structured_model_is_smaller(tmp_path: Path
     before = sum(p.numel() for p in small.model.parameters())
     info = small.prune("gaprune", 0.5, DOMAIN, GENERAL, structured=True)["metrics"]
     assert info["intermediate_size"] == 768 and info["parameters"] < before - 3_000_000
-    small.save(tmp_path / "small", {"parameters": {"method": "gaprune"}})
+    small.report = {"parameters": {"method": "gaprune"}}
+    small.save(tmp_path / "small")
     vectors = Encoder(str(tmp_path / "small"), precision="fp32").encode_documents(["statins and cholesterol"])
     assert vectors.shape == (1, 384) and np.isclose(np.linalg.norm(vectors), 1.0, atol=1e-5)
     small.model[0].auto_model.encoder = None

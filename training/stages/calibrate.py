@@ -60,10 +60,10 @@ class CalibrateStage(BuildStage):
         use_embedding, use_stats = feature_flags(cal.features)
         calibrator = CalibratorTrainer(family=cal.family, use_embedding=use_embedding, use_stats=use_stats, seed=cal.seed,
                                        target_recall=cal.target_recall).fit(candidates, ctx.encoder.identity())
-        calibrator.save(target, overwrite=True, data={"dataset": str(data.root), "qrels": str(data.qrels_path),
-                                                      "queries": len(candidates), "k": cal.k,
-                                                      "first_stage": ctx.first_stage_section,
-                                                      "held_out": "finetune validation queries" if held_out else "all"})
+        calibrator.data = {"dataset": str(data.root), "qrels": str(data.qrels_path), "queries": len(candidates), "k": cal.k,
+                           "first_stage": ctx.first_stage_section,
+                           "held_out": "finetune validation queries" if held_out else "all"}
+        calibrator.save(target, overwrite=True)
         return {"threshold": calibrator.threshold, "chosen": calibrator.extra.get("chosen", {}).get("features")}
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:

@@ -39,7 +39,8 @@ class BuildContext:
             self.__dict__["dataset"] = dataset
         self.base_path = resolve_model_path(recipe.encoder.base)
         self.keys: dict[str, str] = {"encoder": model_fingerprint(self.base_path)}
-        self.model, self.adapter = recipe.encoder.base, None
+        self.model: str = recipe.encoder.base
+        self.adapter: str | None = None
         self.index_path: Path | None = None
         self.first_stage_section: dict[str, Any] = recipe.stage("first_stage").section()
         self.sections: dict[str, dict[str, Any]] = {}  # the pipeline's filter and rerank sections

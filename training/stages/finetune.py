@@ -94,7 +94,7 @@ class FinetuneStage(BuildStage):
                 best = (score, tuner, report)
         assert best is not None
         score, tuner, report = best
-        tuner.save(target, report, overwrite=True)
+        tuner.save(target, overwrite=True)
         return {"seed": tuner.seed, "validation_ndcg@10": score, "seeds": p.seeds, "general_triplets": len(general)}
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:

@@ -64,8 +64,8 @@ class RankStage(BuildStage):
         run = {q: {h.id: h.score for h in ranked} for q, ranked in zip(qids, hits)}
         trainer = ListwiseTrainer(rank.model, depth=rank.depth, learning_rate=5e-4, steps=rank.steps, seed=rank.seed,
                                   max_passage_tokens=MAX_PASSAGE_TOKENS)
-        report, fusion, used = trainer.fit(ctx.dataset, run, [], validation=rank.validation)
-        trainer.save(target, report, data=used, overwrite=True)
+        report, fusion, _ = trainer.fit(ctx.dataset, run, [], validation=rank.validation)
+        trainer.save(target, overwrite=True)
         return {"fusion": fusion.fusion.to_dict() if fusion else None, "steps": report.get("steps")}
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:
