@@ -37,6 +37,7 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     encoder: dict[str, Any] = Field(default_factory=dict)  # the encoder identity an artifact is bound to
     extra: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)  # a build stage's: its key, inputs, seconds (training.stages)
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def write(self, directory: Path) -> None:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.artifacts import MANIFEST, write_text_atomic
+from retrieval.artifacts import write_text_atomic
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
@@ -32,7 +32,7 @@ from retrieval.probe import cpu_model
 from training.recipe import Recipe
 from training.stages.base import BuildStage
 from training.stages.context import BuildContext
-from training.stages.lineage import read_lineage
+from training.stages.lineage import read_lineage, stamp
 from training.stages.registry import build_stage
 
 PIPELINE_FILE = "pipeline.toml"
@@ -50,14 +50,6 @@ class StageRecord:
     seconds: float = 0.0  # building it (for a reused stage: when it was built)
     path: str = ""
     inputs: dict[str, str] = field(default_factory=dict)
-
-
-def _stamp(path: Path, lineage: dict[str, Any]) -> None:
-    """Add the lineage to an artifact's manifest (atomically): the last step of every stage."""
-    manifest = Path(path) / MANIFEST
-    raw = json.loads(manifest.read_text())
-    raw["lineage"] = lineage
-    write_text_atomic(manifest, json.dumps(raw, indent=2) + "\n")
 
 
 class PipelineBuilder:
@@ -126,7 +118,7 @@ class PipelineBuilder:
         begin = time.perf_counter()
         details = stage.run(ctx, target)
         seconds = round(time.perf_counter() - begin, 1)
-        _stamp(target, {"key": key, "stage": stage.name, "inputs": inputs, "seconds": seconds, "details": details,
+        stamp(target, {"key": key, "stage": stage.name, "inputs": inputs, "seconds": seconds, "details": details,
                         "recipe": self.recipe.name})
         self.records.append(StageRecord(stage.name, "built", key, seconds, str(target), inputs))
         self.echo(f"      built {target} in {seconds:.0f} s")

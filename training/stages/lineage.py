@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from retrieval.artifacts import MANIFEST
+from retrieval.artifacts import MANIFEST, Manifest
+from retrieval.errors import SiftrankError
 
 
 def lineage_key(*parts: Any) -> str:
@@ -16,12 +17,17 @@ def lineage_key(*parts: Any) -> str:
 
 
 def read_lineage(path: Path) -> dict[str, Any]:
-    """The lineage stored in an artifact's manifest ({}: no artifact, or one without lineage)."""
-    manifest = Path(path) / MANIFEST
-    if not manifest.is_file():
+    """The lineage in an artifact's manifest ({}: no artifact, or an unreadable one: it is rebuilt)."""
+    if not (Path(path) / MANIFEST).is_file():
         return {}
     try:
-        found = json.loads(manifest.read_text()).get("lineage", {})
-    except (json.JSONDecodeError, AttributeError):
+        return Manifest.read(path).lineage
+    except SiftrankError:
         return {}
-    return found if isinstance(found, dict) else {}
+
+
+def stamp(path: Path, lineage: dict[str, Any]) -> None:
+    """Record the lineage in an artifact's manifest (atomically): the last step of every build stage."""
+    manifest = Manifest.read(path)
+    manifest.lineage = lineage
+    manifest.write(Path(path))
