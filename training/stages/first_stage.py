@@ -22,7 +22,7 @@ from training.stages.base import BuildParams, BuildStage
 if TYPE_CHECKING:
     from training.stages.context import BuildContext
 
-WEIGHTS = tuple(round(w, 1) for w in np.arange(0.1, 1.0, 0.1))
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 10))  # dense weights of the interpolation
 MIN_QUERIES = 2
 
 
