@@ -12,13 +12,13 @@ from serving.cli.common import DEFAULT_DATA, Verbose, app, setup_logging
 
 @app.command()
 def build(
-    recipe: Annotated[Path, typer.Argument(help="Recipe (TOML): data, base encoder and the stages prune, finetune, index, calibrate, rank.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe (TOML): data, base encoder and the build stages prune, finetune, index, first_stage, calibrate, rank.")],
     out: Annotated[Path, typer.Option("--out", help="Build folder: one artifact per stage, then pipeline.toml (for eval, search and serve).")],
     data: Annotated[Path, typer.Option(help="Where 'data:NAME' paths in the recipe point.")] = DEFAULT_DATA,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value, repeatable: SECTION.KEY=VALUE (e.g. finetune.method=lora, prune.enabled=false).")] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Build the domain pipeline a recipe describes: prune → finetune → index → calibrate → rank.
+    """Build the domain pipeline a recipe describes: prune → finetune → index → first_stage → calibrate → rank.
 
     Each stage's artifact records its lineage (parameters, data digests, the artifacts it was built from);
     a re-run rebuilds only the stages whose lineage changed or that never finished."""

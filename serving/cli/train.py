@@ -162,7 +162,7 @@ def distil(
 @app.command()
 def finetune(
     out: Annotated[Path, typer.Option("--out", help="Output: an adapter artifact (connected, lora) or a sentence-transformers folder (full, bitfit); written atomically.")],
-    method: Annotated[str, typer.Option(help="connected (inside LoRA + aside pathway), lora (peft, every linear layer), adalora (peft AdaLoRA, adaptive ranks), bitfit (biases) or full.")] = "connected",
+    method: Annotated[str, typer.Option(help="A method of the fine-tuning registry (training.adapters.METHODS, docs/finetuning.md), e.g. connected (inside LoRA + aside pathway), lora (peft, every linear layer), ia3, bitfit (biases) or full.")] = "connected",
     model: Annotated[str, typer.Option(help="Base model: bundled:all-MiniLM-L6-v2, a local sentence-transformers folder, or a pruned one (its masks are kept).")] = "bundled:all-MiniLM-L6-v2",
     dataset: Annotated[Path, typer.Option(help="Dataset whose training qrels give the (query, positive, hard negative) triplets.")] = DEFAULT_DATA / "scifact",
     split: Annotated[str, typer.Option(help="Qrels split to train on (a share of its queries is held out for validation).")] = "train",
