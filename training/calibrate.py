@@ -154,6 +154,13 @@ class CalibratorTrainer:
     selection: list[dict[str, Any]] = field(default_factory=list)
     best_by_features: dict[str, Calibrator] = field(default_factory=dict)
 
+    @classmethod
+    def named(cls, features: str, **options: Any) -> CalibratorTrainer:
+        """A trainer for a feature-set name (``--features`` / the recipe's ``features``: auto, global, embedding,
+        stats, embedding+stats); an unknown name is one error."""
+        use_embedding, use_stats = feature_flags(features)
+        return cls(use_embedding=use_embedding, use_stats=use_stats, **options)
+
     def feature_sets(self) -> list[str]:
         return [name for name, (emb, stats) in FEATURE_SETS.items()
                 if name != "global" and (not emb or self.use_embedding) and (not stats or self.use_stats)]

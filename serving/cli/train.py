@@ -49,7 +49,7 @@ def calibrate(
 
     setup_logging(verbose)
     refuse_existing(out, overwrite)
-    use_embedding, use_stats = feature_flags(features)
+    feature_flags(features)  # an unknown name fails before any work
     if target_recall is not None and target_precision is not None:
         raise SiftrankError("give --target-recall or --target-precision, not both")
     for name, value in (("target recall", target_recall), ("target precision", target_precision)):
@@ -59,8 +59,8 @@ def calibrate(
         target_recall = 0.95
 
     def make_trainer(trainer_seed: int) -> CalibratorTrainer:
-        return CalibratorTrainer(family=family, use_embedding=use_embedding, use_stats=use_stats, seed=trainer_seed,
-                                 target_recall=target_recall, target_precision=target_precision)
+        return CalibratorTrainer.named(features, family=family, seed=trainer_seed, target_recall=target_recall,
+                                       target_precision=target_precision)
 
     if family not in FAMILIES:
         raise SiftrankError(f"--family must be one of {', '.join(FAMILIES)}, not '{family}'")

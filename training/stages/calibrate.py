@@ -45,7 +45,7 @@ class CalibrateStage(BuildStage):
         return [ctx.digest("data"), {"held_out": ctx.held_out is not None}]
 
     def run(self, ctx: BuildContext, target: Path) -> dict[str, Any]:
-        from training.calibrate import CalibratorTrainer, CandidateSet, feature_flags
+        from training.calibrate import CalibratorTrainer, CandidateSet
         from training.triplets import judged_queries
 
         cal, data = self.params, ctx.dataset
@@ -57,9 +57,8 @@ class CalibrateStage(BuildStage):
         CandidateSet.check_judgments(data)
         batch, hits = ctx.candidates(qids if qids is not None else judged_queries(data), cal.k)
         candidates = CandidateSet.from_hits(data, batch, hits, ctx.encoder, cal.k)
-        use_embedding, use_stats = feature_flags(cal.features)
-        calibrator = CalibratorTrainer(family=cal.family, use_embedding=use_embedding, use_stats=use_stats, seed=cal.seed,
-                                       target_recall=cal.target_recall).fit(candidates, ctx.encoder.identity())
+        trainer = CalibratorTrainer.named(cal.features, family=cal.family, seed=cal.seed, target_recall=cal.target_recall)
+        calibrator = trainer.fit(candidates, ctx.encoder.identity())
         calibrator.data = {"dataset": str(data.root), "qrels": str(data.qrels_path), "queries": len(candidates), "k": cal.k,
                            "first_stage": ctx.first_stage_section,
                            "held_out": "finetune validation queries" if held_out else "all"}
