@@ -118,12 +118,12 @@ class BuildContext:
             self._encoder = Encoder(self.model, adapter=self.adapter)
         return self._encoder
 
-    def config(self) -> PipelineConfig:
-        """The pipeline the build has reached (absolute paths)."""
+    def config(self, first_stage: dict[str, Any] | None = None) -> PipelineConfig:
+        """The pipeline the build has reached (absolute paths); ``first_stage``: another first-stage section."""
         raw: dict[str, Any] = {"encoder": {"model": self.model, "adapter": self.adapter},
                                "index": {"kind": self.recipe.stage("index").kind, "params": self.recipe.stage("index").params,
                                          "path": self.index_path},
-                               "first_stage": self.first_stage_section, **self.sections}
+                               "first_stage": first_stage or self.first_stage_section, **self.sections}
         raw["encoder"] = {k: v for k, v in raw["encoder"].items() if v is not None}
         raw["index"] = {k: v for k, v in raw["index"].items() if v is not None}
         return PipelineConfig.model_validate(raw)
@@ -133,11 +133,16 @@ class BuildContext:
         """The pipeline's first stage over the current encoder, built once (its index too: the built one, or
         before the index stage the dataset's cached index of the current encoder)."""
         if self._first is None:
-            context = StageContext(self.config(), self.dataset, self.progress, encoder=self.encoder, index=self._index)
-            self._first = context.config.first_stage.build(context)
-            if "index" in context.__dict__:
-                self._index = context.__dict__["index"]
+            self._first = self.first_stage_of(self.first_stage_section)
         return self._first
+
+    def first_stage_of(self, section: dict[str, Any]) -> FirstStage:
+        """A first stage of another ``section`` over the same encoder and index (e.g. to compare fusions)."""
+        context = StageContext(self.config(section), self.dataset, self.progress, encoder=self.encoder, index=self._index)
+        stage = context.config.first_stage.build(context)
+        if "index" in context.__dict__:  # loaded for this stage: kept for the next
+            self._index = context.__dict__["index"]
+        return stage
 
     def candidates(self, qids: Sequence[str], depth: int) -> tuple[QueryBatch, list[list[Hit]]]:
         """The first stage's top ``depth`` for each of ``qids`` (training queries), with their query batch

@@ -84,8 +84,7 @@ class FirstStageStage(BuildStage):
         if len(qids) < MIN_QUERIES:
             raise SiftrankError(f"choosing the hybrid fusion needs at least {MIN_QUERIES} validation queries, got {len(qids)}: "
                                 "set [first_stage] fusion to rrf or interpolate")
-        ctx.set_first_stage(p.section(), ctx.keys.get("first_stage", ""))
-        hybrid = ctx.first_stage
+        hybrid = ctx.first_stage_of(p.section())
         assert isinstance(hybrid, HybridRetriever)
         batch = QueryBatch(qids, [data.queries[q] for q in qids], ctx.encoder)
         pool = p.pool or p.depth
