@@ -77,8 +77,9 @@ class PipelineBuilder:
             stage.check(ctx)
         return ctx
 
-    def build(self) -> list[StageRecord]:
-        """Check, then run every stage (reusing what is up to date); writes pipeline.toml and build.json."""
+    def build(self) -> PipelineConfig:
+        """Check, then run every stage (reusing what is up to date); writes pipeline.toml and build.json and
+        returns the pipeline config as read back from pipeline.toml (what happened: :attr:`records`)."""
         ctx = self.check()
         self.out.mkdir(parents=True, exist_ok=True)
         with self._lock():
@@ -88,7 +89,7 @@ class PipelineBuilder:
                 self.echo(f"[{number}/{len(self.stages)}] {stage.name}")
                 path, key = self._stage(stage, ctx)
                 stage.use(ctx, path, key)
-            self._write_pipeline(ctx.config())
+            config = self._write_pipeline(ctx.config())
             wall = time.perf_counter() - start
             write_text_atomic(self.out / REPORT_FILE, json.dumps({
                 "recipe": self.recipe.model_dump(mode="json"), "stages": [asdict(r) for r in self.records],
@@ -98,7 +99,7 @@ class PipelineBuilder:
             total = sum(r.seconds for r in self.records)
             self.echo(f"wrote {self.out / PIPELINE_FILE} ({wall:.0f} s now, {built:.0f} s of it building; "
                       f"{total:.0f} s for all stages from scratch)")
-        return self.records
+        return config
 
     def _stage(self, stage: BuildStage, ctx: BuildContext) -> tuple[Path, str]:
         """Reuse ``out/<stage>`` when its lineage key is the one it would be built with; else build and stamp it."""
@@ -139,7 +140,7 @@ class PipelineBuilder:
             self.echo(f"      removing {stale.name} (left by an interrupted build)")
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
-    def _write_pipeline(self, config: PipelineConfig) -> None:
+    def _write_pipeline(self, config: PipelineConfig) -> PipelineConfig:
         """``pipeline.toml``: the config the build reached, serialised by a TOML library with paths relative
         to the folder (so it can move), then read back and validated as eval, search and serve will."""
         import tomli_w
@@ -155,4 +156,4 @@ class PipelineBuilder:
         header = (f"# Built by `siftrank build` from recipe '{self.recipe.name}' ({self.recipe.data.dataset}).\n"
                   "# Paths are relative to this file.\n")
         write_text_atomic(self.out / PIPELINE_FILE, header + tomli_w.dumps(raw))
-        PipelineConfig.load(self.out / PIPELINE_FILE)  # what eval, search and serve will read
+        return PipelineConfig.load(self.out / PIPELINE_FILE)  # what eval, search and serve will read

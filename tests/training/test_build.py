@@ -180,13 +180,14 @@ def test_the_shipped_recipes_validate(tmp_path: Path) -> None:
 
 def test_a_rank_stage_trains_the_ranker_on_the_built_first_stage(tmp_path: Path, tiny_llm: Path, cli) -> None:
     recipe = write_recipe(tmp_path, prune={"enabled": False}, finetune={"enabled": False}, calibrate={"enabled": False},
+                          first_stage={"kind": "hybrid", "fusion": "rrf"},  # lists drawn from the hybrid's candidates
                           rank={"enabled": True, "model": str(tiny_llm), "depth": 4, "steps": 2, "validation": 0})
     code, out, err = cli("build", recipe, "--out", tmp_path / "out")
     assert code == 0, err
     manifest = json.loads((tmp_path / "out" / "rank" / "manifest.json").read_text())
     assert manifest["kind"] == "ranker-adapter" and manifest["lineage"]["stage"] == "rank"
     config = PipelineConfig.load(tmp_path / "out" / "pipeline.toml")
-    assert config.stages() == ["dense", "rerank"] and config.rerank is not None
+    assert config.stages() == ["hybrid", "rerank"] and config.rerank is not None
 
 
 def test_a_hybrid_first_stage_is_chosen_on_validation_and_feeds_the_filter(tmp_path: Path, cli) -> None:
