@@ -56,8 +56,10 @@ def bar_chart(path: Path, labels: list[str], values: list[float], ylabel: str, t
 
     colors = ["#888888"] + ["#2a6fb0"] * (len(values) - 1)
     if len(labels) > 5:  # many bars: horizontal, so that the labels stay readable
-        fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
+        width = max(len(label) for label in labels)  # room for long labels, so the bars keep their width
+        fig, ax = plt.subplots(figsize=(4.5 + 0.075 * width, 0.35 * len(labels) + 1.2))
         bars = ax.barh(labels[::-1], values[::-1], color=colors[::-1])
+        ax.set_xlim(0, max(values) * 1.15)  # the value labels stay inside the axes
         ax.set_xlabel(ylabel)
     else:
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -75,7 +77,7 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=dpi)
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
 
