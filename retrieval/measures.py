@@ -78,6 +78,20 @@ def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
     return paired_test({str(i): x for i, x in enumerate(a)}, {str(i): x for i, x in enumerate(b)}, permutations=1)["t_test_p"]
 
 
+def one_standard_error(per_query_scores: Mapping[str, Mapping[str, float]], simplest_first: Sequence[str]) -> str:
+    """The one-standard-error rule over systems scored on the same queries: the first system of
+    ``simplest_first`` whose mean is within one standard error of the paired difference to the best mean."""
+    means = {name: float(np.mean(list(v.values()))) for name, v in per_query_scores.items()}
+    best = max(means, key=lambda name: means[name])
+    for name in simplest_first:
+        qids = sorted(set(per_query_scores[name]) & set(per_query_scores[best]))
+        diff = np.array([per_query_scores[best][q] - per_query_scores[name][q] for q in qids])
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        if means[name] >= means[best] - se:
+            return name
+    return best
+
+
 def _complete(run: Mapping[str, Mapping[str, float]], qrels: Qrels) -> dict[str, dict[str, float]]:
     """trec_eval averages only over queries present in the run; an empty ranking must count as 0,
     so queries with no results get one unjudged placeholder document."""

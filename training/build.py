@@ -50,6 +50,7 @@ class StageRecord:
     seconds: float = 0.0  # building it (for a reused stage: when it was built)
     path: str = ""
     inputs: dict[str, str] = field(default_factory=dict)
+    decision: str | None = None  # what the stage chose on validation data, and why (a built or a reused one)
 
 
 class PipelineBuilder:
@@ -95,6 +96,9 @@ class PipelineBuilder:
                 "recipe": self.recipe.model_dump(mode="json"), "stages": [asdict(r) for r in self.records],
                 "wall_seconds": round(wall, 1), "stage_seconds_from_scratch": round(sum(r.seconds for r in self.records), 1),
                 "cpu": cpu_model(), "python": platform.python_version()}, indent=2) + "\n")
+            for record in self.records:
+                if record.decision:
+                    self.echo(f"decision [{record.name}]: {record.decision}")
             built = sum(r.seconds for r in self.records if r.status == "built")
             total = sum(r.seconds for r in self.records)
             self.echo(f"wrote {self.out / PIPELINE_FILE} ({wall:.0f} s now, {built:.0f} s of it building; "
@@ -113,7 +117,8 @@ class PipelineBuilder:
         key, target = stage.key(ctx), self.out / stage.name
         found = read_lineage(target)
         if found.get("key") == key:  # seconds: what building it took
-            self.records.append(StageRecord(stage.name, "reused", key, found.get("seconds", 0.0), str(target), inputs))
+            self.records.append(StageRecord(stage.name, "reused", key, found.get("seconds", 0.0), str(target), inputs,
+                                            (found.get("details") or {}).get("decision")))
             self.echo(f"      reused {target} (lineage {key} unchanged)")
             return target, key
         begin = time.perf_counter()
@@ -121,7 +126,7 @@ class PipelineBuilder:
         seconds = round(time.perf_counter() - begin, 1)
         stamp(target, {"key": key, "stage": stage.name, "inputs": inputs, "seconds": seconds, "details": details,
                         "recipe": self.recipe.name})
-        self.records.append(StageRecord(stage.name, "built", key, seconds, str(target), inputs))
+        self.records.append(StageRecord(stage.name, "built", key, seconds, str(target), inputs, details.get("decision")))
         self.echo(f"      built {target} in {seconds:.0f} s")
         return target, key
 

@@ -27,3 +27,13 @@ def test_binary_qrels_use_rel_1_and_missing_queries_score_zero() -> None:
     assert math.isclose(got["RR@10"], 0.5) and math.isclose(got["nDCG@10"], 0.5)
     per_query = suite.per_query({"q1": {"a": 1.0}})
     assert per_query["RR@10"] == {"q1": 1.0, "q2": 0.0}
+
+
+def test_one_standard_error_prefers_the_simplest_system_within_one_se_of_the_best() -> None:
+    from retrieval.measures import one_standard_error
+
+    simple = {f"q{i}": 0.50 + 0.1 * (i % 2) for i in range(20)}
+    close = {q: v + (0.05 if i % 2 else -0.04) for i, (q, v) in enumerate(simple.items())}  # noisy, barely better
+    far = {q: v + 0.2 for q, v in simple.items()}  # clearly better on every query
+    assert one_standard_error({"simple": simple, "close": close}, ["simple", "close"]) == "simple"
+    assert one_standard_error({"simple": simple, "close": close, "far": far}, ["simple", "close", "far"]) == "far"

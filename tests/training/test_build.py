@@ -195,7 +195,7 @@ def test_a_hybrid_first_stage_is_chosen_on_validation_and_feeds_the_filter(tmp_p
                           first_stage={"kind": "hybrid"})
     code, stdout, err = cli("build", recipe, "--out", tmp_path / "out")
     assert code == 0, err
-    assert "fusion chosen on" in stdout
+    assert "first stage: hybrid fusion" in stdout and "chosen on 3 validation queries" in stdout
     manifest = json.loads((tmp_path / "out" / "first_stage" / "manifest.json").read_text())
     section = manifest["parameters"]["section"]
     assert section["kind"] == "hybrid" and section["fusion"] in ("rrf", "interpolate")
@@ -220,3 +220,20 @@ def test_a_new_build_stage_is_one_module_and_one_registry_line() -> None:
         assert stage.name == name and stage.Params is not None
     recipe = Recipe.model_validate({"data": {"dataset": "x"}})
     assert recipe.active() == ["prune", "finetune", "index", "first_stage", "calibrate"]  # rank is off by default
+
+
+def test_an_auto_first_stage_is_chosen_by_the_one_standard_error_rule_and_reported(tmp_path: Path, cli) -> None:
+    recipe = write_recipe(tmp_path, prune={"enabled": False}, finetune={"enabled": False}, calibrate={"enabled": False},
+                          first_stage={"kind": "auto", "folds": 3})
+    code, stdout, err = cli("build", recipe, "--out", tmp_path / "out")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "first_stage" / "manifest.json").read_text())
+    evidence, section = manifest["metrics"], manifest["parameters"]["section"]
+    assert set(evidence["kinds"]) == {"dense", "bm25", "hybrid"} and evidence["kind"] == section["kind"]
+    assert set(evidence["kinds_p_vs_chosen"]) == {"dense", "bm25", "hybrid"} - {section["kind"]}
+    report = json.loads((tmp_path / "out" / "build.json").read_text())
+    decision = next(s["decision"] for s in report["stages"] if s["name"] == "first_stage")
+    assert decision.startswith(f"first stage: {section['kind']}") and f"decision [first_stage]: {decision}" in stdout
+    assert PipelineConfig.load(tmp_path / "out" / "pipeline.toml").first_stage.kind == section["kind"]
+    code, stdout, err = cli("build", recipe, "--out", tmp_path / "out")  # a reused stage still reports its decision
+    assert code == 0 and f"decision [first_stage]: {decision}" in stdout, err

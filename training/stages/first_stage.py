@@ -1,11 +1,18 @@
 """Build stage ``first_stage``: which first stage the pipeline uses (dense, BM25 or hybrid; always on).
 
-For a hybrid first stage with ``fusion = "auto"`` the fusion is chosen on validation queries of the
-domain: the fine-tuning's held-out queries when the build fine-tuned (never trained on), else all training
-queries (nothing in the build trained on them). Every candidate fusion (reciprocal rank fusion, and
-min-max interpolation at dense weights 0.1..0.9) is scored by nDCG@10 over the top ``depth``; the best mean
-wins (ties to the simpler RRF). The artifact records the chosen section and the evidence (each option's
-mean, dense and BM25 alone, paired p of the choice against each)."""
+Choices are made on validation queries of the domain: the fine-tuning's held-out queries when the build
+fine-tuned (never trained on), else all training queries (nothing in the build trained on them).
+
+- A hybrid with ``fusion = "auto"``: every candidate fusion (reciprocal rank fusion, and min-max
+  interpolation at dense weights 0.1..0.9) is scored by nDCG@10 over the top ``depth``; the best mean wins
+  (ties to the simpler RRF).
+- ``kind = "auto"``: dense, BM25 and the hybrid compete. The hybrid's estimate is honest about its tuning:
+  each validation query is scored with the fusion chosen on the other folds (query-level k-fold). The
+  kind is chosen by the one-standard-error rule over the per-query nDCG@10: the simplest kind (dense, then
+  BM25, then hybrid) whose mean is within one standard error of the paired difference to the best.
+
+The artifact records the chosen section and the evidence (every option's mean, paired p-values); the
+build prints the decision."""
 
 from __future__ import annotations
 
@@ -24,18 +31,23 @@ if TYPE_CHECKING:
 
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 10))  # dense weights of the interpolation
 MIN_QUERIES = 2
+KINDS = ("dense", "bm25", "hybrid")  # simplest first: the one-standard-error rule prefers the earliest
 
 
 class FirstStageParams(BuildParams):
-    kind: Literal["dense", "bm25", "hybrid"] = "dense"
+    kind: Literal["auto", "dense", "bm25", "hybrid"] = "dense"  # auto: chosen on validation queries
     fusion: Literal["auto", "rrf", "interpolate"] = "auto"  # hybrid: auto = chosen on validation queries
+    folds: int = Field(5, ge=2)  # kind auto: query-level folds for the tuned hybrid's held-out estimate
     weight: float = Field(0.5, ge=0.0, le=1.0)  # interpolate: the dense score's weight
     rrf_k: int = Field(60, ge=1)
     pool: int | None = Field(None, ge=1)  # candidates taken from each ranking (default: the depth)
     depth: int = Field(100, ge=10)  # candidates scored when choosing the fusion
 
     def section(self, fusion: str | None = None, weight: float | None = None) -> dict[str, Any]:
-        """The pipeline config's ``[first_stage]`` (an ``auto`` fusion stands as RRF until it is chosen)."""
+        """The pipeline config's ``[first_stage]`` (before a choice, an ``auto`` kind stands as dense and an
+        ``auto`` fusion as RRF)."""
+        if self.kind == "auto":
+            return {"kind": "dense"}
         if self.kind != "hybrid":
             return {"kind": self.kind}
         fusion = fusion or ("rrf" if self.fusion == "auto" else self.fusion)
@@ -53,26 +65,29 @@ class FirstStageStage(BuildStage):
     params: FirstStageParams
     inputs: ClassVar[tuple[str, ...]] = ("index",)
 
+    @property
+    def chooses(self) -> bool:
+        return self.params.kind == "auto" or (self.params.kind == "hybrid" and self.params.fusion == "auto")
+
     def data(self, ctx: BuildContext) -> list[Any]:
-        needs_queries = self.params.kind == "hybrid" and self.params.fusion == "auto"
-        return [ctx.digest("data") if needs_queries else None, ctx.held_out is not None]
+        return [ctx.digest("data") if self.chooses else None, ctx.held_out is not None]
 
     def run(self, ctx: BuildContext, target: Path) -> dict[str, Any]:
-        p = self.params
         evidence: dict[str, Any] = {}
-        section = p.section()
-        if p.kind == "hybrid" and p.fusion == "auto":
+        section, decision = self.params.section(), None
+        if self.chooses:
             section, evidence = self.choose(ctx)
-            ctx.echo(f"      fusion chosen on {evidence['queries']} validation queries: {section} "
-                     f"(nDCG@10 {evidence['chosen']:.4f}; dense {evidence['dense']:.4f}, bm25 {evidence['bm25']:.4f})")
+            decision = describe(section, evidence)
+            ctx.echo(f"      {decision}")
         with atomic_dir(target, overwrite=True) as tmp:
             Manifest(kind="first-stage", parameters={"section": section}, metrics=evidence,
                      data={"queries": evidence.get("query_source")}).write(tmp)
-        return {"section": section}
+        return {"section": section, "decision": decision}
 
     def choose(self, ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The best fusion on the validation queries, and the evidence (see the module doc)."""
-        from retrieval.measures import paired_test, per_query
+        """The chosen section on the validation queries, and the evidence (see the module doc)."""
+        from retrieval.data import query_folds
+        from retrieval.measures import one_standard_error, paired_test, per_query
         from retrieval.stages.base import QueryBatch
         from retrieval.stages.hybrid import HybridParams, HybridRetriever
         from training.triplets import judged_queries
@@ -84,7 +99,7 @@ class FirstStageStage(BuildStage):
         if len(qids) < MIN_QUERIES:
             raise SiftrankError(f"choosing the hybrid fusion needs at least {MIN_QUERIES} validation queries, got {len(qids)}: "
                                 "set [first_stage] fusion to rrf or interpolate")
-        hybrid = ctx.first_stage_of(p.section())
+        hybrid = ctx.first_stage_of(p.model_copy(update={"kind": "hybrid"}).section())
         assert isinstance(hybrid, HybridRetriever)
         batch = QueryBatch(qids, [data.queries[q] for q in qids], ctx.encoder)
         pool = p.pool or p.depth
@@ -100,13 +115,42 @@ class FirstStageStage(BuildStage):
         for name, section in options.items():
             fused = HybridRetriever(hybrid.dense, hybrid.lexical, HybridParams(**{k: v for k, v in section.items() if k != "kind"}))
             values[name] = scores([fused.fuse(d, b, p.depth) for d, b in zip(dense, lexical)])
+        def best(on: list[str]) -> str:
+            return max(values, key=lambda name: (float(np.mean([values[name][q] for q in on])), name == "rrf"))
+
+        fusion = best(qids)
         means = {name: float(np.mean(list(v.values()))) for name, v in values.items()}
-        best = max(means, key=lambda name: (means[name], name == "rrf"))
         alone = {"dense": scores(dense), "bm25": scores(lexical)}
-        evidence = {"queries": len(qids), "query_source": source, "options": means, "choice": best, "chosen": means[best],
-                    **{name: float(np.mean(list(v.values()))) for name, v in alone.items()},
-                    **{f"p_vs_{name}": paired_test(v, values[best])["t_test_p"] for name, v in alone.items()}}
-        return options[best], evidence
+        evidence: dict[str, Any] = {
+            "queries": len(qids), "query_source": source, "options": means, "choice": fusion, "chosen": means[fusion],
+            **{name: float(np.mean(list(v.values()))) for name, v in alone.items()},
+            **{f"p_vs_{name}": paired_test(v, values[fusion])["t_test_p"] for name, v in alone.items()}}
+        if p.kind == "hybrid":
+            return options[fusion], evidence
+        # kind auto: the hybrid scored on each query with the fusion chosen without it
+        held: dict[str, float] = {}
+        for part in query_folds(list(qids), min(p.folds, len(qids)), seed=0):
+            chosen = best([q for q in qids if q not in set(part)])
+            held.update({q: values[chosen][q] for q in part})
+        kinds = {"dense": alone["dense"], "bm25": alone["bm25"], "hybrid": held}
+        kind = one_standard_error(kinds, KINDS)
+        evidence["kinds"] = {name: float(np.mean(list(v.values()))) for name, v in kinds.items()}
+        evidence["kinds_p_vs_chosen"] = {name: paired_test(kinds[kind], v)["t_test_p"] for name, v in kinds.items() if name != kind}
+        evidence["kind"] = kind
+        return (options[fusion] if kind == "hybrid" else {"kind": kind}), evidence
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:
         ctx.set_first_stage(Manifest.read(path, kind="first-stage").parameters["section"], key)
+
+
+def describe(section: dict[str, Any], evidence: dict[str, Any]) -> str:
+    """One line: what was chosen, on which queries, and the numbers behind it."""
+    fusion = f"{section['fusion']}" + (f" {section['weight']}" if "weight" in section else "") if section["kind"] == "hybrid" else ""
+    where = f"on {evidence['queries']} validation queries ({evidence['query_source']})"
+    if "kinds" in evidence:
+        kinds = ", ".join(f"{k} {v:.4f}" for k, v in evidence["kinds"].items())
+        ps = ", ".join(f"{k} {v:.3g}" for k, v in evidence["kinds_p_vs_chosen"].items())
+        return (f"first stage: {section['kind']}{' (' + fusion + ')' if fusion else ''} chosen {where} by the "
+                f"one-standard-error rule: nDCG@10 {kinds} (hybrid: fusion chosen on the other folds); paired p vs the choice: {ps}")
+    return (f"first stage: hybrid fusion {fusion} chosen {where}: nDCG@10 {evidence['chosen']:.4f} "
+            f"(dense {evidence['dense']:.4f}, bm25 {evidence['bm25']:.4f})")
