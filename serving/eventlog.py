@@ -45,7 +45,6 @@ class EventLog:
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
         self._direct = self._connect()  # synchronous writes and reads that every worker must see at once
         self._direct_lock = threading.Lock()
-        self.written = 0
         self._thread = threading.Thread(target=self._run, name="siftrank-eventlog", daemon=True)
         self._thread.start()
 
@@ -111,7 +110,6 @@ class EventLog:
             with db:  # one transaction per batch
                 for table, rows in by_table.items():
                     db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * COLUMNS[table])})", rows)
-            self.written += len(items)
         except sqlite3.Error:
             log.exception("event log: a batch of %d events could not be written", len(items))
 
