@@ -126,6 +126,8 @@ BAD = [
     ({"distill": {"steps": 3}}, "distill: Extra inputs are not permitted"),
     ({"data": {"split": "dev"}}, "needs training qrels"),
     ({"finetune": {"method": "prefix"}}, "finetune.method"),
+    ({"first_stage": {"kind": "run"}}, "first_stage.kind"),
+    ({"first_stage": {"kind": "hybrid", "weight": 1.5}}, "first_stage.weight"),
     ({"rank": {"enabled": True, "model": "no-such-model"}}, "[rank] model"),
     ({"rank": {"enabled": True, "model": "bundled:NoSuchLM"}}, "unknown bundled ranker"),
     ({"prune": {"artifact": "other-pruned"}}, "built from"),
