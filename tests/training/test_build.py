@@ -73,6 +73,8 @@ def test_build_writes_every_stage_with_lineage_and_a_pipeline_eval_takes(built, 
     assert pruned["parameters"]["structured"] is True and pruned["metrics"]["parameters"] < 22_713_216
     config = PipelineConfig.load(out / "pipeline.toml")
     assert config.stages() == ["dense", "filter"] and config.encoder.model == str(out / "finetune")
+    decisions = {s["name"]: s["decision"] for s in json.loads((out / "build.json").read_text())["stages"]}
+    assert decisions["finetune"].startswith("encoder: full fine-tuning") and decisions["calibrate"].startswith("filter: ")
     code, _, err = cli("eval", "--dataset", recipe.parent / "tiny", "--pipeline", out / "pipeline.toml", "--out", out.parent / "ev")
     assert code == 0, err
     metrics = json.loads((out.parent / "ev" / "metrics.json").read_text())

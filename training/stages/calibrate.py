@@ -63,7 +63,11 @@ class CalibrateStage(BuildStage):
                            "first_stage": ctx.first_stage_section,
                            "held_out": "finetune validation queries" if held_out else "all"}
         calibrator.save(target, overwrite=True)
-        return {"threshold": calibrator.threshold, "chosen": calibrator.extra.get("chosen", {}).get("features")}
+        chosen = calibrator.extra.get("chosen", {})
+        decision = (f"filter: {cal.family} map of {chosen.get('input')}, features {chosen.get('features')}, threshold "
+                    f"{calibrator.threshold:.4g} for recall {cal.target_recall:g}, calibrated on {len(candidates)} "
+                    + ("held-out validation queries" if held_out else "training queries (no held-out set: recall may fall short)"))
+        return {"threshold": calibrator.threshold, "chosen": chosen.get("features"), "decision": decision}
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:
         ctx.sections["filter"] = {"kind": "cosine-adapter", "calibrator": Path(path)}

@@ -95,7 +95,9 @@ class FinetuneStage(BuildStage):
         assert best is not None
         score, tuner, report = best
         tuner.save(target, overwrite=True)
-        return {"seed": tuner.seed, "validation_ndcg@10": score, "seeds": p.seeds, "general_triplets": len(general)}
+        decision = f"encoder: {p.method} fine-tuning, seed {tuner.seed} of {p.seeds}: validation nDCG@10 {score:.4f}"
+        return {"seed": tuner.seed, "validation_ndcg@10": score, "seeds": p.seeds, "general_triplets": len(general),
+                "decision": decision}
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:
         from training.finetune import validation_split

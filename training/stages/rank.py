@@ -66,7 +66,9 @@ class RankStage(BuildStage):
                                   max_passage_tokens=MAX_PASSAGE_TOKENS)
         report, fusion, _ = trainer.fit(ctx.dataset, run, [], validation=rank.validation)
         trainer.save(target, overwrite=True)
-        return {"fusion": fusion.fusion.to_dict() if fusion else None, "steps": report.get("steps")}
+        decision = (f"ranker: {fusion.fusion.method}, weight {fusion.fusion.weight} (cross-validated nDCG@10 {fusion.cv_fused:.4f} "
+                    f"fused vs {fusion.cv_first:.4f} first stage; weight 0 = ranker off)") if fusion else None
+        return {"fusion": fusion.fusion.to_dict() if fusion else None, "steps": report.get("steps"), "decision": decision}
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:
         p = self.params
