@@ -241,3 +241,14 @@ def test_an_auto_first_stage_is_chosen_by_the_one_standard_error_rule_and_report
     assert PipelineConfig.load(tmp_path / "out" / "pipeline.toml").first_stage.kind == section["kind"]
     code, stdout, err = cli("build", recipe, "--out", tmp_path / "out")  # a reused stage still reports its decision
     assert code == 0 and f"decision [first_stage]: {decision}" in stdout, err
+
+
+def test_an_auto_kind_with_a_fixed_fusion_compares_only_that_hybrid(tmp_path: Path, cli) -> None:
+    recipe = write_recipe(tmp_path, prune={"enabled": False}, finetune={"enabled": False}, calibrate={"enabled": False},
+                          first_stage={"kind": "auto", "fusion": "rrf", "folds": 3})
+    code, _, err = cli("build", recipe, "--out", tmp_path / "out")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "first_stage" / "manifest.json").read_text())
+    assert list(manifest["metrics"]["options"]) == ["rrf"]
+    section = manifest["parameters"]["section"]
+    assert section["kind"] != "hybrid" or section["fusion"] == "rrf"

@@ -97,9 +97,10 @@ class FirstStageStage(BuildStage):
         qids = ctx.held_out if ctx.held_out is not None else judged_queries(data)
         source = "the fine-tuning's validation queries" if ctx.held_out is not None else "all training queries"
         if len(qids) < MIN_QUERIES:
-            raise SiftrankError(f"choosing the hybrid fusion needs at least {MIN_QUERIES} validation queries, got {len(qids)}: "
-                                "set [first_stage] fusion to rrf or interpolate")
-        hybrid = ctx.first_stage_of(p.model_copy(update={"kind": "hybrid"}).section())
+            raise SiftrankError(f"choosing the first stage needs at least {MIN_QUERIES} validation queries, got {len(qids)}: "
+                                "set [first_stage] kind and fusion explicitly")
+        as_hybrid = p.model_copy(update={"kind": "hybrid"})
+        hybrid = ctx.first_stage_of(as_hybrid.section())
         assert isinstance(hybrid, HybridRetriever)
         batch = QueryBatch(qids, [data.queries[q] for q in qids], ctx.encoder)
         pool = p.pool or p.depth
@@ -109,12 +110,15 @@ class FirstStageStage(BuildStage):
             run = {q: {h.id: h.score for h in ranked[:p.depth]} for q, ranked in zip(qids, hits)}
             return per_query(run, data.qrels)
 
-        options: dict[str, dict[str, Any]] = {"rrf": p.section("rrf")}
-        options.update({f"interpolate {w}": p.section("interpolate", w) for w in WEIGHTS})
+        options: dict[str, dict[str, Any]] = {"rrf": as_hybrid.section("rrf")}
+        options.update({f"interpolate {w}": as_hybrid.section("interpolate", w) for w in WEIGHTS})
+        if p.fusion != "auto":  # a fusion the recipe fixed is the only one the hybrid competes with
+            options = {p.fusion: as_hybrid.section()}
         values = {}
         for name, section in options.items():
             fused = HybridRetriever(hybrid.dense, hybrid.lexical, HybridParams(**{k: v for k, v in section.items() if k != "kind"}))
             values[name] = scores([fused.fuse(d, b, p.depth) for d, b in zip(dense, lexical)])
+
         def best(on: list[str]) -> str:
             return max(values, key=lambda name: (float(np.mean([values[name][q] for q in on])), name == "rrf"))
 
