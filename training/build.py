@@ -73,7 +73,7 @@ class PipelineBuilder:
                                 f"'{r.data.split}')") from None
         if len(judged_queries(data)) < 2:
             raise SiftrankError(f"recipe [data]: {data.qrels_path} has fewer than 2 queries with a relevant passage")
-        ctx = BuildContext(r, self.out, self.echo, self.progress)
+        ctx = BuildContext(r, self.out, self.echo, self.progress, judgments=data)  # the keys need no corpus
         for stage in self.stages:
             stage.check(ctx)
         return ctx

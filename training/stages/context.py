@@ -33,10 +33,13 @@ class BuildContext:
     ``first_stage`` to the lineage key of what the build holds now; stages name them as their inputs."""
 
     def __init__(self, recipe: Recipe, out: Path, echo: Callable[[str], None] = print, progress: bool = True,
-                 dataset: Dataset | None = None) -> None:
+                 dataset: Dataset | None = None, judgments: Dataset | None = None) -> None:
+        """``dataset`` / ``judgments``: the recipe's dataset, or its queries and qrels alone, already read."""
         self.recipe, self.out, self.echo, self.progress = recipe, Path(out), echo, progress
         if dataset is not None:
             self.__dict__["dataset"] = dataset
+        if judgments is not None:
+            self.__dict__["judgments"] = judgments
         self.base_path = resolve_model_path(recipe.encoder.base)
         self.keys: dict[str, str] = {"encoder": model_fingerprint(self.base_path)}
         self.model: str = recipe.encoder.base
@@ -64,10 +67,18 @@ class BuildContext:
     def dataset(self) -> Dataset:
         return Dataset.load(Path(self.recipe.data.dataset), split=self.recipe.data.split)
 
+    @functools.cached_property
+    def judgments(self) -> Dataset:
+        """The dataset's queries and training qrels without its corpus: what lineage keys and query splits need,
+        so a build whose stages are all reused never reads the corpus."""
+        if "dataset" in self.__dict__:
+            return self.dataset
+        return Dataset.load(Path(self.recipe.data.dataset), split=self.recipe.data.split, with_corpus=False)
+
     def digest(self, name: str) -> str | None:
         """Digest of ``data`` (corpus and training qrels), ``corpus`` or ``general`` (None: no general data)."""
         if name not in self._digests:
-            data = self.dataset
+            data = self.judgments
             if name == "corpus":
                 value: str | None = file_digest(data.corpus_path)
             elif name == "data":

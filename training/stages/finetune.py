@@ -106,4 +106,4 @@ class FinetuneStage(BuildStage):
             ctx.set_encoder(ctx.model, str(path), key)
         else:
             ctx.set_encoder(str(path), None, key)
-        ctx.held_out = validation_split(ctx.dataset)[1]
+        ctx.held_out = validation_split(ctx.judgments)[1]
