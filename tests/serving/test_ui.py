@@ -87,6 +87,10 @@ def test_search_page_shows_stages_bars_threshold_and_the_shadow(server: str) -> 
         driver.get(f"{server}/ui")
         box = driver.find_element(By.NAME, "q")
         box.send_keys("why do volcanoes erupt", Keys.ENTER)
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        # submitting the form does not wait for the results page: wait for its two columns
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.TAG_NAME, "section")) == 2)
         primary, shadow = driver.find_elements(By.TAG_NAME, "section")
         assert "primary: dense" in primary.text and "dense #1 → filter #1" in primary.text
         first = primary.find_elements(By.CSS_SELECTOR, "li")[0]
