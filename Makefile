@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -168,6 +168,15 @@ bench-ray: install
 # (→ LLM ranker, off), written to artifacts/scifact-domain with pipeline.toml; a re-run rebuilds only what changed
 domain: install
 	$(BIN)/siftrank build configs/recipes/scifact.toml --out artifacts/scifact-domain --data $(DATA)
+
+# The recipe on few judged queries: SciFact train subsampled to 20/60/200 queries (3 seeds), built on auto and
+# scored on SciFact test beside zero-shot dense/BM25/hybrid; DL19 as a domain in 5 folds (docs/small-data/).
+# Resumable: records are kept per run; SIZES/SEEDS/FOLDS pick what runs (FOLDS= skips DL19)
+SIZES ?= 20,60,200
+SEEDS ?= 0,1,2
+FOLDS ?= 0,1,2,3,4
+small-data-study: install
+	$(BIN)/python benchmarks/small_data.py --data $(DATA) --out docs/small-data --sizes $(SIZES) --seeds $(SEEDS) --dl19-folds "$(FOLDS)"
 
 # Per-stage table and ablation of the domain pipeline on SciFact test (+ DL19 of every encoder): docs/domain/
 eval-domain: install

@@ -94,6 +94,13 @@ class CandidateSet:
                   for q, row in zip(batch.qids, ids)]
         return cls(list(batch.qids), batch.vectors, cosines, ids, labels, k)
 
+    @classmethod
+    def join(cls, parts: list[CandidateSet]) -> CandidateSet:
+        """The queries of several candidate sets (e.g. each fold's, scored by its own encoder) as one."""
+        return cls([q for c in parts for q in c.qids], np.concatenate([c.query_vectors for c in parts]),
+                   [x for c in parts for x in c.cosines], [x for c in parts for x in c.doc_ids],
+                   [x for c in parts for x in c.labels], parts[0].k)
+
     def subset(self, rows: np.ndarray | list[int]) -> CandidateSet:
         rows = list(rows)
         return CandidateSet([self.qids[i] for i in rows], self.query_vectors[rows], [self.cosines[i] for i in rows],

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,40 +58,49 @@ class FineTuner:
         return validation_split(dataset, self.validation_share)
 
     def train(self, dataset: Dataset, ranked: Callable[[list[str], int], dict[str, list[str]]], steps: int | None = None,
-              progress: bool = True, general: Sequence[Triplet] = ()) -> dict[str, Any]:
+              progress: bool = True, general: Sequence[Triplet] = (),
+              queries: tuple[list[str], list[str]] | None = None) -> dict[str, Any]:
         """Train on ``dataset``'s training qrels, with ``general`` triplets (e.g. MS MARCO) mixed in to keep
-        quality on general data; ``ranked(qids, depth)`` gives each query's candidates from the pipeline's
-        first stage (hard negatives, validation candidates). Returns the parameter counts, wall time and history."""
+        quality on general data (at most as many as the domain's, so a small domain is not drowned);
+        ``ranked(qids, depth)`` gives each query's candidates from the pipeline's first stage (hard negatives,
+        validation candidates). ``steps`` caps the run at ``epochs`` passes over the triplets (a small domain
+        trains fewer steps); ``queries``: the training and validation query ids (default :meth:`split`; no
+        validation queries: no validation score). Returns the parameter counts, wall time and history."""
         import torch
         from datasets import Dataset as HFDataset
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
         from transformers import TrainerCallback
 
-        train_q, val_q = self.split(dataset)
-        if self.setup.adapters is not None:  # AdaLoRA's rank schedule spans the run
-            self.setup.adapters.total_steps = steps or max(1, int(self.epochs * len(train_q) / self.batch_size))
+        train_q, val_q = queries if queries is not None else self.split(dataset)
         torch.manual_seed(self.seed)
         model = load_sentence_transformer(self.encoder.path, "cpu")
         self.counts = self.setup.apply(model)  # a blown budget fails here, before any encoding
         triplets = training_pairs(dataset, ranked(train_q, 30), train_q)
-        candidates = ranked(val_q, 10)
         if not triplets:
             raise SiftrankError(f"{dataset.root}: no training triplets")
-        triplets = triplets + list(general)
-        relevant = {q: relevant_docs(dataset.qrels, q) for q in val_q}
-        val_docs = sorted(d for d in {d for q in val_q for d in candidates[q]} | {d for q in val_q for d in relevant[q]}
-                          if d in dataset.store)
-        evaluator = validation_evaluator({q: dataset.queries[q] for q in val_q}, dict(zip(val_docs, dataset.store.texts(val_docs))),
-                                         {q: dataset.qrels[q] for q in val_q})
+        general = list(general)[:len(triplets)]
+        triplets = triplets + general
+        batch_size = min(self.batch_size, len(triplets))  # the last partial batch is dropped: never all of them
+        steps = min(steps or sys.maxsize, max(1, math.ceil(self.epochs * len(triplets) / batch_size)))
+        if self.setup.adapters is not None:  # AdaLoRA's rank schedule spans the run
+            self.setup.adapters.total_steps = steps
+        evaluator = None
+        if val_q:
+            candidates = ranked(val_q, 10)
+            relevant = {q: relevant_docs(dataset.qrels, q) for q in val_q}
+            val_docs = sorted(d for d in {d for q in val_q for d in candidates[q]} | {d for q in val_q for d in relevant[q]}
+                              if d in dataset.store)
+            evaluator = validation_evaluator({q: dataset.queries[q] for q in val_q},
+                                             dict(zip(val_docs, dataset.store.texts(val_docs))), {q: dataset.qrels[q] for q in val_q})
 
         masks = _pruned_masks(model) if self.method == "full" else {}
         rows = {"anchor": [t[0] for t in triplets], "positive": [t[1] for t in triplets], "negative": [t[2] for t in triplets]}
         work = Path(__import__("tempfile").mkdtemp(prefix="siftrank-finetune-"))
         args = SentenceTransformerTrainingArguments(
-            output_dir=str(work), num_train_epochs=self.epochs, max_steps=steps or -1,
-            per_device_train_batch_size=self.batch_size, learning_rate=self.learning_rate, warmup_steps=0.1,
-            bf16=self.bf16, use_cpu=True, seed=self.seed, data_seed=self.seed, eval_strategy="steps",
+            output_dir=str(work), num_train_epochs=self.epochs, max_steps=steps,
+            per_device_train_batch_size=batch_size, learning_rate=self.learning_rate, warmup_steps=0.1,
+            bf16=self.bf16, use_cpu=True, seed=self.seed, data_seed=self.seed, eval_strategy="steps" if evaluator else "no",
             eval_steps=self.eval_steps, logging_steps=max(1, self.eval_steps // 4), save_strategy="no",
             report_to="none", batch_sampler="no_duplicates", disable_tqdm=not progress, dataloader_drop_last=True)
 
@@ -111,7 +122,7 @@ class FineTuner:
                                              loss=MultipleNegativesRankingLoss(model), evaluator=evaluator,
                                              callbacks=[StepHooks()])
         start = time.perf_counter()
-        first = evaluator(model)
+        first = evaluator(model) if evaluator else {VALIDATION_KEY: None}
         trainer.train()
         wall = time.perf_counter() - start
         from accelerate.utils import extract_model_from_parallel

@@ -75,6 +75,14 @@ def test_build_writes_every_stage_with_lineage_and_a_pipeline_eval_takes(built, 
     assert config.stages() == ["dense", "filter"] and config.encoder.model == str(out / "finetune")
     decisions = {s["name"]: s["decision"] for s in json.loads((out / "build.json").read_text())["stages"]}
     assert decisions["finetune"].startswith("encoder: full fine-tuning") and decisions["calibrate"].startswith("filter: ")
+    # 3 training queries hold out fewer than 20: cross-fitted, one fold model per query, kept in the artifact, and the
+    # filter calibrated on every query scored by the fold model that never trained on it
+    details = keys["finetune"]["details"]
+    assert details["validation"] == "3-fold" and sorted(q for f in details["folds"] for q in f["qids"]) == sorted(QUERIES)
+    assert all((out / "finetune" / f["path"] / "manifest.json").is_file() for f in details["folds"])
+    assert "out of fold" in details["evidence"]["source"] and details["evidence"]["queries"] == len(QUERIES)
+    calibrator = json.loads((out / "calibrate" / "manifest.json").read_text())
+    assert calibrator["data"]["held_out"].startswith("out-of-fold queries (3 folds") and calibrator["data"]["queries"] == 3
     code, _, err = cli("eval", "--dataset", recipe.parent / "tiny", "--pipeline", out / "pipeline.toml", "--out", out.parent / "ev")
     assert code == 0, err
     metrics = json.loads((out.parent / "ev" / "metrics.json").read_text())
@@ -252,3 +260,35 @@ def test_an_auto_kind_with_a_fixed_fusion_compares_only_that_hybrid(tmp_path: Pa
     assert list(manifest["metrics"]["options"]) == ["rrf"]
     section = manifest["parameters"]["section"]
     assert section["kind"] != "hybrid" or section["fusion"] == "rrf"
+
+
+def test_auto_keeps_the_zero_shot_encoder_when_fine_tuning_does_not_pay_and_switches_off_a_filter_it_cannot_place(
+        tmp_path: Path, cli) -> None:
+    # a learning rate that wrecks the model: fine-tuning cannot pay, the build must see it on out-of-fold queries
+    recipe = write_recipe(tmp_path, prune={"enabled": False}, finetune={"enabled": "auto", "learning_rate": 0.5},
+                          calibrate={"enabled": "auto"})
+    code, stdout, err = cli("build", recipe, "--out", tmp_path / "out")
+    assert code == 0, err
+    stages = {s["name"]: s for s in json.loads((tmp_path / "out" / "build.json").read_text())["stages"]}
+    details = json.loads((tmp_path / "out" / "finetune" / "manifest.json").read_text())["lineage"]["details"]
+    assert details["kept"] is False and details["evidence"]["fine-tuned"] < details["evidence"]["zero-shot"]
+    assert stages["finetune"]["decision"].startswith("encoder: zero-shot kept")
+    assert "decision [finetune]: encoder: zero-shot kept" in stdout
+    # 7 relevant passages cannot place a 95%-recall threshold (40 needed): the build says so and serves no filter
+    assert stages["calibrate"]["decision"].startswith("filter: off, ") and "fewer than the 40 needed" in stages["calibrate"]["decision"]
+    config = PipelineConfig.load(tmp_path / "out" / "pipeline.toml")
+    assert config.stages() == ["dense"] and config.encoder.adapter is None
+    assert config.encoder.model == "bundled:all-MiniLM-L6-v2"
+    # nothing trained on the training queries now: a filter allowed on fewer relevant pairs calibrates on all of them
+    code, _, err = cli("build", recipe, "--out", tmp_path / "out", "--set", "calibrate.min_relevant=2")
+    assert code == 0, err
+    assert statuses(tmp_path / "out") == {"finetune": "reused", "index": "reused", "first_stage": "reused", "calibrate": "built"}
+    calibrator = json.loads((tmp_path / "out" / "calibrate" / "manifest.json").read_text())
+    assert calibrator["data"]["held_out"] == "all training queries" and calibrator["data"]["queries"] == len(QUERIES)
+    assert PipelineConfig.load(tmp_path / "out" / "pipeline.toml").stages() == ["dense", "filter"]
+
+
+def test_only_stages_that_decide_take_auto(tmp_path: Path, cli) -> None:
+    recipe = write_recipe(tmp_path, prune={"enabled": "auto"})
+    code, _, err = cli("build", recipe, "--out", tmp_path / "out")
+    assert code != 0 and "prune.enabled: this stage does not decide for itself" in err

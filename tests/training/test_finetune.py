@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,6 +101,20 @@ def test_train_save_and_load_adapter_only_on_its_base(tiny_binary: Path, tmp_pat
         _ = Encoder(str(other), adapter=tmp_path / "adapter").model
     with pytest.raises(SiftrankError, match="adapter .* not found"):
         Encoder(adapter=tmp_path / "missing")
+
+
+def test_a_small_domain_trains_epochs_not_the_step_cap_and_general_triplets_never_outnumber_it(tiny_binary: Path) -> None:
+    general = [(f"general query {i}", f"general positive {i}", f"general negative {i}") for i in range(50)]
+    tuner = FineTuner("bundled:all-MiniLM-L6-v2", "bitfit", batch_size=4, epochs=2)
+    data = Dataset.load(tiny_binary)
+    report = tuner.train(data, mined(tiny_binary)[1], steps=100, progress=False, general=general,
+                         queries=(sorted(data.queries), []))
+    domain = report["train_triplets"] - report["general_triplets"]
+    assert report["general_triplets"] == domain  # 50 offered, as many as the domain's kept
+    assert report["steps"] == math.ceil(2 * report["train_triplets"] / 4) < 100
+    assert report["validation_queries"] == 0
+    with pytest.raises(SiftrankError, match="no validation score"):
+        tuner.validation_score()
 
 
 def test_full_finetuning_keeps_pruned_weights_zero(tiny: Path, tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from retrieval.artifacts import MANIFEST
 from retrieval.data import file_digest
@@ -35,15 +35,28 @@ class BuildParams(BaseModel):
 
 
 class OptionalParams(BuildParams):
-    """A stage that can be switched off, or take a prebuilt ``artifact`` instead of building one."""
+    """A stage that can be switched off, or take a prebuilt ``artifact`` instead of building one; a stage
+    that ``decides`` also takes ``enabled = "auto"``: it runs, and keeps its result only where the domain's
+    validation queries show it pays (the decision is in its lineage details)."""
 
     path_keys: ClassVar[tuple[str, ...]] = ("artifact",)
-    enabled: bool = True
+    decides: ClassVar[bool] = False
+    enabled: bool | Literal["auto"] = True
     artifact: str | None = None
+
+    @field_validator("enabled")
+    @classmethod
+    def _auto(cls, value: bool | str) -> bool | str:
+        if value == "auto" and not cls.decides:
+            raise ValueError("this stage does not decide for itself: true or false")
+        return value
 
     @property
     def active(self) -> bool:
-        return self.enabled
+        return self.enabled is not False
+
+    def lineage(self) -> dict[str, Any]:
+        return {**super().lineage(), **({"auto": True} if self.enabled == "auto" else {})}
 
 
 class BuildStage(ABC):

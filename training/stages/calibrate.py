@@ -4,30 +4,41 @@
 Calibrated on queries the encoder has not seen: a fine-tuned encoder scores its own training queries'
 positives higher than new queries', so a threshold chosen on them keeps less recall than it promises
 (measured: 84% instead of 95% on SciFact test). With a finetune stage the calibration uses its
-validation queries (never trained on); otherwise all training queries."""
+validation queries: its held-out split, or with few training queries every query scored out of fold by
+the fold model trained without it; without one, all training queries (nothing trained on them).
+
+``enabled = "auto"`` switches the filter off when the validation candidates hold too few relevant pairs
+to place a threshold for the target recall: fewer than ``min_relevant`` (default 2 / (1 - target), 40 for
+95%: at least two relevant passages below the threshold), and the build says so."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from retrieval.artifacts import Manifest
+from retrieval.artifacts import Manifest, atomic_dir
 from training.stages.base import BuildStage, OptionalParams
 
 if TYPE_CHECKING:
     from training.stages.context import BuildContext
 
-MIN_HELD_OUT = 20  # fewer held-out queries than this: calibrate on all training queries instead
-
 
 class CalibrateParams(OptionalParams):
+    decides = True  # enabled = "auto": off when the validation queries cannot place the threshold
     k: int = Field(100, ge=1)
-    target_recall: float = Field(0.95, gt=0, le=1)
+    target_recall: float = Field(0.95, gt=0, lt=1)
     family: Literal["linear", "sqrt", "quadratic", "power"] = "power"
     features: Literal["auto", "global", "embedding", "stats", "embedding+stats"] = "auto"
     seed: int = 0
+    min_relevant: int | None = Field(None, ge=1)  # auto: the fewest relevant validation candidates to calibrate on
+
+
+    @property
+    def needed(self) -> int:
+        return self.min_relevant or math.ceil(2 / (1 - self.target_recall) - 1e-9)
 
 
 class CalibrateStage(BuildStage):
@@ -42,32 +53,41 @@ class CalibrateStage(BuildStage):
             Manifest.read(Path(self.params.artifact), kind="calibrator")  # its encoder is checked when loaded
 
     def data(self, ctx: BuildContext) -> list[Any]:
-        return [ctx.digest("data"), {"held_out": ctx.held_out is not None}]
+        return [ctx.digest("data"), {"validation": ctx.validation.mode if ctx.validation else None}]
 
     def run(self, ctx: BuildContext, target: Path) -> dict[str, Any]:
         from training.calibrate import CalibratorTrainer, CandidateSet
-        from training.triplets import judged_queries
 
         cal, data = self.params, ctx.dataset
-        qids = ctx.held_out
-        if qids is not None and len(qids) < MIN_HELD_OUT:
-            ctx.echo(f"      only {len(qids)} held-out queries: calibrating on all training queries (recall may fall short)")
-            qids = None
-        held_out = qids is not None
         CandidateSet.check_judgments(data)
-        batch, hits = ctx.candidates(qids if qids is not None else judged_queries(data), cal.k)
-        candidates = CandidateSet.from_hits(data, batch, hits, ctx.encoder, cal.k)
+        source, views = ctx.validation_views()
+        parts = []
+        for view, qids in views:  # each fold's queries scored by the encoder that never trained on them
+            batch, hits = view.candidates(qids, cal.k)
+            parts.append(CandidateSet.from_hits(data, batch, hits, view.encoder, cal.k))
+        candidates = CandidateSet.join(parts)
+        where = f"{len(candidates)} {source}"
+        if cal.enabled == "auto" and candidates.positives < cal.needed:
+            decision = (f"filter: off, {candidates.positives} relevant passages in the top {cal.k} of {where}, fewer than "
+                        f"the {cal.needed} needed to place a threshold for recall {cal.target_recall:g}")
+            with atomic_dir(target, overwrite=True) as tmp:
+                Manifest(kind="calibrate-decision", parameters={"enabled": False},
+                         metrics={"relevant": candidates.positives, "needed": cal.needed, "queries": len(candidates)}).write(tmp)
+            ctx.echo(f"      {decision}")
+            return {"enabled": False, "decision": decision}
         trainer = CalibratorTrainer.named(cal.features, family=cal.family, seed=cal.seed, target_recall=cal.target_recall)
         calibrator = trainer.fit(candidates, ctx.encoder.identity())
         calibrator.data = {"dataset": str(data.root), "qrels": str(data.qrels_path), "queries": len(candidates), "k": cal.k,
-                           "first_stage": ctx.first_stage_section,
-                           "held_out": "finetune validation queries" if held_out else "all"}
+                           "first_stage": ctx.first_stage_section, "held_out": source,
+                           "relevant": candidates.positives}
         calibrator.save(target, overwrite=True)
         chosen = calibrator.extra.get("chosen", {})
         decision = (f"filter: {cal.family} map of {chosen.get('input')}, features {chosen.get('features')}, threshold "
-                    f"{calibrator.threshold:.4g} for recall {cal.target_recall:g}, calibrated on {len(candidates)} "
-                    + ("held-out validation queries" if held_out else "training queries (no held-out set: recall may fall short)"))
-        return {"threshold": calibrator.threshold, "chosen": chosen.get("features"), "decision": decision}
+                    f"{calibrator.threshold:.4g} for recall {cal.target_recall:g}, calibrated on {where} "
+                    f"({candidates.positives} relevant in the top {cal.k})")
+        return {"enabled": True, "threshold": calibrator.threshold, "chosen": chosen.get("features"), "decision": decision}
 
     def use(self, ctx: BuildContext, path: Path, key: str) -> None:
+        if Manifest.read(path).kind == "calibrate-decision":
+            return  # switched off by the build: no filter in the pipeline
         ctx.sections["filter"] = {"kind": "cosine-adapter", "calibrator": Path(path)}

@@ -5,8 +5,10 @@ the pipeline's own first stage, whatever its kind (dense, BM25, hybrid)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,33 @@ if TYPE_CHECKING:
 QUERY_BATCH = 256
 
 
+@dataclass(frozen=True)
+class Fold:
+    """Validation queries and the encoder that never trained on them (``model`` with ``adapter``;
+    None: the build's current encoder)."""
+
+    qids: list[str]
+    model: str | None = None
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The queries later stages choose and calibrate on: the fine-tuning's held-out split (one fold, the
+    build's encoder), or every training query out of fold (each fold with the encoder trained without it)."""
+
+    source: str
+    folds: list[Fold] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        return "split" if len(self.folds) == 1 and self.folds[0].model is None else f"{len(self.folds)}-fold"
+
+    @property
+    def qids(self) -> list[str]:
+        return [q for fold in self.folds for q in fold.qids]
+
+
 class BuildContext:
     """Shared state of one build (see the module doc). ``keys`` maps ``encoder``, ``index`` and
     ``first_stage`` to the lineage key of what the build holds now; stages name them as their inputs."""
@@ -47,8 +76,8 @@ class BuildContext:
         self.index_path: Path | None = None
         self.first_stage_section: dict[str, Any] = recipe.stage("first_stage").section()
         self.sections: dict[str, dict[str, Any]] = {}  # the pipeline's filter and rerank sections
-        #: training queries no earlier stage trained on (the fine-tuning's validation split), if one did
-        self.held_out: list[str] | None = None
+        #: the validation queries of an earlier stage that trained on queries (the fine-tuning), if one did
+        self.validation: Validation | None = None
         self._digests: dict[str, str | None] = {}
         self._reset()
 
@@ -114,6 +143,24 @@ class BuildContext:
         self.index_path = None
         self._reset()
 
+    def with_encoder(self, model: str, adapter: str | None) -> BuildContext:
+        """This context over another encoder (a fold's model): the same data, its own index and first stage."""
+        view = copy.copy(self)
+        view.keys, view.sections = dict(self.keys), dict(self.sections)
+        view.model, view.adapter, view.index_path = model, adapter, None
+        view._reset()
+        return view
+
+    def validation_views(self) -> tuple[str, list[tuple[BuildContext, list[str]]]]:
+        """Where the validation queries come from, and each fold's queries with the context whose encoder
+        never trained on them; without an earlier training stage, every training query on this context."""
+        from training.triplets import judged_queries
+
+        if self.validation is None:
+            return "all training queries", [(self, judged_queries(self.dataset))]
+        views = [(self if f.model is None else self.with_encoder(f.model, f.adapter), f.qids) for f in self.validation.folds]
+        return self.validation.source, views
+
     def set_index(self, path: Path, key: str, index: SearchIndex | None = None) -> None:
         """The built index (``index``: the object just built, so it is not read back)."""
         self.index_path, self.keys["index"] = Path(path), key
@@ -169,6 +216,14 @@ class BuildContext:
             part.__dict__["vectors"] = batch.vectors[lo:lo + QUERY_BATCH]
             hits += stage.retrieve(part, depth)
         return batch, hits
+
+    def dense_ndcg(self, qids: list[str]) -> dict[str, float]:
+        """Per-query nDCG@10 of dense retrieval over the whole corpus with this context's encoder."""
+        from retrieval.measures import per_query
+
+        stage = self.first_stage_of({"kind": "dense"})
+        hits = stage.retrieve(QueryBatch(qids, [self.dataset.queries[q] for q in qids], self.encoder), 10)
+        return per_query({q: {h.id: h.score for h in ranked} for q, ranked in zip(qids, hits)}, self.dataset.qrels)
 
     def ranked_ids(self, qids: Sequence[str], depth: int) -> dict[str, list[str]]:
         """Each query's candidate ids in first-stage order (for mining hard negatives)."""

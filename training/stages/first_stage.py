@@ -1,7 +1,8 @@
 """Build stage ``first_stage``: which first stage the pipeline uses (dense, BM25 or hybrid; always on).
 
-Choices are made on validation queries of the domain: the fine-tuning's held-out queries when the build
-fine-tuned (never trained on), else all training queries (nothing in the build trained on them).
+Choices are made on validation queries of the domain: when the build fine-tuned, the fine-tuning's held-out
+queries, or with few training queries every query out of fold (scored with the fold model trained without
+it); else all training queries (nothing in the build trained on them).
 
 - A hybrid with ``fusion = "auto"``: every candidate fusion (reciprocal rank fusion, and min-max
   interpolation at dense weights 0.1..0.9) is scored by nDCG@10 over the top ``depth``; the best mean wins
@@ -70,7 +71,7 @@ class FirstStageStage(BuildStage):
         return self.params.kind == "auto" or (self.params.kind == "hybrid" and self.params.fusion == "auto")
 
     def data(self, ctx: BuildContext) -> list[Any]:
-        return [ctx.digest("data") if self.chooses else None, ctx.held_out is not None]
+        return [ctx.digest("data") if self.chooses else None, ctx.validation.mode if ctx.validation else None]
 
     def run(self, ctx: BuildContext, target: Path) -> dict[str, Any]:
         evidence: dict[str, Any] = {}
@@ -90,41 +91,43 @@ class FirstStageStage(BuildStage):
         from retrieval.measures import one_standard_error, paired_test, per_query
         from retrieval.stages.base import QueryBatch
         from retrieval.stages.hybrid import HybridParams, HybridRetriever
-        from training.triplets import judged_queries
 
         p = self.params
-        data = ctx.dataset
-        qids = ctx.held_out if ctx.held_out is not None else judged_queries(data)
-        source = "the fine-tuning's validation queries" if ctx.held_out is not None else "all training queries"
+        source, views = ctx.validation_views()
+        qids = [q for _, part in views for q in part]
         if len(qids) < MIN_QUERIES:
             raise SiftrankError(f"choosing the first stage needs at least {MIN_QUERIES} validation queries, got {len(qids)}: "
                                 "set [first_stage] kind and fusion explicitly")
         as_hybrid = p.model_copy(update={"kind": "hybrid"})
-        hybrid = ctx.first_stage_of(as_hybrid.section())
-        assert isinstance(hybrid, HybridRetriever)
-        batch = QueryBatch(qids, [data.queries[q] for q in qids], ctx.encoder)
-        pool = p.pool or p.depth
-        dense, lexical = hybrid.dense.retrieve(batch, pool), hybrid.lexical.retrieve(batch, pool)
-
-        def scores(hits: list[list[Any]]) -> dict[str, float]:
-            run = {q: {h.id: h.score for h in ranked[:p.depth]} for q, ranked in zip(qids, hits)}
-            return per_query(run, data.qrels)
-
         options: dict[str, dict[str, Any]] = {"rrf": as_hybrid.section("rrf")}
         options.update({f"interpolate {w}": as_hybrid.section("interpolate", w) for w in WEIGHTS})
         if p.fusion != "auto":  # a fusion the recipe fixed is the only one the hybrid competes with
             options = {p.fusion: as_hybrid.section()}
-        values = {}
-        for name, section in options.items():
-            fused = HybridRetriever(hybrid.dense, hybrid.lexical, HybridParams(**{k: v for k, v in section.items() if k != "kind"}))
-            values[name] = scores([fused.fuse(d, b, p.depth) for d, b in zip(dense, lexical)])
+        pool = p.pool or p.depth
+        values: dict[str, dict[str, float]] = {name: {} for name in options}
+        alone: dict[str, dict[str, float]] = {"dense": {}, "bm25": {}}
+        for view, part in views:  # each fold's queries with the encoder that never trained on them
+            hybrid = view.first_stage_of(as_hybrid.section())
+            assert isinstance(hybrid, HybridRetriever)
+            batch = QueryBatch(part, [view.dataset.queries[q] for q in part], view.encoder)
+            dense, lexical = hybrid.dense.retrieve(batch, pool), hybrid.lexical.retrieve(batch, pool)
+
+            def scores(hits: list[list[Any]], part: list[str] = part) -> dict[str, float]:
+                run = {q: {h.id: h.score for h in ranked[:p.depth]} for q, ranked in zip(part, hits)}
+                return per_query(run, ctx.dataset.qrels)
+
+            for name, section in options.items():
+                params = HybridParams(**{k: v for k, v in section.items() if k != "kind"})
+                fused = HybridRetriever(hybrid.dense, hybrid.lexical, params)
+                values[name].update(scores([fused.fuse(d, b, p.depth) for d, b in zip(dense, lexical)]))
+            alone["dense"].update(scores(dense))
+            alone["bm25"].update(scores(lexical))
 
         def best(on: list[str]) -> str:
             return max(values, key=lambda name: (float(np.mean([values[name][q] for q in on])), name == "rrf"))
 
         fusion = best(qids)
         means = {name: float(np.mean(list(v.values()))) for name, v in values.items()}
-        alone = {"dense": scores(dense), "bm25": scores(lexical)}
         evidence: dict[str, Any] = {
             "queries": len(qids), "query_source": source, "options": means, "choice": fusion, "chosen": means[fusion],
             **{name: float(np.mean(list(v.values()))) for name, v in alone.items()},

@@ -30,7 +30,10 @@ class IndexStage(BuildStage):
     def run(self, ctx: BuildContext, target: Path) -> dict[str, Any]:
         from retrieval.indexer import Indexer
 
-        index = Indexer(ctx.encoder, self.params.kind, self.params.params, progress=ctx.progress).build(ctx.dataset)
+        indexer = Indexer(ctx.encoder, self.params.kind, self.params.params, progress=ctx.progress)
+        # an earlier stage that scored this encoder over the corpus (the fine-tuning's check against the
+        # zero-shot encoder) left its index in the cache: the same encoder, corpus and kind, not encoded twice
+        index = indexer.cached(ctx.dataset) if indexer.cache_path(ctx.dataset).is_dir() else indexer.build(ctx.dataset)
         index.save(target, overwrite=True)
         self.built = index  # handed to the later stages as is (not read back from disk)
         return dict(index.manifest.metrics)
