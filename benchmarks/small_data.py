@@ -57,7 +57,8 @@ def build_and_score(recipe: Recipe, dataset: Path, out: Path, test: Dataset, zer
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    PipelineBuilder(recipe.with_overrides([f'data.dataset="{dataset}"']), out, echo=lambda line: None, progress=False).build()
+    PipelineBuilder(recipe.with_overrides([f'data.dataset="{dataset}"']), out, echo=lambda line: print(f"  {line}", flush=True),
+                    progress=False).build()
     wall = time.perf_counter() - start
     report = json.loads((out / REPORT_FILE).read_text())
     scored = evaluate(out / "pipeline.toml", test, out / "eval")
