@@ -81,7 +81,9 @@ class FineTuner:
             raise SiftrankError(f"{dataset.root}: no training triplets")
         general = list(general)[:len(triplets)]
         triplets = triplets + general
-        batch_size = min(self.batch_size, len(triplets))  # the last partial batch is dropped: never all of them
+        # a batch never repeats a text (no_duplicates), so a few triplets cannot fill one batch of all of them:
+        # at least four batches per epoch
+        batch_size = min(self.batch_size, max(2, len(triplets) // 4))
         steps = min(steps or sys.maxsize, max(1, math.ceil(self.epochs * len(triplets) / batch_size)))
         if self.setup.adapters is not None:  # AdaLoRA's rank schedule spans the run
             self.setup.adapters.total_steps = steps
@@ -125,6 +127,9 @@ class FineTuner:
         first = evaluator(model) if evaluator else {VALIDATION_KEY: None}
         trainer.train()
         wall = time.perf_counter() - start
+        if trainer.state.global_step == 0:
+            raise SiftrankError(f"fine-tuning formed no batch of {batch_size} distinct texts from {len(triplets)} triplets: "
+                                "lower batch_size")
         from accelerate.utils import extract_model_from_parallel
 
         # accelerate wraps forward in bf16 autocast for mixed precision; the trained model must not keep it
@@ -135,7 +140,8 @@ class FineTuner:
             {k: v for k, v in entry.items() if isinstance(v, (int, float))} for entry in trainer.state.log_history]
         __import__("shutil").rmtree(work, ignore_errors=True)
         self.report = {**self.counts, "wall_seconds": wall, "train_triplets": len(triplets), "general_triplets": len(general), "train_queries": len(train_q),
-                "validation_queries": len(val_q), "steps": trainer.state.global_step, "learning_rate": self.learning_rate}
+                "validation_queries": len(val_q), "steps": trainer.state.global_step, "learning_rate": self.learning_rate,
+                "batch_size": batch_size}
         return self.report
 
     def validation_score(self) -> float:
