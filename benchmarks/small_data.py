@@ -173,8 +173,8 @@ def write_report(store: ResultStore, out: Path) -> None:
     cpu = next((r["cpu"] for r in runs.values() if "cpu" in r), machine()["cpu"])
     text = (f"# The recipe on few judged queries\n\nCPU: {cpu}. Recipe: configs/recipes/scifact.toml (choices on `auto`). "
             f"SciFact test (300 queries), zero-shot first stages: " + ", ".join(f"{k} {v:.4f}" for k, v in zero.items())
-            + ".\n\n## Every run\n\n" + markdown_table(rows, "run") + "\n\n## By training size (SciFact)\n\n"
-            + markdown_table(sizes, "train queries") + "\n\n## Decisions each build took\n\n"
+            + ".\n\n## Every run\n\n" + markdown_table(rows, "run", list(next(iter(rows.values()), {})))
+            + "\n\n## By training size (SciFact)\n\n" + markdown_table(sizes, "train queries", list(next(iter(sizes.values()), {}))) + "\n\n## Decisions each build took\n\n"
             + "\n".join(f"- **{key}**\n" + "\n".join(f"  - {name}: {d}" for name, d in ds.items()) for key, ds in decisions.items())
             + "\n")
     save(out, "small-data", {"machine": machine(), "zero_shot": zero, "runs": rows, "sizes": sizes, "decisions": decisions}, text)
