@@ -66,7 +66,7 @@ class CalibrateStage(BuildStage):
             batch, hits = view.candidates(qids, cal.k)
             parts.append(CandidateSet.from_hits(data, batch, hits, view.encoder, cal.k))
         candidates = CandidateSet.join(parts)
-        where = f"{len(candidates)} {source}"
+        where = f"{len(candidates)} queries ({source})"
         if cal.enabled == "auto" and candidates.positives < cal.needed:
             decision = (f"filter: off, {candidates.positives} relevant passages in the top {cal.k} of {where}, fewer than "
                         f"the {cal.needed} needed to place a threshold for recall {cal.target_recall:g}")
