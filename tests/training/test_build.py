@@ -75,7 +75,7 @@ def test_build_writes_every_stage_with_lineage_and_a_pipeline_eval_takes(built, 
     assert config.stages() == ["dense", "filter"] and config.encoder.model == str(out / "finetune")
     decisions = {s["name"]: s["decision"] for s in json.loads((out / "build.json").read_text())["stages"]}
     assert decisions["finetune"].startswith("encoder: full fine-tuning") and decisions["calibrate"].startswith("filter: ")
-    # 3 training queries hold out fewer than 20: cross-fitted, one fold model per query, kept in the artifact, and the
+    # 3 training queries hold out fewer than 50: cross-fitted, one fold model per query, kept in the artifact, and the
     # filter calibrated on every query scored by the fold model that never trained on it
     details = keys["finetune"]["details"]
     assert details["validation"] == "3-fold" and sorted(q for f in details["folds"] for q in f["qids"]) == sorted(QUERIES)
