@@ -92,6 +92,20 @@ def one_standard_error(per_query_scores: Mapping[str, Mapping[str, float]], simp
     return best
 
 
+def default_unless_beaten(per_query_scores: Mapping[str, Mapping[str, float]], preference: Sequence[str],
+                          alpha: float = 0.05) -> str:
+    """A choice made on few queries: the first of ``preference`` (the default) stays unless another system
+    beats it by a paired t-test at ``alpha``; among the systems that do, the one-standard-error rule (in
+    preference order). On tens of queries the one-standard-error rule alone follows noise: the best mean
+    among several options is optimistic, and the default it leaves is what holds across domains."""
+    default = preference[0]
+    base = per_query_scores[default]
+    mean = {name: float(np.mean(list(per_query_scores[name].values()))) for name in preference}
+    better = [name for name in preference[1:] if mean[name] > mean[default]
+              and paired_test(base, per_query_scores[name], permutations=1)["t_test_p"] < alpha]
+    return one_standard_error({name: per_query_scores[name] for name in better}, better) if better else default
+
+
 def _complete(run: Mapping[str, Mapping[str, float]], qrels: Qrels) -> dict[str, dict[str, float]]:
     """trec_eval averages only over queries present in the run; an empty ranking must count as 0,
     so queries with no results get one unjudged placeholder document."""

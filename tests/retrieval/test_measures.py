@@ -37,3 +37,17 @@ def test_one_standard_error_prefers_the_simplest_system_within_one_se_of_the_bes
     far = {q: v + 0.2 for q, v in simple.items()}  # clearly better on every query
     assert one_standard_error({"simple": simple, "close": close}, ["simple", "close"]) == "simple"
     assert one_standard_error({"simple": simple, "close": close, "far": far}, ["simple", "close", "far"]) == "far"
+
+
+def test_the_default_stays_unless_another_system_beats_it_by_a_paired_test() -> None:
+    from retrieval.measures import default_unless_beaten
+
+    default = {f"q{i}": 0.50 + 0.1 * (i % 2) for i in range(20)}
+    noisy = {q: v + (0.12 if i % 2 else -0.08) for i, (q, v) in enumerate(default.items())}  # +0.02 mean, p ~ 0.4
+    clear = {q: v + 0.05 + 0.01 * (i % 3) for i, (q, v) in enumerate(default.items())}  # better on every query
+    clearer = {q: v + 0.06 for q, v in clear.items()}
+    assert default_unless_beaten({"default": default, "noisy": noisy}, ["default", "noisy"]) == "default"
+    # beaten: among the systems that beat the default, the earliest within one standard error of the best
+    assert default_unless_beaten({"default": default, "noisy": noisy, "clear": clear, "clearer": clearer},
+                                 ["default", "noisy", "clear", "clearer"]) == "clearer"
+    assert default_unless_beaten({"default": default, "clear": clear}, ["default", "clear"]) == "clear"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class FinetuneParams(OptionalParams):
-    decides = True  # enabled = "auto": kept only where it beats the zero-shot encoder on validation
+    decides = True  # enabled = "auto": kept only where it beats the zero-shot encoder on validation (paired p < 0.05)
     method: str = "full"  # a name of training.adapters.METHODS
     steps: int = Field(100, ge=1)  # at most; a small domain stops after `epochs` passes over its triplets
     epochs: float = Field(4, gt=0)
@@ -94,7 +94,8 @@ class FinetuneStage(BuildStage):
         """Fine-tune on a held-out split, or (too few held-out queries) cross-fit: one model per fold trained
         without it, and the final model on every query. The fold models stay in ``folds/`` so later stages
         choose and calibrate on scores of queries their encoder never saw. With ``enabled = "auto"`` the
-        fine-tuned encoder is kept only if the zero-shot one is not within one standard error of it."""
+        fine-tuned encoder is kept only if it beats the zero-shot one on the validation queries (paired t-test,
+        p < 0.05: :func:`retrieval.measures.default_unless_beaten`)."""
         from retrieval.data import query_folds
         from training.finetune import validation_split
         from training.triplets import general_triplets
@@ -139,8 +140,8 @@ class FinetuneStage(BuildStage):
         if kept:
             details["decision"] = f"encoder: {p.method} fine-tuning, {how}; {versus}"
         else:
-            details["decision"] = (f"encoder: zero-shot kept, {p.method} fine-tuning does not pay by the one-standard-error "
-                                   f"rule: {versus}")
+            details["decision"] = (f"encoder: zero-shot kept, {p.method} fine-tuning does not beat it (paired t-test, "
+                                   f"p < 0.05): {versus}")
             with atomic_dir(target, overwrite=True) as tmp:  # the fine-tuned model is not kept: only the decision
                 Manifest(kind="finetune-decision", parameters={"method": p.method}, metrics=evidence).write(tmp)
         ctx.echo(f"      {details['decision']}")
@@ -171,8 +172,8 @@ class FinetuneStage(BuildStage):
     @staticmethod
     def _against_zero_shot(ctx: BuildContext, target: Path, folds: list[dict[str, Any]], adapter: bool) -> dict[str, Any]:
         """Per-query dense nDCG@10 (full corpus) of the fine-tuned encoders on their validation queries
-        against the encoder the stage started from on the same queries; the one-standard-error choice."""
-        from retrieval.measures import one_standard_error, paired_test
+        against the encoder the stage started from on the same queries, and the choice between them."""
+        from retrieval.measures import default_unless_beaten, paired_test
 
         tuned: dict[str, float] = {}
         for fold in folds:
@@ -181,7 +182,7 @@ class FinetuneStage(BuildStage):
             tuned.update(view.dense_ndcg(fold["qids"]))
         zero = ctx.dense_ndcg(list(tuned))
         scores = {"zero-shot": zero, "fine-tuned": tuned}
-        choice = one_standard_error(scores, ("zero-shot", "fine-tuned"))
+        choice = default_unless_beaten(scores, ("zero-shot", "fine-tuned"))
         source = "held-out queries" if len(folds) == 1 else f"queries, each scored out of fold ({len(folds)} folds)"
         return {"zero-shot": float(np.mean(list(zero.values()))), "fine-tuned": float(np.mean(list(tuned.values()))),
                 "p": paired_test(zero, tuned)["t_test_p"], "queries": len(tuned), "source": source, "choice": choice}
