@@ -125,14 +125,18 @@ def test_full_finetuning_keeps_pruned_weights_zero(tiny: Path, tmp_path: Path) -
     pruner.apply(pruner.masks(pruner.scores("magnitude"), 0.5))
     pruner.save(tmp_path / "pruned")
     tuner = FineTuner(str(tmp_path / "pruned"), "full", batch_size=2, eval_steps=2, validation_share=0.34)
-    tuner.train(*mined(tiny), steps=2, progress=False)
+    # distinct general triplets: the tiny domain's few share texts, and a batch never repeats one
+    general = [(f"general query {i}", f"general positive {i}", f"general negative {i}") for i in range(3)]
+    report = tuner.train(*mined(tiny), steps=2, progress=False, general=general)
+    assert report["steps"] == 2  # it did train (0 steps would leave the zeros trivially)
     weight = tuner.model[0].auto_model.encoder.layer[0].intermediate.dense.weight
     assert 0.3 < float((weight == 0).float().mean()) < 0.7
     assert isinstance(ConnectedAdapters("connected"), ConnectedAdapters)
 
 
 def test_adalora_reallocates_ranks_and_its_artifact_reloads(tiny_binary: Path, tmp_path: Path) -> None:
-    tuner = FineTuner("bundled:all-MiniLM-L6-v2", "adalora", batch_size=2, eval_steps=20, validation_share=0.34)
+    tuner = FineTuner("bundled:all-MiniLM-L6-v2", "adalora", batch_size=2, eval_steps=20, validation_share=0.34,
+                      epochs=20)  # 12 steps is more than 4 epochs of the tiny set: the step cap must bind
     report = tuner.train(*mined(tiny_binary), steps=12, progress=False)
     assert report["steps"] == 12
     singular = [p for n, p in tuner.model.named_parameters() if "lora_E" in n]
