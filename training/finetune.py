@@ -73,6 +73,9 @@ class FineTuner:
         from transformers import TrainerCallback
 
         train_q, val_q = queries if queries is not None else self.split(dataset)
+        torch.manual_seed(self.seed)
+        model = load_sentence_transformer(self.encoder.path, "cpu")
+        self.counts = self.setup.apply(model)  # a blown budget fails here, before any encoding
         triplets = training_pairs(dataset, ranked(train_q, 30), train_q)
         if not triplets:
             raise SiftrankError(f"{dataset.root}: no training triplets")
@@ -82,11 +85,12 @@ class FineTuner:
         # at least four batches per epoch
         batch_size = min(self.batch_size, max(2, len(triplets) // 4))
         steps = min(steps or sys.maxsize, max(1, math.ceil(self.epochs * len(triplets) / batch_size)))
-        if self.setup.adapters is not None:  # AdaLoRA's rank schedule spans the run (read when it is applied)
+        if self.setup.adapters is not None and getattr(self.setup.adapters, "total_steps", None) != steps:
+            # AdaLoRA's rank schedule spans the run and is read when the adapters are applied: apply them again
             self.setup.adapters.total_steps = steps
-        torch.manual_seed(self.seed)
-        model = load_sentence_transformer(self.encoder.path, "cpu")
-        self.counts = self.setup.apply(model)
+            torch.manual_seed(self.seed)
+            model = load_sentence_transformer(self.encoder.path, "cpu")
+            self.counts = self.setup.apply(model)
         evaluator = None
         if val_q:
             candidates = ranked(val_q, 10)
