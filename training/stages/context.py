@@ -52,10 +52,6 @@ class Validation:
     def mode(self) -> str:
         return "split" if len(self.folds) == 1 and self.folds[0].model is None else f"{len(self.folds)}-fold"
 
-    @property
-    def qids(self) -> list[str]:
-        return [q for fold in self.folds for q in fold.qids]
-
 
 class BuildContext:
     """Shared state of one build (see the module doc). ``keys`` maps ``encoder``, ``index`` and

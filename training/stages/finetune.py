@@ -177,8 +177,7 @@ class FinetuneStage(BuildStage):
 
         tuned: dict[str, float] = {}
         for fold in folds:
-            path = str(target / (fold["path"] or ""))
-            view = ctx.with_encoder(ctx.model, path) if adapter else ctx.with_encoder(path, None)
+            view = ctx.with_encoder(*_encoder_at(ctx, target / (fold["path"] or ""), adapter))
             tuned.update(view.dense_ndcg(fold["qids"]))
         zero = ctx.dense_ndcg(list(tuned))
         scores = {"zero-shot": zero, "fine-tuned": tuned}
@@ -196,16 +195,16 @@ class FinetuneStage(BuildStage):
             ctx.keys["encoder"] = key
             return
         adapter = kind == "adapter"
-        if adapter:
-            ctx.set_encoder(ctx.model, str(path), key)
+        ctx.set_encoder(*_encoder_at(ctx, path, adapter), key)
+        if details.get("validation", "split") == "split":  # a prebuilt artifact: the split a build of it held out
+            held = details["folds"][0]["qids"] if "folds" in details else validation_split(ctx.judgments)[1]
+            ctx.validation = Validation("the fine-tuning's validation queries", [Fold(held)])
         else:
-            ctx.set_encoder(str(path), None, key)
-        if "folds" not in details:  # a prebuilt artifact: the split a build of it would have held out
-            ctx.validation = Validation("the fine-tuning's validation queries", [Fold(validation_split(ctx.judgments)[1])])
-        elif details["validation"] == "split":
-            ctx.validation = Validation("the fine-tuning's validation queries", [Fold(details["folds"][0]["qids"])])
-        else:
-            folds = [Fold(f["qids"], *((ctx.model, str(path / f["path"])) if adapter else (str(path / f["path"]), None)))
-                     for f in details["folds"]]
+            folds = [Fold(f["qids"], *_encoder_at(ctx, path / f["path"], adapter)) for f in details["folds"]]
             ctx.validation = Validation(f"out-of-fold queries ({len(folds)} folds, each scored by the model trained "
                                         "without it)", folds)
+
+
+def _encoder_at(ctx: BuildContext, path: Path, adapter: bool) -> tuple[str, str | None]:
+    """(model, adapter) of a fine-tuned artifact at ``path``: an adapter sits on the build's current model."""
+    return (ctx.model, str(path)) if adapter else (str(path), None)
