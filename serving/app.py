@@ -49,6 +49,7 @@ from serving.variants import Variant, VariantPool
 log = logging.getLogger(__name__)
 API_KEY_ENV = "SIFTRANK_API_KEY"
 RETIRE_AFTER_S = 30.0  # a replaced pool is closed this long after the swap
+FEEDBACK_COMMIT_S = 10.0  # longest /feedback waits for its commit before answering 503 (retry)
 DRAFTS_KEPT = 100_000  # interleaved lists remembered for crediting feedback (oldest forgotten first)
 
 
@@ -91,6 +92,11 @@ class SearchService:
         flags = ["rerank_unavailable"] if request.rerank and any("rerank" not in pool[n].stages for n in names) else []
         answers = await asyncio.gather(*(self._run(pool[n], request, query_id, "served") for n in names))
         served, shown = self._merge(mode, names, answers, request.k, query_id)
+        swap = pool.config.swap_rank(query_id, len(shown)) if mode in ("primary", "ab") else None
+        if swap is not None:  # an exploration search: the top hit and the hit at `swap` change places
+            (top, team_top), (low, team_low) = shown[0], shown[swap - 1]
+            shown[0], shown[swap - 1] = (replace(low, rank=1), team_low), (replace(top, rank=swap), team_top)
+            flags.append(f"swap:{swap}")
         latency_ms = 1000 * (time.perf_counter() - start)
         self._record(pool, request, query_id, mode, served, shown, flags, latency_ms, names, after)
         return SearchResponse(query_id=query_id, variant=served, mode=mode, flags=flags, latency_ms=latency_ms,
@@ -180,10 +186,16 @@ class SearchService:
         while len(self.drafts) > DRAFTS_KEPT:
             self.drafts.popitem(last=False)
 
-    def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+    async def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+        """Log impressions and clicks, answering only once they are committed (clicks are training data: an
+        acknowledged click survives kill -9), and credit an interleaved list's teams."""
         now = time.time()
-        self.log.add_many("feedback", [(now, request.query_id, request.user_id, e.doc_id, e.position, e.event)
-                                       for e in request.events])
+        committed = self.log.commit("feedback", [(now, request.query_id, request.user_id, e.doc_id, e.position, e.event)
+                                                 for e in request.events])
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(committed), FEEDBACK_COMMIT_S)
+        except Exception as exc:  # noqa: BLE001 - the client must retry: nothing acknowledged was lost
+            raise HTTPException(503, f"feedback not committed to the event log ({type(exc).__name__}): retry") from None
         draft = self.drafts.get(request.query_id)
         if draft is None:  # shown by another worker (or before a restart): the teams are in the event log
             shown = self.log.teams(request.query_id)
@@ -290,7 +302,7 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
     @app.post("/feedback", response_model=FeedbackResponse)
     async def feedback(request: FeedbackRequest) -> FeedbackResponse:
         """Impressions and clicks (with positions) on an earlier search's hits."""
-        return service.feedback(request)
+        return await service.feedback(request)
 
     @app.get("/variants")
     async def variants() -> dict[str, Any]:

@@ -4,7 +4,9 @@ Tables (after OpenSearch's User Behavior Insights): ``queries`` (one row per sea
 (every ranked document of every variant that ran: served, shadow, or an interleaving team's list),
 ``stages`` (per-stage latency and how many candidates the threshold cut), ``feedback`` (impressions and
 clicks with positions). Request handlers only enqueue; the writer commits a batch every ``flush_ms`` or
-``batch`` events, so a killed server loses at most the batch in flight and never a committed one.
+``batch`` events, so a killed server loses at most the batch in flight and never a committed one. Events that are
+training data (``/feedback``: clicks) are queued with ``commit``, whose future resolves once their batch is on
+disk, so the service acknowledges a click only after it can no longer be lost.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ class EventLog:
         with self._connect() as db:
             db.executescript(SCHEMA)
         self.batch, self.flush_s = batch, flush_ms / 1000
-        self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | Future[None] | None] = queue.Queue()
         self._direct = self._connect()  # synchronous writes and reads that every worker must see at once
         self._direct_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="siftrank-eventlog", daemon=True)
@@ -64,6 +67,17 @@ class EventLog:
     def add_many(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
             self.add(table, *row)
+
+    def commit(self, table: str, rows: list[tuple[Any, ...]]) -> Future[None]:
+        """Queue ``rows`` like ``add_many``; the future resolves once they are committed (batched with whatever
+        else is queued, so a burst of clicks costs one transaction) or fails with the database's error."""
+        self.add_many(table, rows)
+        done: Future[None] = Future()
+        if self._thread.is_alive():
+            self._queue.put(done)
+        else:
+            done.set_exception(RuntimeError("the event log is closed"))
+        return done
 
     def write_now(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         """Commit ``rows`` before returning: for what another worker process may need to read next (the
@@ -88,6 +102,7 @@ class EventLog:
         stop = False
         while not stop:
             items: list[tuple[str, tuple[Any, ...]]] = []
+            waiting: list[Future[None]] = []
             deadline = time.monotonic() + self.flush_s
             while len(items) < self.batch:
                 try:
@@ -97,12 +112,17 @@ class EventLog:
                 if item is None:
                     stop = True
                     break
-                items.append(item)
-            if items:
-                self._commit(db, items)
+                if isinstance(item, Future):  # someone waits for this commit: write now, do not fill the batch
+                    waiting.append(item)
+                    break
+                else:
+                    items.append(item)
+            if items or waiting:
+                self._commit(db, items, waiting)
         db.close()
 
-    def _commit(self, db: sqlite3.Connection, items: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _commit(self, db: sqlite3.Connection, items: list[tuple[str, tuple[Any, ...]]], waiting: list[Future[None]]) -> None:
+        """One transaction for the batch; then the futures of ``commit`` calls whose rows it held resolve."""
         by_table: dict[str, list[tuple[Any, ...]]] = {}
         for table, row in items:
             by_table.setdefault(table, []).append(row)
@@ -110,8 +130,15 @@ class EventLog:
             with db:  # one transaction per batch
                 for table, rows in by_table.items():
                     db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * COLUMNS[table])})", rows)
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             log.exception("event log: a batch of %d events could not be written", len(items))
+            for done in waiting:
+                if done.set_running_or_notify_cancel():  # False: the caller gave up waiting (cancelled)
+                    done.set_exception(exc)
+            return
+        for done in waiting:
+            if done.set_running_or_notify_cancel():
+                done.set_result(None)
 
     def close(self) -> None:
         """Flush every queued event and stop the writer."""

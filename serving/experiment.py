@@ -68,6 +68,10 @@ class ExperimentSection(_Strict):
     interleave: list[str] = Field(default_factory=list)
     interleave_share: float = Field(1.0, ge=0.0, le=1.0)  # users (by hash) interleaved; the rest get A/B
     shadows: list[ShadowSection] = Field(default_factory=list)
+    # share of searches (not interleaved) whose top hit is swapped with a random lower rank: the intervention
+    # that lets a click-trained build estimate position bias (Joachims et al. 2017); it costs those users a
+    # worse list, so keep it small
+    explore_swaps: float = Field(0.0, ge=0.0, le=0.5)
 
     @model_validator(mode="after")
     def _shape(self) -> ExperimentSection:
@@ -120,6 +124,13 @@ class ExperimentConfig(_Strict):
         """Whether this user (or session) sees team-draft interleaved lists (sticky)."""
         experiment = self.experiment
         return bool(experiment.interleave) and bucket(f"{experiment.name}:interleave:{unit}") < experiment.interleave_share
+
+    def swap_rank(self, query_id: str, shown: int) -> int | None:
+        """The rank (2..shown) this search's top hit is swapped with, or None (most searches)."""
+        share = self.experiment.explore_swaps
+        if shown < 2 or bucket(f"{self.experiment.name}:swap:{query_id}") >= share:
+            return None
+        return 2 + int(bucket(f"{self.experiment.name}:swap-rank:{query_id}") * (shown - 1))
 
     def assign(self, unit: str) -> str:
         """The A/B variant of a user (or session): sticky, a hash of (experiment, unit) into the weights."""

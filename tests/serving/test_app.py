@@ -243,3 +243,37 @@ def in_child(batcher) -> bool:
     from concurrent.futures import ProcessPoolExecutor
 
     return isinstance(batcher.executor, ProcessPoolExecutor)
+
+
+def test_feedback_is_acknowledged_only_once_committed(built, tmp_path: Path) -> None:
+    app, db = make_app(built, tmp_path, ab={}, interleave=[], shadows=[])
+    app.state.service.log.flush_s = 60.0  # ordinary batches now wait a minute: only the click's commit writes
+    with TestClient(app) as client:
+        body = client.post("/search", json={"query": "bread", "k": 2}).json()
+        answer = client.post("/feedback", json={"query_id": body["query_id"], "events": [
+            {"doc_id": body["hits"][0]["id"], "position": 1, "event": "click"}]})
+        assert answer.status_code == 200
+        # Read while the service still runs: the click is on disk before the answer came back.
+        assert rows(db, "SELECT query_id, event FROM feedback") == [(body["query_id"], "click")]
+
+
+def test_explore_swaps_move_the_top_hit_for_a_share_of_searches_and_say_so(built, tmp_path: Path) -> None:
+    app, db = make_app(built, tmp_path, ab={}, interleave=[], shadows=[], explore_swaps=0.5)
+    with TestClient(app) as client:
+        plain = [h["id"] for h in client.post("/search", json={"query": "bread", "k": 5, "variant": "dense"}).json()["hits"]]
+        swapped = 0
+        for _ in range(40):
+            body = client.post("/search", json={"query": "bread", "k": 5}).json()
+            ids = [h["id"] for h in body["hits"]]
+            flags = [f for f in body["flags"] if f.startswith("swap:")]
+            if flags:
+                k = int(flags[0].split(":")[1])
+                expected = list(plain)
+                expected[0], expected[k - 1] = expected[k - 1], expected[0]
+                assert ids == expected and [h["rank"] for h in body["hits"]] == [1, 2, 3, 4, 5]
+                swapped += 1
+            else:
+                assert ids == plain
+    assert 8 <= swapped <= 32  # about half, and never the explicit-variant search
+    logged = rows(db, "SELECT flags FROM queries WHERE flags LIKE '%swap:%'")
+    assert len(logged) == swapped

@@ -59,3 +59,36 @@ def test_kill_minus_9_keeps_every_committed_batch(tmp_path: Path) -> None:
     assert after >= before
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+ACKER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from serving.eventlog import EventLog
+log = EventLog({path!r}, batch=10_000, flush_ms=60_000)  # batches would wait a minute: only commit() writes now
+log.add("feedback", time.time(), "queued", "u", "d", 1, "impression")
+log.commit("feedback", [(time.time(), "acked", "u", "d", 1, "click")]).result(timeout=30)
+print("acked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_commit_resolves_only_after_the_rows_are_on_disk_and_survive_kill_minus_9(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    process = subprocess.Popen([sys.executable, "-c", ACKER.format(root=str(ROOT), path=str(path))],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "acked"
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    with sqlite3.connect(path) as db:
+        # The acknowledged click and everything queued before it were committed in the same transaction.
+        assert sorted(q for (q,) in db.execute("SELECT query_id FROM feedback")) == ["acked", "queued"]
+
+
+def test_commit_on_a_closed_log_fails_instead_of_waiting(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.db")
+    log.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        log.commit("feedback", [(0.0, "q", None, "d", 1, "click")]).result(timeout=5)
