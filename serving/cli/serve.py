@@ -108,17 +108,21 @@ def replay(
     k: Annotated[int, typer.Option(min=1, max=100, help="Hits per search.")] = 10,
     qrels: Annotated[Optional[str], typer.Option(help="Qrels file (a name in the dataset or a path).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the click simulation and query order.")] = 0,
+    click_model: Annotated[str, typer.Option(help="Position-based click model: default (eta 1, eps+ 1.0, eps- 0.1) "
+                                                  "or noisy (eta 2, eps+ 0.8, eps- 0.2).")] = "default",
 ) -> None:
     """Drive a running service with a collection's queries and clicks simulated from its qrels."""
     import httpx
 
+    from eval.clickmodel import ClickModel
     from retrieval.data import Dataset
     from serving.replay import Replayer
 
+    model = ClickModel.preset(click_model)
     data = Dataset.load(dataset, qrels=qrels, with_corpus=False)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
-            counts = Replayer(client, data.queries, data.qrels, k=k, seed=seed).run(users)
+            counts = Replayer(client, data.queries, data.qrels, k=k, click_model=model, seed=seed).run(users)
     except httpx.HTTPError as exc:
         raise SiftrankError(f"{url}: {exc}") from None
     typer.echo(json.dumps(dict(counts), indent=2))
