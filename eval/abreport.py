@@ -119,8 +119,10 @@ class ABReport:
                          "SRM": "MISMATCH" if srm_p < srm_alpha else "ok"}
         return out
 
-    def interleaving(self) -> dict[str, Any]:
-        """Wins, losses and ties per interleaved pair, with a two-sided binomial test on wins vs losses."""
+    def interleaving(self, alpha: float = 0.05) -> dict[str, Any]:
+        """Wins, losses and ties per interleaved pair, with a two-sided binomial test on wins vs losses and
+        the decision it supports: the pair's second variant (the candidate) is promoted when it wins
+        significantly (p < ``alpha``); otherwise the first (the incumbent) is kept."""
         from scipy.stats import binomtest
 
         shown = self.results.filter((pl.col("role") == "shown") & pl.col("team").is_not_null())
@@ -135,8 +137,10 @@ class ABReport:
             wins, losses = int((per_query["a"] > per_query["b"]).sum()), int((per_query["b"] > per_query["a"]).sum())
             ties = len(group) - wins - losses  # queries without clicks are ties too
             test = binomtest(wins, wins + losses, 0.5) if wins + losses else None
-            out[pair] = {f"{a} wins": wins, f"{b} wins": losses, "ties": int(ties),
-                         "p-value": float(test.pvalue) if test else float("nan")}
+            p = float(test.pvalue) if test else float("nan")
+            promote = bool(test) and p < alpha and losses > wins
+            out[pair] = {f"{a} wins": wins, f"{b} wins": losses, "ties": int(ties), "p-value": p,
+                         "decision": f"promote {b}" if promote else f"keep {a}"}
         return out
 
     def ndcg(self, queries: dict[str, str], qrels: dict[str, dict[str, int]], depth: int = 10) -> dict[str, dict[str, float]]:

@@ -88,3 +88,29 @@ def test_sample_ratio_mismatch_is_flagged_on_60_40_and_not_on_50_50(tmp_path: Pa
     assert even["a"]["CTR 95% low"] < 0.3 < even["a"]["CTR 95% high"] < even["b"]["CTR 95% low"]
     # the configured split is what is expected: 60/40 users under a 60/40 split is no mismatch
     assert ABReport(tmp_path / "skewed.db").arms({"a": 0.6, "b": 0.4})["b"]["SRM"] == "ok"
+
+
+def write_interleaved_log(path: Path, b_wins: int, a_wins: int) -> Path:
+    """Interleaved searches of pair a+b, each with one click on the given team's document."""
+    import sqlite3
+
+    from serving.eventlog import SCHEMA
+
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA)
+        for n, team in enumerate(["b"] * b_wins + ["a"] * a_wins):
+            qid = f"s{n}"
+            db.execute("INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)", (qid, 0.0, "x", f"u{n}", None, "q", "interleave", "a+b", 2, 1.0, ""))
+            db.executemany("INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+                           [(qid, "a+b", "shown", 1, "d1", 0.0, 0.0, None, "a"), (qid, "a+b", "shown", 2, "d2", 0.0, 0.0, None, "b")])
+            db.execute("INSERT INTO feedback VALUES (?,?,?,?,?,?)", (0.0, qid, f"u{n}", "d1" if team == "a" else "d2", 1, "click"))
+    return path
+
+
+def test_interleaving_promotes_the_candidate_only_when_it_wins_significantly(tmp_path: Path) -> None:
+    clear = ABReport(write_interleaved_log(tmp_path / "clear.db", b_wins=40, a_wins=20)).interleaving()["a+b"]
+    assert clear["decision"] == "promote b" and clear["p-value"] < 0.05
+    close = ABReport(write_interleaved_log(tmp_path / "close.db", b_wins=22, a_wins=18)).interleaving()["a+b"]
+    assert close["decision"] == "keep a" and close["p-value"] > 0.05
+    worse = ABReport(write_interleaved_log(tmp_path / "worse.db", b_wins=10, a_wins=40)).interleaving()["a+b"]
+    assert worse["decision"] == "keep a" and worse["p-value"] < 0.05
