@@ -139,6 +139,33 @@ def read_qrels(path: Path) -> Qrels:
     return qrels
 
 
+def normalised_query(text: str) -> str:
+    """A query text with case and spacing ignored: how the event log's queries are grouped and matched."""
+    return " ".join(text.lower().split())
+
+
+def weights_path(qrels_path: Path) -> Path:
+    """Where the training weights of a qrels file lie: ``NAME.weights.tsv`` beside ``NAME.tsv``."""
+    return qrels_path.with_name(qrels_path.stem + ".weights.tsv")
+
+
+def read_weights(path: Path, qrels: Qrels) -> dict[str, dict[str, float]]:
+    """Training weights ``{qid: {docid: weight}}`` (tsv with header) of judgments in ``qrels``."""
+    weights: dict[str, dict[str, float]] = {}
+    for number, line in _lines(path):
+        parts = line.split("\t")
+        if number == 1 and parts[-1].strip() == "weight":
+            continue
+        try:
+            qid, doc_id, value = parts[0], parts[1], float(parts[2])
+        except (IndexError, ValueError):
+            raise SiftrankError(f"{path}:{number}: expected 'query-id<TAB>corpus-id<TAB>weight'") from None
+        if doc_id not in qrels.get(qid, {}) or not value >= 0:
+            raise SiftrankError(f"{path}:{number}: weight {parts[2].strip()} for a judgment the qrels lack, or negative")
+        weights.setdefault(qid, {})[doc_id] = value
+    return weights
+
+
 TIE_BREAKS = ("trec_eval", "docid", "rank")
 
 
@@ -204,6 +231,9 @@ class Dataset:
     qrels: Qrels
     qrels_path: Path | None = None
     run_paths: list[Path] = field(default_factory=list)
+    #: per-judgment training weights (``<qrels>.weights.tsv`` beside the qrels, e.g. inverse-propensity click
+    #: weights); a judgment without one weighs 1
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, root: Path, split: str = "test", qrels: str | Path | None = None, with_corpus: bool = True) -> Dataset:
@@ -230,7 +260,10 @@ class Dataset:
             raise SiftrankError(f"{qrels_path}: {len(unknown)} judged queries are not in {query_path.name}: {shown}")
         corpus = read_corpus(corpus_path) if with_corpus else pl.DataFrame()
         runs = sorted((root / "runs").glob("*.trec")) if (root / "runs").is_dir() else []
-        return cls(root, corpus_path, corpus, {q: queries[q] for q in queries if q in judged}, judged, qrels_path, runs)
+        beside = weights_path(qrels_path)
+        weights = read_weights(beside, judged) if beside.is_file() else {}
+        return cls(root, corpus_path, corpus, {q: queries[q] for q in queries if q in judged}, judged, qrels_path, runs,
+                   weights)
 
     @classmethod
     def corpus_only(cls, path: Path) -> Dataset:

@@ -65,6 +65,8 @@ class PipelineBuilder:
         """Every input the recipe names exists and fits together; raises one SiftrankError otherwise."""
         from training.triplets import judged_queries
 
+        if self.recipe.data.events:
+            self.recipe = self._click_labels(self.recipe)
         r = self.recipe
         try:
             data = Dataset.load(Path(r.data.dataset), split=r.data.split, with_corpus=False)
@@ -77,6 +79,34 @@ class PipelineBuilder:
         for stage in self.stages:
             stage.check(ctx)
         return ctx
+
+    def _click_labels(self, recipe: Recipe) -> Recipe:
+        """Labels from the recipe's event log (and its dataset's training qrels, if it has them) as a dataset
+        folder ``out/clicks``; the recipe returned trains on it. A bad log fails here, before any training."""
+        from training.clicks import ClickLabels
+
+        data = recipe.data
+        corpus = Dataset.corpus_only(Path(data.dataset))
+        judged: Dataset | None = None  # a corpus and a log, no judgments: the deployment this exists for
+        if data.judgments:
+            with contextlib.suppress(SiftrankError):
+                judged = Dataset.load(Path(data.dataset), split=data.split, with_corpus=False)
+        exclude: set[str] = set()
+        if data.held_out:
+            held = Dataset.load(Path(data.dataset), qrels=data.held_out, with_corpus=False)
+            exclude = set(held.queries.values())
+        labels = ClickLabels.from_log(Path(data.events or ""), set(corpus.corpus["id"].to_list()), data.eta, data.propensity_clip,
+                                      exclude)
+        if judged is not None:
+            labels = labels.with_judgments(judged)
+        folder = labels.write(self.out / "clicks", corpus.corpus_path)
+        c, prop = labels.counts, labels.propensity
+        estimated = f"estimated {prop['eta']:.2f} from {prop['swapped_searches']} swapped searches" if prop.get("eta") is not None else "not estimated"
+        self.echo(f"      click labels: {c['clicks']} clicks in {c['searches_with_clicks']} of {c['searches']} searches -> "
+                  f"{c['queries']} queries, {c['positives']} positives, {c['negatives']} skipped negatives; position "
+                  f"bias eta {prop['eta_used']:.2f} ({estimated}); {c['excluded_searches']} searches of held-out queries dropped"
+                  + (f"; plus {len(judged.qrels)} judged queries" if judged else ""))
+        return recipe.model_copy(update={"data": data.model_copy(update={"dataset": str(folder), "split": "train"})})
 
     def build(self) -> PipelineConfig:
         """Check, then run every stage (reusing what is up to date); writes pipeline.toml and build.json and

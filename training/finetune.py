@@ -25,7 +25,7 @@ from retrieval.data import Dataset, Qrels
 from retrieval.encoder import Encoder, load_sentence_transformer, model_fingerprint
 from retrieval.errors import SiftrankError
 from training.adapters import FFN_PATTERN, METHODS, TrainableSetup
-from training.triplets import Triplet, judged_queries, relevant_docs, training_pairs
+from training.triplets import Triplet, judged_queries, relevant_docs, training_examples
 
 log = logging.getLogger(__name__)
 VALIDATION_KEY = "val_cosine_ndcg@10"  # logged by the trainer as eval_val_cosine_ndcg@10
@@ -76,11 +76,12 @@ class FineTuner:
         torch.manual_seed(self.seed)
         model = load_sentence_transformer(self.encoder.path, "cpu")
         self.counts = self.setup.apply(model)  # a blown budget fails here, before any encoding
-        triplets = training_pairs(dataset, ranked(train_q, 30), train_q)
+        triplets, weights = training_examples(dataset, ranked(train_q, 30), train_q)
         if not triplets:
             raise SiftrankError(f"{dataset.root}: no training triplets")
         general = list(general)[:len(triplets)]
         triplets = triplets + general
+        weights += [1.0] * len(general)
         # a batch never repeats a text (no_duplicates), so a few triplets cannot fill one batch of all of them:
         # at least four batches per epoch
         batch_size = min(self.batch_size, max(2, len(triplets) // 4))
@@ -101,7 +102,11 @@ class FineTuner:
                                              dict(zip(val_docs, dataset.store.texts(val_docs))), {q: dataset.qrels[q] for q in val_q})
 
         masks = _pruned_masks(model) if self.method == "full" else {}
-        rows = {"anchor": [t[0] for t in triplets], "positive": [t[1] for t in triplets], "negative": [t[2] for t in triplets]}
+        rows: dict[str, list[Any]] = {"anchor": [t[0] for t in triplets], "positive": [t[1] for t in triplets],
+                                      "negative": [t[2] for t in triplets]}
+        weighted = any(w != 1.0 for w in weights)
+        if weighted:  # labels from clicks: each pair counts by its inverse-propensity weight
+            rows["label"] = weights
         work = Path(__import__("tempfile").mkdtemp(prefix="siftrank-finetune-"))
         args = SentenceTransformerTrainingArguments(
             output_dir=str(work), num_train_epochs=self.epochs, max_steps=steps,
@@ -125,7 +130,8 @@ class FineTuner:
                     tuner.checkpoint(model, state.global_step)
 
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=HFDataset.from_dict(rows),
-                                             loss=MultipleNegativesRankingLoss(model), evaluator=evaluator,
+                                             loss=(weighted_ranking_loss(model) if weighted else MultipleNegativesRankingLoss(model)),
+                                             evaluator=evaluator,
                                              callbacks=[StepHooks()])
         start = time.perf_counter()
         first = evaluator(model) if evaluator else {VALIDATION_KEY: None}
@@ -184,6 +190,24 @@ class FineTuner:
             write_text_atomic(tmp / "training_log.json", json.dumps(self.history, indent=1) + "\n")
             Manifest(kind=self.artifact_kind, source_model=self.source, parameters={"method": self.method},
                      encoder={**base, "result": model_fingerprint(tmp)}, **extra).write(tmp)
+
+
+def weighted_ranking_loss(model) -> Any:
+    """MultipleNegativesRankingLoss (in-batch and hard negatives, scaled cosine) whose per-pair terms are
+    averaged with the weights the trainer passes as labels (inverse-propensity weights of click labels)."""
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    class WeightedRankingLoss(MultipleNegativesRankingLoss):
+        def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+            queries, docs = embeddings[0], torch.cat(embeddings[1:])
+            scores = self.similarity_fct(queries, docs) * self.scale
+            rows = torch.arange(len(queries), device=queries.device)
+            terms = torch.logsumexp(scores, dim=1) - scores[rows, rows]
+            weights = labels.to(terms.dtype)
+            return (terms * weights).sum() / weights.sum().clamp_min(1e-8)
+
+    return WeightedRankingLoss(model)
 
 
 def validation_split(dataset: Dataset, share: float = 0.1) -> tuple[list[str], list[str]]:

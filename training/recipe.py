@@ -27,11 +27,17 @@ class _Section(BaseModel):
 
 
 class DataSection(_Section):
-    """The domain dataset (BEIR layout with training qrels) and optional general training data."""
+    """The domain dataset (BEIR layout: its corpus, and training qrels unless ``events`` is given), the
+    service's event log to learn from (clicks; either or both), and optional general training data."""
 
     dataset: str
     split: str = "train"
     general: str | None = None  # a folder of MS MARCO training samples (msmarco-train-toy layout)
+    events: str | None = None  # an event log (SQLite) of the search service: clicks become weighted labels
+    eta: float | None = Field(None, ge=0.0)  # the log's position bias when known; default: estimated from its swaps
+    propensity_clip: float = Field(10.0, ge=1.0)  # largest inverse-propensity weight of one click
+    judgments: bool = True  # with events: train on the dataset's training qrels too, where it has them
+    held_out: str | None = None  # qrels of evaluation queries: their texts are dropped from the log, never trained on
 
 
 class EncoderSection(_Section):
@@ -95,7 +101,8 @@ class Recipe(BaseModel):
             return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
 
         raw = self.model_dump(mode="json")
-        raw["data"].update(dataset=where(self.data.dataset), general=where(self.data.general))
+        raw["data"].update(dataset=where(self.data.dataset), general=where(self.data.general), events=where(self.data.events),
+                           held_out=where(self.data.held_out))
         raw["encoder"]["base"] = where(self.encoder.base)
         for name in BUILD_STAGES:
             for key in self.stage(name).path_keys:

@@ -35,18 +35,36 @@ def training_pairs(dataset: Dataset, ranked: Mapping[str, list[str]], qids: list
     """(query, positive, hard negative) for every relevant passage of ``qids`` (at most ``per_query``
     each), the negative being the best-ranked candidate (``ranked``: each query's first-stage order) that is
     judged 0 or unjudged."""
+    return training_examples(dataset, ranked, qids, per_query)[0]
+
+
+def training_examples(dataset: Dataset, ranked: Mapping[str, list[str]], qids: list[str],
+                      per_query: int | None = None) -> tuple[list[Triplet], list[float]]:
+    """:func:`training_pairs` with each triplet's weight (the positive's in ``dataset.weights``, else 1). On a
+    weighted dataset (labels from clicks) every passage judged 0 (shown above a click, never clicked) is a
+    negative too, paired with the query's heaviest positive."""
     if not qids:
         raise SiftrankError(f"{dataset.root}: no training queries with relevant passages")
     store, level = dataset.store, relevant_grade(dataset.qrels)
     triplets: list[Triplet] = []
+    weights: list[float] = []
     for q in qids:
         negative = next((d for d in ranked[q] if dataset.qrels[q].get(d, 0) <= 0), None)
         positives = [d for d in relevant_docs(dataset.qrels, q, level) if d in store]
-        if negative is not None and positives:
-            chosen = positives[:per_query]
-            texts = store.texts(chosen + [negative])
-            triplets += [(dataset.queries[q], t, texts[-1]) for t in texts[:-1]]
-    return triplets
+        if negative is None or not positives:
+            continue
+        weight = dataset.weights.get(q, {})
+        chosen = sorted(positives, key=lambda d: -weight.get(d, 1.0))[:per_query] if weight else positives[:per_query]
+        texts = store.texts(chosen + [negative])
+        triplets += [(dataset.queries[q], t, texts[-1]) for t in texts[:-1]]
+        weights += [weight.get(d, 1.0) for d in chosen]
+        if weight:
+            skipped = [d for d, g in sorted(dataset.qrels[q].items()) if g <= 0 and d != negative and d in store]
+            if skipped:
+                query, best = dataset.queries[q], store.texts(chosen[:1])[0]
+                triplets += [(query, best, t) for t in store.texts(skipped)]
+                weights += [weight.get(chosen[0], 1.0)] * len(skipped)
+    return triplets, weights
 
 
 def general_triplets(root: Path, limit: int = 256) -> list[Triplet]:

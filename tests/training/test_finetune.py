@@ -164,3 +164,23 @@ def test_ia3_added_through_the_registry_trains_and_its_artifact_reloads(tiny_bin
     assert np.allclose(reloaded, trained, atol=1e-5)
     base = Encoder(precision="fp32", query_precision="fp32").encode_queries(TEXTS)
     assert not np.allclose(trained, base, atol=1e-4)  # the vectors trained
+
+
+def test_the_weighted_loss_is_the_ranking_loss_when_weights_are_equal_and_ignores_weight_zero() -> None:
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from retrieval.encoder import load_sentence_transformer
+    from training.finetune import weighted_ranking_loss
+
+    model = load_sentence_transformer(Encoder("bundled:all-MiniLM-L6-v2").path, "cpu")
+    torch.manual_seed(0)
+    embeddings = [torch.nn.functional.normalize(torch.randn(6, 8), dim=1) for _ in range(3)]
+    weighted, plain = weighted_ranking_loss(model), MultipleNegativesRankingLoss(model)
+    ones = torch.ones(6)
+    assert weighted.compute_loss_from_embeddings(embeddings, ones).item() == pytest.approx(
+        plain.compute_loss_from_embeddings(embeddings, ones).item(), rel=1e-5)
+    # a pair of weight 0 does not count: the loss is the mean over the other pairs' terms
+    half = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    scores = (embeddings[0] @ torch.cat(embeddings[1:]).T) * plain.scale
+    terms = torch.logsumexp(scores, dim=1) - scores.diagonal()[:6]
+    assert weighted.compute_loss_from_embeddings(embeddings, half).item() == pytest.approx(terms[:3].mean().item(), rel=1e-5)

@@ -41,3 +41,22 @@ def test_training_candidates_come_from_the_pipelines_first_stage_whatever_its_ki
         context.set_first_stage({"kind": kind}, kind)
         batch, hits = context.candidates(["q1", "q2"], 5)
         assert context.first_stage.kind == kind and batch.qids == ["q1", "q2"] and all(0 < len(h) <= 5 for h in hits)
+
+
+def test_weighted_labels_carry_their_weights_and_add_the_skipped_passages_as_negatives(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from tests.conftest import write_dataset
+    from training.triplets import training_examples
+
+    data = Dataset.load(write_dataset(tmp_path / "tiny"), split="test")
+    ranked = {q: list(data.corpus["id"]) for q in data.queries}
+    plain, ones = training_examples(data, ranked, ["q1"])
+    assert ones == [1.0] * len(plain)
+    # as click labels: d2 weighs 3, d1 0.5; d5 was skipped above a click (grade 0)
+    clicks = replace(data, qrels={"q1": {"d1": 2, "d2": 2, "d5": 0}}, weights={"q1": {"d1": 0.5, "d2": 3.0}})
+    triplets, weights = training_examples(clicks, ranked, ["q1"])
+    texts = dict(zip(data.corpus["id"].to_list(), data.doc_texts()))
+    assert [t[1] for t in triplets[:2]] == [texts["d2"], texts["d1"]] and weights[:2] == [3.0, 0.5]
+    negatives = [t[2] for t in triplets]
+    assert texts["d5"] in negatives and weights[negatives.index(texts["d5"])] == 3.0

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from retrieval.config import PipelineConfig
-from retrieval.data import Dataset, file_digest
+from retrieval.data import Dataset, file_digest, weights_path
 from retrieval.encoder import Encoder, model_fingerprint, resolve_model_path
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
@@ -108,7 +108,9 @@ class BuildContext:
                 value: str | None = file_digest(data.corpus_path)
             elif name == "data":
                 assert data.qrels_path is not None
-                value = lineage_key(file_digest(data.corpus_path), file_digest(data.qrels_path))
+                weights = weights_path(data.qrels_path)  # click labels' inverse-propensity weights
+                value = lineage_key(file_digest(data.corpus_path), file_digest(data.qrels_path),
+                                    *([file_digest(weights)] if weights.is_file() else []))
             elif name == "general":
                 folder = self.recipe.data.general
                 files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if folder else []
