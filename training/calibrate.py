@@ -130,7 +130,8 @@ class CalibratorTrainer:
 
     1. The map's input: raw cosine or a per-query normalisation (min-max, z-score, gap to the top,
        rank; ``retrieval.calibration.INPUTS``), each as one global monotone map — already
-       query-dependent without learned query parameters.
+       query-dependent without learned query parameters. Min-max stays unless another input beats it
+       on out-of-fold PR-AUC by a query-bootstrap test (:meth:`choose_input`).
     2. On the best input, the query part: the query embedding (the paper's input) and/or top-K cosine
        statistics (ours), linear or hidden, with a ridge penalty pulling its parameters toward the
        global map. The penalty is ``decay * |W|^2 / n_queries`` on the mean pair loss, so its pull
@@ -158,6 +159,8 @@ class CalibratorTrainer:
     patience: int = 60
     folds: int | None = None  # inner folds: None = 5 below 200 training queries, else 3
     max_pairs: int = 150_000  # negatives beyond this are subsampled (and re-weighted) for speed
+    default_input: str = "minmax"  # the input kept unless another beats it (``choose_input``)
+    input_alpha: float = 0.05
     selection: list[dict[str, Any]] = field(default_factory=list)
     best_by_features: dict[str, Calibrator] = field(default_factory=dict)
 
@@ -198,13 +201,13 @@ class CalibratorTrainer:
         runs: dict[tuple, dict[str, Any]] = {}
         for name in self.inputs:  # 1. the input, as one global map each
             runs[(name, "global", 0, 0.0)] = self._cross_validate(train, folds, name, "global", 0, 0.0)
-        best_input = max(self.inputs, key=lambda n: runs[(n, "global", 0, 0.0)]["cv_pr_auc"])
+        best_input, input_evidence = self.choose_input(runs, train.labels)
         for features in self.feature_sets():  # 2. the query part on that input, with shrinkage
             for hidden in self.hidden_grid:
                 for decay in sorted(self.decay_grid, reverse=True):  # the most shrunk (simplest) first
                     runs[(best_input, features, hidden, decay)] = self._cross_validate(train, folds, best_input, features,
                                                                                        hidden, decay)
-        best_key = self.one_standard_error(runs)
+        best_key = self.one_standard_error({k: v for k, v in runs.items() if k[0] == best_input})
         baselines = self.fit_baselines(train)
         chosen = None
         for features in ["global"] + self.feature_sets():  # 3. refit the best of each feature set (the ablation)
@@ -223,16 +226,35 @@ class CalibratorTrainer:
             chosen.extra = {"cv_pr_auc": runs[best_key]["cv_pr_auc"], "baselines": baselines,
                             "target_recall": self.target_recall, "target_precision": self.target_precision}
         row = next(r for r in self.selection if (r["input"], r["features"], r["hidden"], r["decay"]) == best_key)
-        chosen.extra.update({"selection": self.selection, "chosen": row,
+        chosen.extra.update({"selection": self.selection, "chosen": row, "input_choice": input_evidence,
                              "threshold_from": f"out-of-fold scores of {len(train)} training queries ({len(folds)} folds)"})
         return chosen
+
+    def choose_input(self, runs: dict[tuple, dict[str, Any]], labels: list[np.ndarray]) -> tuple[str, dict[str, Any]]:
+        """The map's input: the per-query normalised ``default_input`` unless another input's out-of-fold
+        PR-AUC beats it by a query-bootstrap test (p < ``input_alpha``); among those that do, the best. Raw
+        cosine carries the scale of the collection it was fitted on: chosen by a small margin on one query
+        population (DL19), it lost to min-max on another; the normalised input transfers."""
+        default = self.default_input if self.default_input in self.inputs else self.inputs[0]
+        oof = {name: runs[(name, "global", 0, 0.0)]["oof"] for name in self.inputs}
+        evidence: dict[str, Any] = {"default": default, "pooled_oof_pr_auc": {}, "p_beats_default": {}}
+        better = []
+        for name in self.inputs:
+            difference, p = bootstrap_pr_auc(oof[default], oof[name], labels, self.seed)
+            evidence["pooled_oof_pr_auc"][name] = round(_ap(oof[name], labels), 4)
+            if name != default:
+                evidence["p_beats_default"][name] = round(p, 4)
+                if difference > 0 and p < self.input_alpha:
+                    better.append(name)
+        chosen = max(better, key=lambda n: evidence["pooled_oof_pr_auc"][n]) if better else default
+        return chosen, {**evidence, "chosen": chosen}
 
     def one_standard_error(self, runs: dict[tuple, dict[str, Any]]) -> tuple:
         """The simplest candidate whose cross-validated PR-AUC is within one standard error of the best
         (the one-standard-error rule): the best of many candidates is optimistic on the folds that chose
-        it, most with few queries. Simplicity: a global map on raw cosine, then the other inputs, then
-        query parts from the most to the least shrunk."""
-        order = list(runs)  # global maps (cosine first), then query parts by decreasing shrinkage
+        it, most with few queries. Simplicity: the global map, then query parts from the most to the least
+        shrunk (``runs`` in that order, all on the chosen input)."""
+        order = list(runs)
         best = max(order, key=lambda key: runs[key]["cv_pr_auc"])
         error = runs[best]["cv_pr_auc_std"] / np.sqrt(max(1, runs[best]["folds"] - 1))
         return next(key for key in order if runs[key]["cv_pr_auc"] >= runs[best]["cv_pr_auc"] - error)
@@ -349,6 +371,22 @@ class CalibratorTrainer:
 
 def _ap(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
     return float(average_precision_score(np.concatenate(labels), np.concatenate(scores)))
+
+
+def bootstrap_pr_auc(a: list[np.ndarray], b: list[np.ndarray], labels: list[np.ndarray], seed: int = 0,
+                     resamples: int = 300) -> tuple[float, float]:
+    """Pooled PR-AUC of scores ``b`` minus ``a`` (per query lists, paired) and a one-sided p-value that ``b``
+    is better: the share of query-bootstrap resamples in which it is not."""
+    observed = _ap(b, labels) - _ap(a, labels)
+    rng = np.random.default_rng(seed)
+    n, worse = len(labels), 0
+    for _ in range(resamples):
+        rows = rng.integers(0, n, n)
+        picked = [labels[i] for i in rows]
+        if not any(y.any() for y in picked):
+            continue
+        worse += _ap([b[i] for i in rows], picked) - _ap([a[i] for i in rows], picked) <= 0
+    return observed, (worse + 1) / (resamples + 1)
 
 
 def _tensors(calibrator: Calibrator, data: CandidateSet, max_pairs: int, seed: int):

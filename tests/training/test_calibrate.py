@@ -85,3 +85,32 @@ def test_bad_training_sets() -> None:
         CalibratorTrainer(**FAST).fit(data)
     with pytest.raises(SiftrankError, match="exactly one of"):
         CalibratorTrainer(target_recall=0.9, target_precision=0.5, **FAST).fit(synthetic(n_queries=10))
+
+
+def test_min_max_stays_unless_another_input_clearly_beats_it() -> None:
+    # relevance set by the absolute cosine: half the queries have no relevant candidate, and min-max would
+    # put their best (irrelevant) candidate at the top; raw cosine wins by far, and the test says so
+    rng = np.random.default_rng(4)
+    n, k = 120, 30
+    cosines, labels = [], []
+    for q in range(n):
+        y = (rng.random(k) < 0.15).astype(np.float32) if q % 2 else np.zeros(k, dtype=np.float32)
+        c = 0.3 + 0.3 * y + rng.normal(0, 0.03, k)
+        order = np.argsort(-c)
+        cosines.append(c[order].astype(np.float32))
+        labels.append(y[order])
+    vectors = np.eye(n, 8, dtype=np.float32) + 1e-3
+    scale = CandidateSet([f"q{i}" for i in range(n)], vectors, cosines, [[f"{q}-{i}" for i in range(k)] for q in range(n)],
+                         labels, k)
+    calibrator = CalibratorTrainer(family="power", use_embedding=False, use_stats=False, **FAST).fit(scale)
+    choice = calibrator.extra["input_choice"]
+    assert choice["default"] == "minmax" and choice["chosen"] != "minmax" and choice["p_beats_default"][choice["chosen"]] < 0.05
+    assert calibrator.extra["chosen"]["input"] == choice["chosen"]
+    # a slightly higher out-of-fold PR-AUC is not evidence: min-max stays
+    noise = [rng.normal(0, 1, k) for _ in range(n)]
+    minmax = [y + e for y, e in zip(labels, noise)]
+    cosine = [m + rng.normal(0, 0.05, k) for m in minmax]
+    runs = {(name, "global", 0, 0.0): {"oof": oof} for name, oof in (("minmax", minmax), ("cosine", cosine))}
+    trainer = CalibratorTrainer(inputs=("cosine", "minmax"))
+    chosen, evidence = trainer.choose_input(runs, labels)
+    assert chosen == "minmax" and evidence["p_beats_default"]["cosine"] > 0.05
