@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -168,6 +168,17 @@ bench-ray: install
 # (→ LLM ranker, off), written to artifacts/scifact-domain with pipeline.toml; a re-run rebuilds only what changed
 domain: install
 	$(BIN)/siftrank build configs/recipes/scifact.toml --out artifacts/scifact-domain --data $(DATA)
+
+# The filter trained on one collection and applied to another (DL19 <-> SciFact), input rules compared
+filter-transfer: install
+	$(BIN)/python benchmarks/filter_transfer.py --data $(DATA)
+
+# The learning loop on SciFact (docs/loop.md): serve zero-shot, simulated users click (train queries only),
+# build from the event log alone, interleave against zero-shot, promote or keep, score on test. CLICKS=noisy too.
+CLICKS ?= default
+loop-scifact: install
+	test -f artifacts/scifact-domain/pipeline.toml || $(MAKE) domain
+	$(BIN)/python benchmarks/click_loop.py --data $(DATA) --click-model $(CLICKS)
 
 # The recipe on few judged queries: SciFact train subsampled to 20/60/200 queries (3 seeds), built on auto and
 # scored on SciFact test beside zero-shot dense/BM25/hybrid; DL19 as a domain in 5 folds (docs/small-data/).

@@ -1,0 +1,186 @@
+"""The learning loop on SciFact: serve zero-shot, log simulated clicks, build from the log, interleave, promote, score.
+
+1. ``siftrank serve`` the zero-shot pipeline (MiniLM dense) over the SciFact corpus, with a share of searches
+   exploring (top hit swapped with a random rank: the intervention the build estimates position bias from).
+2. Simulated users (``eval.clickmodel``, position-based, ``--click-model default|noisy``) send real HTTP
+   searches and ``/feedback`` for SciFact **train** queries only, ``--users`` users per query.
+3. ``siftrank build`` the recipe with ``[data] events`` = that log and no qrels (``judgments = false``; the
+   SciFact test queries named as ``held_out``): every learned stage trains on click labels.
+4. Serve the click-trained pipeline interleaved (team draft) with the zero-shot one to simulated users on a
+   disjoint set of train queries; the binomial test of interleaving wins decides promote or keep.
+5. Score zero-shot, the click-trained pipeline and (with ``--qrels-build``) the qrels-trained recipe on
+   SciFact test with its qrels: nDCG@10 with paired t-tests.
+
+Records per click model in ``docs/loop/loop-records.json`` (resumable); table, plot: ``docs/loop/``.
+Reproduce: ``make loop-scifact CLICKS=default`` (and ``CLICKS=noisy``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import ResultStore, arguments, machine, save, save_figure
+from domain_study import evaluate
+from load import free_port, start
+
+from eval.abreport import ABReport
+from eval.clickmodel import ClickModel, traffic_split
+from eval.report import markdown_table
+from retrieval.data import Dataset
+from retrieval.measures import paired_test
+
+ROOT = Path(__file__).resolve().parents[1]
+SIFTRANK = str(Path(sys.executable).with_name("siftrank"))
+
+
+def experiment(path: Path, corpus: Path, log: Path, variants: dict[str, Path | None], interleave: list[str],
+               explore: float) -> Path:
+    """An experiment file: the variants (None: the default pipeline), the first as primary, interleaving."""
+    lines = ["[service]", f'data = "{corpus}"', f'event_log = "{log}"', ""]
+    for name, pipeline in variants.items():
+        lines += [f"[variants.{name}]"] + ([f'pipeline = "{pipeline}"'] if pipeline else []) + [""]
+    lines += ["[experiment]", 'name = "loop"', f'primary = "{next(iter(variants))}"', f"explore_swaps = {explore}"]
+    if interleave:
+        lines += [f"interleave = {json.dumps(interleave)}", "interleave_share = 1.0"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def traffic(config: Path, work: Path, queries: dict[str, str], qrels: dict[str, dict[str, int]], model: ClickModel,
+            users: int, seed: int) -> dict[str, int]:
+    """Serve ``config`` and replay ``users`` simulated users per query over real HTTP; the server is stopped
+    (flushing its log) before returning the counts."""
+    import httpx
+
+    from serving.replay import Replayer
+
+    port = free_port()
+    server = start([SIFTRANK, "serve", "--experiment", str(config), "--port", str(port)], port, work / f"{config.stem}.log")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            counts = Replayer(client, queries, qrels, k=10, click_model=model, seed=seed).run(users)
+    finally:
+        server.terminate()
+        server.wait(120)
+    return dict(counts)
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0], work=(Path, ROOT / "artifacts" / "loop", "logs and builds"),
+                     click_model=(str, "default", "simulated users: default or noisy"),
+                     users=(int, 5, "simulated users per training query"),
+                     explore=(float, 0.1, "share of zero-shot searches whose top hit is swapped (propensity estimation)"),
+                     interleave_share=(float, 0.25, "share of the train queries kept for the interleaving test"),
+                     recipe=(Path, ROOT / "configs" / "recipes" / "scifact.toml", "the recipe built from clicks"),
+                     qrels_build=(Path, ROOT / "artifacts" / "scifact-domain", "the qrels-trained build to compare (make domain)"),
+                     seed=(int, 0, "seed of the query split and the users"),
+                     dataset=(str, "scifact", "the collection under --data (train and test qrels; the recipe's dataset)"))
+    args.out = args.out if args.out != ROOT / "docs" / "benchmarks" else ROOT / "docs" / "loop"
+    model = ClickModel.preset(args.click_model)
+    collection = (args.data / args.dataset).resolve()
+    train = Dataset.load(collection, split="train", with_corpus=False)
+    test = Dataset.load(collection, split="test")
+    learn, judge = traffic_split(train.queries, test.queries, args.interleave_share, args.seed)
+    print(f"machine: {machine()['cpu']}; {len(learn)} train queries to learn from, {len(judge)} to interleave on, "
+          f"{len(train.queries) - len(learn) - len(judge)} train queries left out (same text as a test query)", flush=True)
+    store = ResultStore(args.out / "loop-records.json")
+    work = (args.work / args.click_model).resolve()
+
+    def loop() -> dict[str, Any]:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        start_time = time.perf_counter()
+        log = work / "round1.db"
+        zero = experiment(work / "zero-shot.toml", collection, log, {"zero": None}, [], args.explore)
+        logged = traffic(zero, work, {q: train.queries[q] for q in learn}, train.qrels, model, args.users, args.seed)
+        build = work / "build"
+        begin = time.perf_counter()
+        subprocess.run([SIFTRANK, "build", str(args.recipe), "--out", str(build), "--data", str(args.data.resolve()),
+                        "--set", f'data.dataset="{collection}"', "--set", f'data.events="{log}"', "--set", "data.judgments=false",
+                        "--set", f'data.held_out="{collection / "qrels" / "test.tsv"}"'], check=True)
+        build_s = time.perf_counter() - begin
+        ab_log = work / "interleave.db"
+        pair = experiment(work / "interleave.toml", collection, ab_log, {"zero": None, "clicks": build / "pipeline.toml"},
+                          ["zero", "clicks"], 0.0)
+        judged = traffic(pair, work, {q: train.queries[q] for q in judge}, train.qrels, model, args.users, args.seed + 1)
+        verdict = ABReport(ab_log).interleaving()["zero+clicks"]
+        clicks_json = json.loads((build / "clicks" / "clicks.json").read_text())
+        scored = evaluate(build / "pipeline.toml", test, work / "eval")
+        report = json.loads((build / "build.json").read_text())
+        return {"click_model": args.click_model, "eta_true": model.eta, "eps_plus": model.eps_plus, "eps_minus": model.eps_minus,
+                "users_per_query": args.users, "learn_queries": len(learn), "judge_queries": len(judge),
+                "logged": logged, "labels": clicks_json, "interleaving": verdict, "interleaving_traffic": judged,
+                "per_query": scored["per_query"][scored["final"]], "stages": list(scored["stages"]),
+                "decisions": {s["name"]: s["decision"] for s in report["stages"] if s.get("decision")},
+                "build_seconds": round(build_s, 1), "wall_seconds": round(time.perf_counter() - start_time, 1),
+                "cpu": report["cpu"]}
+
+    def zero_shot() -> dict[str, Any]:
+        pipeline = work.parent / "zero-shot.toml"
+        pipeline.parent.mkdir(parents=True, exist_ok=True)
+        pipeline.write_text("")
+        scored = evaluate(pipeline, test, work.parent / "eval-zero")
+        return {"per_query": scored["per_query"][scored["final"]]}
+
+    store.run("zero-shot", zero_shot)
+    if (args.qrels_build / "pipeline.toml").is_file():
+        store.run("qrels-trained", lambda: {"per_query": (s := evaluate(args.qrels_build / "pipeline.toml", test,
+                                                                         work.parent / "eval-qrels"))["per_query"][s["final"]]})
+    store.run(f"clicks-{args.click_model}", loop, show=("wall_seconds",))
+    write_report(store, args.out)
+
+
+def write_report(store: ResultStore, out: Path) -> None:
+    """loop.md/.json: test nDCG@10 of every pipeline with paired p against zero-shot and qrels-trained, the
+    traffic each click model took, the propensity estimate, the interleaving decision; loop.png."""
+    runs = store.runs
+    mean = {k: float(np.mean(list(r["per_query"].values()))) for k, r in runs.items()}
+    rows: dict[str, dict[str, Any]] = {}
+    for key, r in runs.items():
+        row: dict[str, Any] = {"nDCG@10": mean[key]}
+        for base in ("zero-shot", "qrels-trained"):
+            if base in runs and base != key:
+                t = paired_test(runs[base]["per_query"], r["per_query"])
+                row[f"Δ vs {base}"], row[f"p vs {base}"] = t["delta"], t["t_test_p"]
+        if "logged" in r:
+            prop = r["labels"]["propensity"]
+            row |= {"searches": r["logged"]["searches"], "clicks": r["logged"]["clicks"],
+                    "eta true / estimated": f"{r['eta_true']:g} / {prop['eta']:.2f}" if prop.get("eta") is not None else f"{r['eta_true']:g} / -",
+                    "interleaving": f"{r['interleaving']['decision']} (p {r['interleaving']['p-value']:.2g})",
+                    "build s": r["build_seconds"]}
+        rows[key] = row
+    cpu = next((r["cpu"] for r in runs.values() if "cpu" in r), machine()["cpu"])
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    text = (f"# Learning from clicks on SciFact\n\nCPU: {cpu}. SciFact test (300 queries), nDCG@10; paired t-tests.\n\n"
+            + markdown_table(rows, "pipeline", columns) + "\n")
+    save(out, "loop", {"machine": machine(), "runs": rows, "records": {k: {x: v for x, v in r.items() if x != "per_query"}
+                                                                         for k, r in runs.items()}}, text)
+    plot(mean, out / "loop.png")
+
+
+def plot(mean: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    names = list(mean)
+    ax.barh(names, [mean[n] for n in names], color=["#888888" if n == "zero-shot" else "#2a6fb0" for n in names])
+    for i, n in enumerate(names):
+        ax.text(mean[n], i, f" {mean[n]:.4f}", va="center", fontsize=8)
+    ax.set_xlabel("SciFact test nDCG@10")
+    ax.set_title("One round of the loop: trained from simulated clicks")
+    ax.set_xlim(0, max(mean.values()) * 1.15)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
