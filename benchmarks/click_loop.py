@@ -81,7 +81,8 @@ def main() -> None:
                      recipe=(Path, ROOT / "configs" / "recipes" / "scifact.toml", "the recipe built from clicks"),
                      qrels_build=(Path, ROOT / "artifacts" / "scifact-domain", "the qrels-trained build to compare (make domain)"),
                      seed=(int, 0, "seed of the query split and the users"),
-                     dataset=(str, "scifact", "the collection under --data (train and test qrels; the recipe's dataset)"))
+                     dataset=(str, "scifact", "the collection under --data (train and test qrels; the recipe's dataset)"),
+                     build_set=(str, "", "more recipe overrides for the build, ';'-separated (e.g. finetune.steps=4)"))
     args.out = args.out if args.out != ROOT / "docs" / "benchmarks" else ROOT / "docs" / "loop"
     model = ClickModel.preset(args.click_model)
     collection = (args.data / args.dataset).resolve()
@@ -104,7 +105,8 @@ def main() -> None:
         begin = time.perf_counter()
         subprocess.run([SIFTRANK, "build", str(args.recipe), "--out", str(build), "--data", str(args.data.resolve()),
                         "--set", f'data.dataset="{collection}"', "--set", f'data.events="{log}"', "--set", "data.judgments=false",
-                        "--set", f'data.held_out="{collection / "qrels" / "test.tsv"}"'], check=True)
+                        "--set", f'data.held_out="{collection / "qrels" / "test.tsv"}"',
+                        *[a for item in args.build_set.split(";") if item for a in ("--set", item)]], check=True)
         build_s = time.perf_counter() - begin
         ab_log = work / "interleave.db"
         pair = experiment(work / "interleave.toml", collection, ab_log, {"zero": None, "clicks": build / "pipeline.toml"},
