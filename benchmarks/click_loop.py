@@ -156,6 +156,9 @@ def write_report(store: ResultStore, out: Path) -> None:
             row |= {"searches": r["logged"]["searches"], "clicks": r["logged"]["clicks"],
                     "eta true / estimated": f"{r['eta_true']:g} / {prop['eta']:.2f}" if prop.get("eta") is not None else f"{r['eta_true']:g} / -",
                     "interleaving": f"{r['interleaving']['decision']} (p {r['interleaving']['p-value']:.2g})",
+                    # the decision agrees with the qrels when it promotes exactly where test nDCG@10 is significantly higher
+                    "agrees with qrels": (r["interleaving"]["decision"].startswith("promote")
+                                          == (row.get("Δ vs zero-shot", 0) > 0 and row.get("p vs zero-shot", 1) < 0.05)),
                     "build s": r["build_seconds"]}
         rows[key] = row
     cpu = next((r["cpu"] for r in runs.values() if "cpu" in r), machine()["cpu"])
