@@ -232,9 +232,9 @@ class CalibratorTrainer:
 
     def choose_input(self, runs: dict[tuple, dict[str, Any]], labels: list[np.ndarray]) -> tuple[str, dict[str, Any]]:
         """The map's input: the per-query normalised ``default_input`` unless another input's out-of-fold
-        PR-AUC beats it by a query-bootstrap test (p < ``input_alpha``); among those that do, the best. Raw
-        cosine carries the scale of the collection it was fitted on: chosen by a small margin on one query
-        population (DL19), it lost to min-max on another; the normalised input transfers."""
+        PR-AUC beats it by a query-bootstrap test (p < ``input_alpha``); among those that do, the best. A prior,
+        not a cure: on DL19 raw cosine and on SciFact z-score still win by a wide margin, and neither map
+        transfers to the other collection (docs/calibration/transfer.md)."""
         default = self.default_input if self.default_input in self.inputs else self.inputs[0]
         oof = {name: runs[(name, "global", 0, 0.0)]["oof"] for name in self.inputs}
         evidence: dict[str, Any] = {"default": default, "pooled_oof_pr_auc": {}, "p_beats_default": {}}
