@@ -23,6 +23,7 @@ import json
 import re
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ class ClickLabels:
 
     @classmethod
     def from_log(cls, path: Path, corpus_ids: set[str], eta: float | None = None, clip: float = 10.0,
-                 exclude: set[str] = frozenset()) -> ClickLabels:  # type: ignore[assignment]
+                 exclude: Collection[str] = ()) -> ClickLabels:
         """Read the event log at ``path``; ``corpus_ids``: the documents of the domain (a log of another corpus
         is refused); ``eta``: a known position bias (default: estimated from the log's swaps); ``exclude``:
         query texts that must never be trained on (held-out evaluation queries), dropped and counted."""
