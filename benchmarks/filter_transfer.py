@@ -15,11 +15,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from common import arguments, machine, save
 
 from eval.report import markdown_table
-from retrieval.calibration import baseline_scores, threshold_for_recall
+from retrieval.calibration import baseline_scores
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.filter_measures import FilterReport
@@ -32,12 +31,6 @@ SIMPLE = ("raw_cosine", "platt", "minmax", "zscore")
 TARGET = 0.95
 
 
-def removed_at_recall(scores: list[np.ndarray], labels: list[np.ndarray], target: float = TARGET) -> float:
-    """Share of the candidates below the highest threshold that still keeps ``target`` of the relevant ones."""
-    flat, y = np.concatenate(scores), np.concatenate(labels)
-    return float((flat < threshold_for_recall(flat, y, target)).mean())
-
-
 def measure(calibrator, test: CandidateSet) -> dict[str, dict[str, Any]]:
     """PR-AUC, share removed at 95% recall, and (the calibrator) the recall its threshold keeps."""
     scorers = {"filter": calibrator.relevance(test.query_vectors, test.cosines)}
@@ -47,7 +40,7 @@ def measure(calibrator, test: CandidateSet) -> dict[str, dict[str, Any]]:
     for name, scores in scorers.items():
         report = FilterReport(scores, test.labels, calibrator.threshold if name == "filter" else float("-inf"), name == "filter")
         summary = report.summary(TARGET)
-        out[name] = {"PR-AUC": summary["PR-AUC"], "removed@R95": removed_at_recall(scores, test.labels)}
+        out[name] = {"PR-AUC": summary["PR-AUC"], "removed@R95": summary["removed_at_target_recall"]}
         if name == "filter":
             out[name] |= {"recall at its threshold": summary["recall_at_threshold"], "removed at its threshold": summary["filter_rate"],
                           "recall 95% CI": f"[{summary['recall_ci_low']:.3f}, {summary['recall_ci_high']:.3f}]"}
@@ -92,7 +85,8 @@ def main() -> None:
                 "Δ vs best simple": f["PR-AUC"] - measured[best_simple]["PR-AUC"],
                 "removed@R95": f["removed@R95"], "most removed by a simple one": most_removed,
                 "recall at its threshold": f["recall at its threshold"], "recall 95% CI": f["recall 95% CI"],
-                "removed at its threshold": f["removed at its threshold"]}
+                "removed at its threshold": f["removed at its threshold"],
+                "input weights": ", ".join(f"{k} {v:.2f}" for k, v in calibrator.extra.get("input_weights", {}).items()) or "-"}
     text = (f"# The filter across query populations\n\nCPU: {machine()['cpu']}. Zero-shot MiniLM, top-{args.k}, target "
             f"recall {TARGET}. PR-AUC over (query, candidate) pairs; removed@R95: share of the top-{args.k} removed at "
             "95% recall on the target (threshold set there); recall at its threshold: what the calibrator's own "

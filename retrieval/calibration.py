@@ -6,7 +6,9 @@ ablation, statistics of its top-K cosine list) and outputs the parameters of a m
 
     x = input(c)                         cosine moved to [0, 1], or a per-query normalisation of it:
                                          minmax (c - min) / (max - min), zscore sigmoid((c - mean) / std),
-                                         gap 1 + (c - max) / 2, rank 1 - (rank - 1) / K  (see INPUTS)
+                                         gap 1 + (c - max) / 2, rank 1 - (rank - 1) / K, or
+                                         joint: sum_i w_i x_i over cosine, minmax, zscore and gap with
+                                         learned global weights w = softmax(m) (see INPUTS)
     linear     f = a x + b               a = softplus(.) > 0
     sqrt       f = a sqrt(x) + b
     quadratic  f = a x^2 + b
@@ -34,7 +36,9 @@ from retrieval.artifacts import Manifest, atomic_dir
 from retrieval.errors import SiftrankError
 
 FAMILIES: tuple[str, ...] = ("linear", "sqrt", "quadratic", "power")
-INPUTS: tuple[str, ...] = ("cosine", "minmax", "zscore", "gap", "rank")
+INPUTS: tuple[str, ...] = ("cosine", "minmax", "zscore", "gap", "rank", "joint")
+#: the inputs the ``joint`` input mixes (convex weights, learned): raw and query-normalised cosine together
+JOINT_PARTS: tuple[str, ...] = ("cosine", "minmax", "zscore", "gap")
 WEIGHTS_FILE = "calibrator.safetensors"
 N_STATS = 6
 
@@ -49,7 +53,11 @@ def cosine_stats(cosines: np.ndarray) -> np.ndarray:
 
 
 def map_input(name: str, cosine_lists: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The map's input x in [0, 1] for every candidate of every query (see the module doc)."""
+    """The map's input x in [0, 1] for every candidate of every query (see the module doc); for ``joint`` one
+    column per part of :data:`JOINT_PARTS` (the map mixes them)."""
+    if name == "joint":
+        parts = [map_input(part, cosine_lists) for part in JOINT_PARTS]
+        return [np.stack(columns, axis=1) for columns in zip(*parts)]
     out = []
     for raw in cosine_lists:
         c = np.asarray(raw, dtype=np.float64)
@@ -97,8 +105,9 @@ def threshold_for_precision(scores: np.ndarray, labels: np.ndarray, target: floa
     return float(scores[order][ok[-1]])
 
 
-def _torch_net(family: str, in_dim: int, hidden: int):
-    """The adapter network: global raw parameters plus a zero-initialised query-dependent correction."""
+def _torch_net(family: str, in_dim: int, hidden: int, parts: int = 0):
+    """The adapter network: global raw parameters plus a zero-initialised query-dependent correction; with
+    ``parts`` > 0, global mixing weights of that many inputs (softmax, equal at the start)."""
     import torch
     from torch import nn
 
@@ -117,6 +126,7 @@ def _torch_net(family: str, in_dim: int, hidden: int):
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
                 self.delta = nn.Sequential(*layers)
+            self.mix = nn.Parameter(torch.zeros(parts)) if parts else None
             self.register_buffer("bias", torch.zeros(()))  # intercept correction fitted after training
 
         def params(self, features: torch.Tensor) -> torch.Tensor:
@@ -131,6 +141,8 @@ def _torch_net(family: str, in_dim: int, hidden: int):
         def forward(self, features: torch.Tensor, x: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
             """Logits for pairs: map input ``x[i]`` (in [0, 1]) belongs to query ``query_index[i]``."""
             a, b, p = self.params(features)[query_index].unbind(1)
+            if self.mix is not None:  # a convex mix of increasing inputs: still increasing in the cosine
+                x = (x * torch.softmax(self.mix, dim=0)).sum(dim=1)
             shaped = {"linear": x, "sqrt": x.sqrt(), "quadratic": x * x, "power": x.pow(p)}[family]
             return a * shaped + b
 
@@ -161,7 +173,7 @@ class Calibrator:
         self.extra = dict(extra or {})
         self.data: dict[str, Any] = {}  # what it was trained on (written to the manifest)
         self.metrics: dict[str, Any] = {}  # how it did (e.g. a cross-validation report)
-        self.net = _torch_net(family, self.feature_dim, hidden)
+        self.net = _torch_net(family, self.feature_dim, hidden, len(JOINT_PARTS) if input == "joint" else 0)
 
     @property
     def feature_dim(self) -> int:
@@ -184,14 +196,16 @@ class Calibrator:
         import torch
 
         lengths = [len(c) for c in cosine_lists]
-        flat = np.concatenate([np.asarray(c, dtype=np.float32) for c in cosine_lists]) if lengths else np.zeros(0, np.float32)
+        if not lengths:
+            return []
+        flat = np.concatenate([np.asarray(c, dtype=np.float32) for c in cosine_lists])
         if not np.all(np.isfinite(flat)):
             raise SiftrankError("cosine scores contain NaN or infinite values")
-        flat = np.concatenate(map_input(self.input, cosine_lists)) if lengths else flat
+        flat = np.concatenate(map_input(self.input, cosine_lists))
         index = np.repeat(np.arange(len(lengths)), lengths)
         with torch.no_grad():
             out = self.net(torch.from_numpy(features), torch.from_numpy(flat), torch.from_numpy(index)).numpy()
-        return np.split(out, np.cumsum(lengths)[:-1]) if lengths else []
+        return np.split(out, np.cumsum(lengths)[:-1])
 
     def relevance(self, query_vectors: np.ndarray, cosine_lists: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Relevance probability of every candidate, per query (same order as ``cosine_lists``)."""
@@ -204,6 +218,15 @@ class Calibrator:
 
         with torch.no_grad():
             return self.net.params(torch.from_numpy(self.features(query_vectors, cosine_lists))).numpy()
+
+    def input_weights(self) -> dict[str, float]:
+        """The weight of each part of a ``joint`` input (which signal the map trusts); {} for a single input."""
+        import torch
+
+        if self.net.mix is None:
+            return {}
+        with torch.no_grad():
+            return {part: round(float(w), 4) for part, w in zip(JOINT_PARTS, torch.softmax(self.net.mix, dim=0))}
 
     def check_encoder(self, identity: dict[str, Any]) -> None:
         """Refuse to calibrate cosines from another model than the one the calibrator was trained on."""

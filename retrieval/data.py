@@ -281,13 +281,18 @@ class Dataset:
         return cls(root, path, read_corpus(path), {}, {})
 
     @staticmethod
+    def qrels_file(root: Path, split: str) -> Path | None:
+        """The qrels file of ``split`` in the BEIR or MS MARCO layout, None when the dataset has none."""
+        return _first(Path(root), [f"qrels/{split}.tsv", f"qrels.{split}.tsv"])
+
+    @staticmethod
     def _qrels_path(root: Path, split: str, qrels: str | Path | None) -> Path:
         if qrels is not None:
             for candidate in (Path(qrels), root / str(qrels), root / "qrels" / str(qrels)):
                 if candidate.is_file():
                     return candidate
             raise SiftrankError(f"qrels file '{qrels}' not found (as a path, or inside {root})")
-        found = _first(root, [f"qrels/{split}.tsv", f"qrels.{split}.tsv"])
+        found = Dataset.qrels_file(root, split)
         if found is None:
             raise SiftrankError(f"{root}: no qrels/{split}.tsv or qrels.{split}.tsv (pick one with --qrels)")
         return found

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
+from retrieval.calibration import threshold_for_recall
+
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """Mean |observed rate - predicted probability| over equal-width bins, weighted by bin size."""
@@ -59,6 +61,8 @@ class FilterReport:
             "ECE": expected_calibration_error(s, y) if self.probabilistic else None,
             "kept_per_query": float(np.mean([(q >= self.threshold).sum() for q in self.scores])) if self.scores else 0.0,
             "threshold": float(self.threshold),
+            # where a threshold for the target recall would sit: the share of candidates it removes
+            "removed_at_target_recall": float((s < threshold_for_recall(s, y, target_recall)).mean()) if positives else 0.0,
             **self.recall_interval(),
         }
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.artifacts import write_text_atomic
 from retrieval.config import PipelineConfig
@@ -34,6 +34,9 @@ from training.stages.base import BuildStage
 from training.stages.context import BuildContext
 from training.stages.lineage import read_lineage, stamp
 from training.stages.registry import build_stage
+
+if TYPE_CHECKING:
+    from training.clicks import ClickLabels
 
 PIPELINE_FILE = "pipeline.toml"
 REPORT_FILE = "build.json"
@@ -59,54 +62,59 @@ class PipelineBuilder:
     def __init__(self, recipe: Recipe, out: Path, echo: Callable[[str], None] = print, progress: bool = True) -> None:
         self.recipe, self.out, self.echo, self.progress = recipe, Path(out).absolute(), echo, progress
         self.records: list[StageRecord] = []
+        self._clicks: tuple[ClickLabels, Path] | None = None  # labels read from the event log, written by build()
         self.stages: list[BuildStage] = [build_stage(name)(recipe.stage(name)) for name in recipe.active()]
 
     def check(self) -> BuildContext:
-        """Every input the recipe names exists and fits together; raises one SiftrankError otherwise."""
+        """Every input the recipe names exists and fits together; raises one SiftrankError otherwise. Writes
+        nothing: click labels are read and validated here, written under the build's lock."""
         from training.triplets import judged_queries
 
+        data: Dataset | None = None
         if self.recipe.data.events:
-            self.recipe = self._click_labels(self.recipe)
+            data = self._click_labels()
+            self.recipe = self.recipe.model_copy(update={"data": self.recipe.data.model_copy(
+                update={"dataset": str(data.root), "split": "train"})})
         r = self.recipe
-        try:
-            data = Dataset.load(Path(r.data.dataset), split=r.data.split, with_corpus=False)
-        except SiftrankError as exc:
-            raise SiftrankError(f"recipe [data]: {exc} (the domain dataset needs training qrels for split "
-                                f"'{r.data.split}')") from None
+        if data is None:
+            try:
+                data = Dataset.load(Path(r.data.dataset), split=r.data.split, with_corpus=False)
+            except SiftrankError as exc:
+                raise SiftrankError(f"recipe [data]: {exc} (the domain dataset needs training qrels for split "
+                                    f"'{r.data.split}', or an event log as [data] events)") from None
         if len(judged_queries(data)) < 2:
             raise SiftrankError(f"recipe [data]: {data.qrels_path} has fewer than 2 queries with a relevant passage")
-        ctx = BuildContext(r, self.out, self.echo, self.progress, judgments=data)  # the keys need no corpus
+        # a click build hands over the labels with the corpus it read; otherwise the keys need no corpus
+        ctx = BuildContext(r, self.out, self.echo, self.progress, **({"dataset": data} if self._clicks else {"judgments": data}))
         for stage in self.stages:
             stage.check(ctx)
         return ctx
 
-    def _click_labels(self, recipe: Recipe) -> Recipe:
-        """Labels from the recipe's event log (and its dataset's training qrels, if it has them) as a dataset
-        folder ``out/clicks``; the recipe returned trains on it. A bad log fails here, before any training."""
+    def _click_labels(self) -> Dataset:
+        """Labels from the recipe's event log (and its dataset's training qrels, if it has a qrels file for the
+        split) as the dataset ``out/clicks`` will hold; a bad log fails here, before any training."""
         from training.clicks import ClickLabels
 
-        data = recipe.data
+        data = self.recipe.data
         corpus = Dataset.corpus_only(Path(data.dataset))
         judged: Dataset | None = None  # a corpus and a log, no judgments: the deployment this exists for
-        if data.judgments:
-            with contextlib.suppress(SiftrankError):
-                judged = Dataset.load(Path(data.dataset), split=data.split, with_corpus=False)
+        if data.judgments and Dataset.qrels_file(corpus.root, data.split) is not None:
+            judged = Dataset.load(corpus.root, split=data.split, with_corpus=False)  # malformed qrels: an error
         exclude: set[str] = set()
         if data.held_out:
-            held = Dataset.load(Path(data.dataset), qrels=data.held_out, with_corpus=False)
-            exclude = set(held.queries.values())
-        labels = ClickLabels.from_log(Path(data.events or ""), set(corpus.corpus["id"].to_list()), data.eta, data.propensity_clip,
-                                      exclude)
+            exclude = set(Dataset.load(corpus.root, qrels=data.held_out, with_corpus=False).queries.values())
+        labels = ClickLabels.from_log(Path(data.events or ""), set(corpus.corpus["id"].to_list()), data.eta,
+                                      data.propensity_clip, exclude)
         if judged is not None:
             labels = labels.with_judgments(judged)
-        folder = labels.write(self.out / "clicks", corpus.corpus_path)
+        self._clicks = (labels, corpus.corpus_path)
         c, prop = labels.counts, labels.propensity
         estimated = f"estimated {prop['eta']:.2f} from {prop['swapped_searches']} swapped searches" if prop.get("eta") is not None else "not estimated"
         self.echo(f"      click labels: {c['clicks']} clicks in {c['searches_with_clicks']} of {c['searches']} searches -> "
                   f"{c['queries']} queries, {c['positives']} positives, {c['negatives']} skipped negatives; position "
                   f"bias eta {prop['eta_used']:.2f} ({estimated}); {c['excluded_searches']} searches of held-out queries dropped"
                   + (f"; plus {len(judged.qrels)} judged queries" if judged else ""))
-        return recipe.model_copy(update={"data": data.model_copy(update={"dataset": str(folder), "split": "train"})})
+        return labels.dataset(self.out / "clicks", corpus)
 
     def build(self) -> PipelineConfig:
         """Check, then run every stage (reusing what is up to date); writes pipeline.toml and build.json and
@@ -115,6 +123,9 @@ class PipelineBuilder:
         self.out.mkdir(parents=True, exist_ok=True)
         with self._lock():
             self._remove_stale()
+            if self._clicks:  # the labels every stage trains on (their digest keys the stages)
+                labels, corpus_path = self._clicks
+                labels.write(self.out / "clicks", corpus_path)
             start = time.perf_counter()
             for number, stage in enumerate(self.stages, 1):
                 self.echo(f"[{number}/{len(self.stages)}] {stage.name}")

@@ -227,6 +227,7 @@ class CalibratorTrainer:
                             "target_recall": self.target_recall, "target_precision": self.target_precision}
         row = next(r for r in self.selection if (r["input"], r["features"], r["hidden"], r["decay"]) == best_key)
         chosen.extra.update({"selection": self.selection, "chosen": row, "input_choice": input_evidence,
+                             "input_weights": chosen.input_weights(),
                              "threshold_from": f"out-of-fold scores of {len(train)} training queries ({len(folds)} folds)"})
         return chosen
 

@@ -113,16 +113,28 @@ class ClickLabels:
         click positives take the grade at which the qrels count a passage relevant."""
         return replace(self, queries={**judged.queries, **self.queries}, judged=judged.qrels)
 
+    def qrels(self) -> Qrels:
+        """The labels as qrels: judged queries with their grades, click positives at the grade the judgments
+        count relevant (1 without judgments), skipped hits at 0."""
+        level = relevant_grade(self.judged) if self.judged else 1
+        qrels: Qrels = {q: dict(docs) for q, docs in self.judged.items()}
+        for q in self.positives:
+            qrels.setdefault(q, {}).update({d: 0 for d in sorted(self.negatives[q])} | {d: level for d in sorted(self.positives[q])})
+        return qrels
+
+    def dataset(self, folder: Path, corpus: Dataset) -> Dataset:
+        """These labels over ``corpus`` as the dataset :meth:`write` puts at ``folder`` (paths there), already read."""
+        folder = Path(folder)
+        return Dataset(folder, folder / corpus.corpus_path.name, corpus.corpus, dict(self.queries), self.qrels(),
+                       folder / "qrels" / "train.tsv", weights={q: dict(d) for q, d in self.positives.items()})
+
     def write(self, folder: Path, corpus_path: Path, overwrite: bool = True) -> Path:
         """A BEIR folder of these labels (corpus linked, split ``train``) with ``clicks.json`` (counts, propensity)."""
         with atomic_dir(Path(folder), overwrite=overwrite) as tmp:
             (tmp / corpus_path.name).symlink_to(Path(corpus_path).resolve())
             (tmp / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in self.queries.items()))
             (tmp / "qrels").mkdir()
-            level = relevant_grade(self.judged) if self.judged else 1
-            rows = [(q, d, g) for q, docs in self.judged.items() for d, g in docs.items()]
-            rows += [(q, d, level) for q in self.positives for d in sorted(self.positives[q])]
-            rows += [(q, d, 0) for q in self.positives for d in sorted(self.negatives[q])]
+            rows = [(q, d, g) for q, docs in self.qrels().items() for d, g in docs.items()]
             (tmp / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, d, g in rows))
             weights_path(tmp / "qrels" / "train.tsv").write_text(
                 "query-id\tcorpus-id\tweight\n" + "".join(f"{q}\t{d}\t{w:.6g}\n" for q in self.positives

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from retrieval.calibration import Calibrator
 from retrieval.errors import SiftrankError
 from training.calibrate import CalibratorTrainer, CandidateSet, fit_intercept
 
@@ -54,7 +57,7 @@ def test_a_per_query_input_undoes_query_levels_without_learned_query_parameters(
     train, test = synthetic(seed=0), synthetic(seed=1)
     calibrator = CalibratorTrainer(family="power", use_embedding=False, use_stats=False, **FAST).fit(train)
     chosen = calibrator.extra["chosen"]
-    assert chosen["features"] == "global" and chosen["input"] in ("minmax", "zscore", "gap", "rank")
+    assert chosen["features"] == "global" and chosen["input"] in ("minmax", "zscore", "gap", "rank", "joint")
     assert calibrator.feature_dim == 0  # no learned query part, yet the map differs per query
     by_input = {r["input"]: r["cv_pr_auc"] for r in calibrator.extra["selection"] if r["features"] == "global"}
     assert by_input[chosen["input"]] > by_input["cosine"] + 0.1
@@ -114,3 +117,39 @@ def test_min_max_stays_unless_another_input_clearly_beats_it() -> None:
     trainer = CalibratorTrainer(inputs=("cosine", "minmax"))
     chosen, evidence = trainer.choose_input(runs, labels)
     assert chosen == "minmax" and evidence["p_beats_default"]["cosine"] > 0.05
+
+
+def answered_and_unanswered(n_queries: int = 160, k: int = 40, seed: int = 0) -> CandidateSet:
+    """Queries with two relevant candidates above a level of their own, and queries with none at a low level:
+    per-query normalisation undoes the levels but crowns the unanswered queries' best; raw cosine tells
+    those apart but mixes the levels. Both signals are needed."""
+    rng = np.random.default_rng(seed)
+    vectors, cosines, labels, ids = [], [], [], []
+    for q in range(n_queries):
+        answered = rng.random() < 0.6
+        y = np.zeros(k, dtype=np.float32)
+        if answered:
+            y[rng.choice(k, 2, replace=False)] = 1
+        c = (rng.uniform(0.3, 0.6) if answered else rng.uniform(0.0, 0.2)) + 0.15 * y + rng.normal(0, 0.04, k)
+        order = np.argsort(-c)
+        cosines.append(c[order].astype(np.float32))
+        labels.append(y[order])
+        ids.append([f"{q}-{i}" for i in order])
+        vectors.append(rng.normal(size=8))
+    v = np.array(vectors, dtype=np.float32)
+    return CandidateSet([f"q{i}" for i in range(n_queries)], v / np.linalg.norm(v, axis=1, keepdims=True), cosines, ids, labels, k)
+
+
+def test_the_joint_input_mixes_raw_and_normalised_cosine_where_both_carry_signal(tmp_path: Path) -> None:
+    calibrator = CalibratorTrainer(family="power", use_embedding=False, use_stats=False, **FAST).fit(answered_and_unanswered())
+    by_input = {r["input"]: r["cv_pr_auc"] for r in calibrator.extra["selection"] if r["features"] == "global"}
+    assert calibrator.extra["chosen"]["input"] == "joint"
+    assert by_input["joint"] > max(v for k, v in by_input.items() if k != "joint") + 0.02
+    weights = calibrator.extra["input_weights"]
+    assert abs(sum(weights.values()) - 1) < 1e-3 and weights["cosine"] > 0.05 and weights["zscore"] > 0.05
+    test = answered_and_unanswered(seed=1)
+    calibrator.save(tmp_path / "cal")
+    loaded = Calibrator.load(tmp_path / "cal")
+    assert loaded.input_weights() == calibrator.input_weights()
+    assert np.allclose(np.concatenate(loaded.relevance(test.query_vectors, test.cosines)),
+                       np.concatenate(calibrator.relevance(test.query_vectors, test.cosines)))

@@ -150,3 +150,26 @@ def test_a_recipe_with_only_a_corpus_and_the_services_log_builds_from_simulated_
     recipe.write_text(text.replace("eta = 1.0\n", "").replace(str(tmp_path / "events.db"), str(tmp_path / "none.db")))
     code, _, err = cli("build", recipe, "--out", tmp_path / "other")
     assert code == 2 and err.startswith("error: ") and "event log not found" in err and err.count("\n") == 1, err
+
+
+def test_checking_a_click_recipe_writes_nothing_and_malformed_qrels_are_an_error(tmp_path: Path) -> None:
+    """``check`` reads and validates the log in memory (the labels folder is written under the build's lock);
+    with ``judgments = true`` a qrels file that exists but is malformed fails instead of being skipped."""
+    from tests.conftest import write_dataset
+    from tests.training.test_build import write_recipe
+    from training.build import PipelineBuilder
+    from training.recipe import Recipe
+
+    data = Dataset.load(write_dataset(tmp_path / "judged"), split="test")
+    log = write_log(tmp_path / "events.db", [{"query": data.queries[q], "shown": sorted(data.qrels[q])[:1] + ["d12"],
+                                              "clicks": sorted(data.qrels[q])[:1]} for q in data.queries])
+    path = write_recipe(tmp_path, prune={"enabled": False}, calibrate={"enabled": False})
+    path.write_text(path.read_text().replace("[data]\n", f'[data]\nevents = "{log}"\neta = 1.0\n'))
+    builder = PipelineBuilder(Recipe.load(path, tmp_path), tmp_path / "out", echo=lambda _: None, progress=False)
+    ctx = builder.check()
+    assert not (tmp_path / "out").exists()
+    assert set(ctx.judgments.queries.values()) >= set(data.queries.values())  # the clicked texts (and the judged ones)
+    assert ctx.judgments.weights and all(w > 0 for d in ctx.judgments.weights.values() for w in d.values())
+    (tmp_path / "tiny" / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1 d1\n")
+    with pytest.raises(SiftrankError, match="train.tsv:2"):
+        PipelineBuilder(Recipe.load(path, tmp_path), tmp_path / "out", echo=lambda _: None, progress=False).check()
