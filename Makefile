@@ -177,7 +177,7 @@ filter-transfer: install
 # build from the event log alone, interleave against zero-shot, promote or keep, score on test. CLICKS=noisy too.
 CLICKS ?= default
 loop-scifact: install
-	test -f artifacts/scifact-domain/pipeline.toml || $(MAKE) domain
+	test -f artifacts/scifact-domain/pipeline.toml || grep -qs '"qrels-trained"' docs/loop/loop-records.json || $(MAKE) domain
 	$(BIN)/python benchmarks/click_loop.py --data $(DATA) --click-model $(CLICKS)
 
 # The recipe on few judged queries: SciFact train subsampled to 20/60/200 queries (3 seeds), built on auto and

@@ -6,19 +6,24 @@ pairs beside the simple baselines (raw cosine, Platt, per-query min-max, z-score
 each removes at 95% recall (threshold set on the target for that recall: where it sits, not how it was
 placed) and the recall the calibrator's own threshold keeps. Two input rules: ``argmax`` (the input with the
 best cross-validated PR-AUC, the rule before) and ``prior`` (min-max unless another input beats it by a
-query-bootstrap test, ``CalibratorTrainer.choose_input``). Results: docs/calibration/transfer.{md,json}.
+query-bootstrap test, ``CalibratorTrainer.choose_input``; the inputs include ``joint``, a learned mix of raw and
+normalised cosine). Then every fixed mix ``(1 - w) raw + w zscore`` (w in steps of 0.05) on both targets: whether any
+one scoring, learned or not, comes within 0.005 of the best simple baseline on both collections at once (plot
+transfer-mix.png). Results: docs/calibration/transfer.{md,json}.
 Reproduce: ``make filter-transfer``.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from common import arguments, machine, save
+import numpy as np
+from common import arguments, machine, save, save_figure
 
 from eval.report import markdown_table
-from retrieval.calibration import baseline_scores
+from retrieval.calibration import baseline_scores, map_input
 from retrieval.data import Dataset
 from retrieval.encoder import Encoder
 from retrieval.filter_measures import FilterReport
@@ -95,8 +100,55 @@ def main() -> None:
             + "\n\nEvery simple baseline on each target:\n\n"
             + markdown_table({f"{label} · {n}": results[f"prior: {label}"]["measured"][n] for label in pairs for n in SIMPLE},
                              "target · scorer", ["PR-AUC", "removed@R95"]) + "\n")
-    save(args.out, "transfer", {"machine": machine(), "k": args.k, "rows": rows, "results": results,
+    mixes = mix_sweep({name: candidates[name] for name in ("DL19", "SciFact test")})
+    both = [w for w, by in mixes["by_weight"].items() if all(v >= mixes["best_simple"][n] - 0.005 for n, v in by.items())]
+    text += ("\n\nEvery fixed mix `(1 - w) raw + w z-score` of the two map inputs, PR-AUC on each collection (best "
+             f"simple: DL19 {mixes['best_simple']['DL19']:.4f}, SciFact test {mixes['best_simple']['SciFact test']:.4f}); "
+             f"weights within 0.005 of the best simple baseline on both: {', '.join(both) if both else 'none'} "
+             "(transfer-mix.png):\n\n"
+             + markdown_table(mixes["by_weight"], "w (z-score share)", ["DL19", "SciFact test"]) + "\n")
+    plot_mix(mixes, args.out / "transfer-mix.png")
+    save(args.out, "transfer", {"machine": machine(), "k": args.k, "rows": rows, "results": results, "mixes": mixes,
                                 "seconds": round(time.perf_counter() - started, 1)}, text)
+
+
+def mix_sweep(targets: dict[str, CandidateSet]) -> dict[str, Any]:
+    """PR-AUC of ``(1 - w) x_raw + w x_zscore`` (the map inputs, both in [0, 1]) for w = 0, 0.05, ..., 1 on each
+    target, and each target's best simple baseline: no scoring of this family can beat that frontier."""
+    by_weight: dict[str, dict[str, float]] = {}
+    for w in np.round(np.linspace(0, 1, 21), 2):
+        by_weight[f"{w:.2f}"] = {}
+        for name, data in targets.items():
+            mixed = [(1 - w) * r + w * z for r, z in zip(map_input("cosine", data.cosines), map_input("zscore", data.cosines))]
+            by_weight[f"{w:.2f}"][name] = pooled_ap(mixed, data.labels)
+    best = {name: max(pooled_ap(baseline_scores(b, {"a": 1.0, "b": 0.0}, data.cosines), data.labels) for b in SIMPLE)
+            for name, data in targets.items()}
+    return {"by_weight": by_weight, "best_simple": best}
+
+
+def pooled_ap(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    """PR-AUC over the (query, candidate) pairs of every query: what one global threshold sees."""
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(np.concatenate(labels), np.concatenate(scores)))
+
+
+def plot_mix(mixes: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    weights = [float(w) for w in mixes["by_weight"]]
+    for name, color in (("DL19", "#c0392b"), ("SciFact test", "#2a6fb0")):
+        ax.plot(weights, [v[name] for v in mixes["by_weight"].values()], color=color, label=name)
+        ax.axhline(mixes["best_simple"][name] - 0.005, color=color, ls="--", lw=0.8)
+    ax.set_xlabel("w: share of z-score in the map input (1 - w: raw cosine)")
+    ax.set_ylabel("PR-AUC (top-100)")
+    ax.set_title("One fixed scoring for both collections? (dashed: best simple - 0.005)")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
