@@ -146,7 +146,8 @@ def router(current: Callable[[], tuple[VariantPool | None, ExperimentConfig]]) -
                 "<h2>Arms</h2><p class=pos>CTR: share of an arm's queries with a click, 95% Wilson interval; SRM: "
                 "chi-square of users per arm against the split, flagged at p &lt; 0.001.</p>" + table(arms, "arm")
                 + "<h2>Interleaving</h2><p class=pos>per query, the team with more clicks wins; two-sided binomial test "
-                "on wins vs losses.</p>" + table(wins, "pair") + "<h2>Latency (ms)</h2>" + table(latency, "variant"))
+                "on wins vs losses; decision: promote the pair's second variant only when it wins with p &lt; 0.05, else keep the "
+                "first.</p>" + table(wins, "pair") + "<h2>Latency (ms)</h2>" + table(latency, "variant"))
         return page(f"A/B: {experiment.name}", body)
 
     return ui

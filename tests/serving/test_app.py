@@ -120,6 +120,8 @@ def test_interleaving_credits_clicks_to_teams(built, tmp_path: Path) -> None:
             {"doc_id": clicked["id"], "position": 1, "event": "impression"},
             {"doc_id": clicked["id"], "position": 1, "event": "click"}]}).json()
         assert feedback["accepted"] == 2 and feedback["credited"][clicked["variant"]] == 1
+        page = client.get("/ui/ab").text  # one win is no evidence: the page says to keep the incumbent, with p
+        assert "keep dense" in page and "p-value" in page
     teams = rows(db, f"SELECT team FROM results WHERE role = 'shown' AND query_id = '{body['query_id']}'")
     assert {t for (t,) in teams} == {"dense", "bm25"}
 
