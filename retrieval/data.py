@@ -22,6 +22,7 @@ from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
 
 Qrels = dict[str, dict[str, int]]
+CLICK_LABELS_FILE = "clicks.json"  # in a dataset folder: its qrels are labels from an event log (training.clicks)
 Run = dict[str, dict[str, float]]
 CORPUS_FILES = ("corpus.jsonl", "corpus.jsonl.gz", "collection.tsv", "collection.tsv.gz")
 
@@ -234,6 +235,9 @@ class Dataset:
     #: per-judgment training weights (``<qrels>.weights.tsv`` beside the qrels, e.g. inverse-propensity click
     #: weights); a judgment without one weighs 1
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the labels judge only what users were shown (a folder of click labels, marked by ``clicks.json``):
+    #: rankings are scored condensed to judged documents when choosing on them (``measures.per_query``)
+    condensed: bool = False
 
     @classmethod
     def load(cls, root: Path, split: str = "test", qrels: str | Path | None = None, with_corpus: bool = True) -> Dataset:
@@ -263,7 +267,7 @@ class Dataset:
         beside = weights_path(qrels_path)
         weights = read_weights(beside, judged) if beside.is_file() else {}
         return cls(root, corpus_path, corpus, {q: queries[q] for q in queries if q in judged}, judged, qrels_path, runs,
-                   weights)
+                   weights, (root / CLICK_LABELS_FILE).is_file())
 
     @classmethod
     def corpus_only(cls, path: Path) -> Dataset:

@@ -42,12 +42,16 @@ class MetricSuite:
 
 
 def per_query(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
-              measure: str = "nDCG@10") -> dict[str, float]:
+              measure: str = "nDCG@10", judged_only: bool = False) -> dict[str, float]:
     """One measure per query of ``run``; a query of the run with no ranked document counts 0 (queries the
-    run does not name are left out, so a subset of queries is scored on its own)."""
+    run does not name are left out, so a subset of queries is scored on its own). ``judged_only``: each
+    ranking condensed to its judged documents first (Sakai, SIGIR 2007), for labels that judge only what
+    one system showed (clicks): otherwise every document that system never showed counts as not relevant,
+    and the system that logged the labels wins every comparison."""
     parsed = ir_measures.parse_measure(measure)
     qrels_rows = [ir_measures.Qrel(q, d, int(g)) for q in run for d, g in qrels.get(q, {}).items()]
-    run_rows = [ir_measures.ScoredDoc(q, d, float(s)) for q, docs in run.items() for d, s in docs.items()]
+    run_rows = [ir_measures.ScoredDoc(q, d, float(s)) for q, docs in run.items() for d, s in docs.items()
+                if not judged_only or d in qrels.get(q, {})]
     values = dict.fromkeys(run, 0.0)
     for metric in ir_measures.iter_calc([parsed], qrels_rows, run_rows):
         values[metric.query_id] = float(metric.value)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.artifacts import atomic_dir
-from retrieval.data import Dataset, Qrels, normalised_query, relevant_grade, weights_path
+from retrieval.data import CLICK_LABELS_FILE, Dataset, Qrels, normalised_query, relevant_grade, weights_path
 from retrieval.errors import SiftrankError
 
 TABLES = ("queries", "results", "feedback")
@@ -126,7 +126,7 @@ class ClickLabels:
         """These labels over ``corpus`` as the dataset :meth:`write` puts at ``folder`` (paths there), already read."""
         folder = Path(folder)
         return Dataset(folder, folder / corpus.corpus_path.name, corpus.corpus, dict(self.queries), self.qrels(),
-                       folder / "qrels" / "train.tsv", weights={q: dict(d) for q, d in self.positives.items()})
+                       folder / "qrels" / "train.tsv", weights={q: dict(d) for q, d in self.positives.items()}, condensed=True)
 
     def write(self, folder: Path, corpus_path: Path, overwrite: bool = True) -> Path:
         """A BEIR folder of these labels (corpus linked, split ``train``) with ``clicks.json`` (counts, propensity)."""
@@ -139,7 +139,7 @@ class ClickLabels:
             weights_path(tmp / "qrels" / "train.tsv").write_text(
                 "query-id\tcorpus-id\tweight\n" + "".join(f"{q}\t{d}\t{w:.6g}\n" for q in self.positives
                                                           for d, w in sorted(self.positives[q].items())))
-            (tmp / "clicks.json").write_text(json.dumps({"counts": self.counts, "propensity": self.propensity}, indent=2) + "\n")
+            (tmp / CLICK_LABELS_FILE).write_text(json.dumps({"counts": self.counts, "propensity": self.propensity}, indent=2) + "\n")
         return Path(folder)
 
 

@@ -99,7 +99,8 @@ class FineTuner:
             val_docs = sorted(d for d in {d for q in val_q for d in candidates[q]} | {d for q in val_q for d in relevant[q]}
                               if d in dataset.store)
             evaluator = validation_evaluator({q: dataset.queries[q] for q in val_q},
-                                             dict(zip(val_docs, dataset.store.texts(val_docs))), {q: dataset.qrels[q] for q in val_q})
+                                             dict(zip(val_docs, dataset.store.texts(val_docs))), {q: dataset.qrels[q] for q in val_q},
+                                             judged_only=dataset.condensed)
 
         if self.bf16 is None:
             self.bf16 = self.pick_bf16(model, triplets, min(batch_size, 8))
@@ -253,7 +254,7 @@ def validation_split(dataset: Dataset, share: float = 0.1) -> tuple[list[str], l
     return qids[cut:], qids[:cut]
 
 
-def validation_evaluator(queries: dict[str, str], docs: dict[str, str], qrels: Qrels) -> Any:
+def validation_evaluator(queries: dict[str, str], docs: dict[str, str], qrels: Qrels, judged_only: bool = False) -> Any:
     """A sentence-transformers evaluator for the validation queries: each query's top 10 among ``docs``
     (its candidates and its judged passages) by cosine, scored by the project's one nDCG@10
     (:func:`retrieval.measures.per_query`, graded labels)."""
@@ -273,9 +274,9 @@ def validation_evaluator(queries: dict[str, str], docs: dict[str, str], qrels: Q
             q = model.encode_query([queries[i] for i in qids], normalize_embeddings=True, convert_to_numpy=True)
             d = model.encode_document([docs[i] for i in doc_ids], normalize_embeddings=True, convert_to_numpy=True)
             scores = q @ d.T
-            top = np.argsort(-scores, axis=1)[:, :10]
+            top = np.argsort(-scores, axis=1)[:, :None if judged_only else 10]  # condensed: the whole pool ranked
             run = {qid: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
-            return {VALIDATION_KEY: float(np.mean(list(per_query(run, qrels).values())))}
+            return {VALIDATION_KEY: float(np.mean(list(per_query(run, qrels, judged_only=judged_only).values())))}
 
     return ValidationNDCG()
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from retrieval.measures import MetricSuite
+from retrieval.measures import MetricSuite, per_query
 
 
 def test_graded_qrels_use_rel_2_and_hand_computed_values() -> None:
@@ -51,3 +51,16 @@ def test_the_default_stays_unless_another_system_beats_it_by_a_paired_test() -> 
     assert default_unless_beaten({"default": default, "noisy": noisy, "clear": clear, "clearer": clearer},
                                  ["default", "noisy", "clear", "clearer"]) == "clearer"
     assert default_unless_beaten({"default": default, "clear": clear}, ["default", "clear"]) == "clear"
+
+
+def test_condensed_lists_score_only_judged_documents() -> None:
+    """Labels from clicks judge only what the logging system showed: scored in full, a system that ranks an
+    unseen document first loses to the logger; condensed, only the order of the judged documents counts."""
+    qrels = {"q": {"clicked": 1, "skipped": 0}}
+    logger = {"q": {"skipped": 3.0, "clicked": 2.0, "other": 1.0}}  # the user skipped its first hit
+    new = {"q": {"unseen": 3.0, "clicked": 2.0, "skipped": 1.0}}  # a document no user was shown, then the right order
+    full = per_query(new, qrels)["q"], per_query(logger, qrels)["q"]
+    condensed = per_query(new, qrels, judged_only=True)["q"], per_query(logger, qrels, judged_only=True)["q"]
+    assert math.isclose(condensed[0], 1.0) and condensed[0] > condensed[1]
+    assert math.isclose(full[0], full[1])  # in full both put the clicked document second: the unseen one counts as not relevant
+    assert per_query({"q": {"unseen": 1.0}}, qrels, judged_only=True)["q"] == 0.0

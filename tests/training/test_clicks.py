@@ -137,7 +137,7 @@ def test_a_recipe_with_only_a_corpus_and_the_services_log_builds_from_simulated_
     assert code == 0, err
     assert "click labels: " in stdout and "position bias eta 1.00" in stdout
     labels = Dataset.load(tmp_path / "out" / "clicks", split="train")
-    assert set(labels.queries.values()) <= set(data.queries.values()) and labels.weights
+    assert set(labels.queries.values()) <= set(data.queries.values()) and labels.weights and labels.condensed
     report = json.loads((tmp_path / "out" / "finetune" / "manifest.json").read_text())
     assert report["data"]["training"]["train_queries"] >= 1
     # a held-out query (its qrels named in the recipe) is dropped from the log: never trained on
@@ -169,6 +169,7 @@ def test_checking_a_click_recipe_writes_nothing_and_malformed_qrels_are_an_error
     ctx = builder.check()
     assert not (tmp_path / "out").exists()
     assert set(ctx.judgments.queries.values()) >= set(data.queries.values())  # the clicked texts (and the judged ones)
+    assert ctx.judgments.condensed and not data.condensed  # choices on click labels score condensed rankings
     assert ctx.judgments.weights and all(w > 0 for d in ctx.judgments.weights.values() for w in d.values())
     (tmp_path / "tiny" / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1 d1\n")
     with pytest.raises(SiftrankError, match="train.tsv:2"):

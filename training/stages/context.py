@@ -216,12 +216,15 @@ class BuildContext:
         return batch, hits
 
     def dense_ndcg(self, qids: list[str]) -> dict[str, float]:
-        """Per-query nDCG@10 of dense retrieval over the whole corpus with this context's encoder."""
+        """Per-query nDCG@10 of dense retrieval over the whole corpus with this context's encoder (on labels
+        from clicks: the top 100 condensed to the judged documents)."""
         from retrieval.measures import per_query
 
         stage = self.first_stage_of({"kind": "dense"})
-        hits = stage.retrieve(QueryBatch(qids, [self.dataset.queries[q] for q in qids], self.encoder), 10)
-        return per_query({q: {h.id: h.score for h in ranked} for q, ranked in zip(qids, hits)}, self.dataset.qrels)
+        depth = 100 if self.dataset.condensed else 10
+        hits = stage.retrieve(QueryBatch(qids, [self.dataset.queries[q] for q in qids], self.encoder), depth)
+        return per_query({q: {h.id: h.score for h in ranked} for q, ranked in zip(qids, hits)}, self.dataset.qrels,
+                         judged_only=self.dataset.condensed)
 
     def ranked_ids(self, qids: Sequence[str], depth: int) -> dict[str, list[str]]:
         """Each query's candidate ids in first-stage order (for mining hard negatives)."""

@@ -122,7 +122,7 @@ class FirstStageStage(BuildStage):
 
             def scores(hits: list[list[Any]], part: list[str] = part) -> dict[str, float]:
                 run = {q: {h.id: h.score for h in ranked[:p.depth]} for q, ranked in zip(part, hits)}
-                return per_query(run, ctx.dataset.qrels)
+                return per_query(run, ctx.dataset.qrels, judged_only=ctx.dataset.condensed)
 
             for name, section in options.items():
                 params = HybridParams(**{k: v for k, v in section.items() if k != "kind"})
