@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,17 @@ def test_a_recipe_with_only_a_corpus_and_the_services_log_builds_from_simulated_
     assert set(labels.queries.values()) <= set(data.queries.values()) and labels.weights and labels.condensed
     report = json.loads((tmp_path / "out" / "finetune" / "manifest.json").read_text())
     assert report["data"]["training"]["train_queries"] >= 1
+    # auto trains a filter on the clicks but does not serve it: clicks cannot measure recall below what users saw
+    code, _, err = cli("build", recipe, "--out", tmp_path / "out", "--set", 'calibrate.enabled="auto"',
+                       "--set", "calibrate.min_relevant=1")
+    assert code == 0, err
+    stages = {s["name"]: s for s in json.loads((tmp_path / "out" / "build.json").read_text())["stages"]}
+    assert stages["calibrate"]["decision"].startswith("filter: off (trained, not served), the labels come from clicks")
+    assert json.loads((tmp_path / "out" / "calibrate" / "calibrator" / "manifest.json").read_text())["kind"] == "calibrator"
+    assert "filter" not in tomllib.loads((tmp_path / "out" / "pipeline.toml").read_text())
+    code, _, err = cli("build", recipe, "--out", tmp_path / "out", "--set", "calibrate.enabled=true", "--set", "calibrate.min_relevant=1")
+    assert code == 0, err
+    assert "filter" in tomllib.loads((tmp_path / "out" / "pipeline.toml").read_text())  # asked for: served
     # a held-out query (its qrels named in the recipe) is dropped from the log: never trained on
     (tmp_path / "held.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     code, stdout, err = cli("build", recipe, "--out", tmp_path / "held", "--set", f'data.held_out="{tmp_path / "held.tsv"}"')
