@@ -117,11 +117,12 @@ def main() -> None:
         clicks_json = json.loads((build / "clicks" / "clicks.json").read_text())
         scored = evaluate(build / "pipeline.toml", test, work / "eval")
         report = json.loads((build / "build.json").read_text())
+        quality = label_quality(log, collection, train, test)
         trained = trained_filter(build, report)  # a filter the build trained on the clicks but does not serve
         filtered = evaluate(trained, test, work / "eval-filter") if trained else scored
         return {"click_model": args.click_model, "eta_true": model.eta, "eps_plus": model.eps_plus, "eps_minus": model.eps_minus,
                 "users_per_query": args.users, "learn_queries": len(learn), "judge_queries": len(judge),
-                "logged": logged, "labels": clicks_json, "interleaving": verdict, "interleaving_traffic": judged,
+                "logged": logged, "labels": clicks_json, "label_quality": quality, "interleaving": verdict, "interleaving_traffic": judged,
                 "per_query": scored["per_query"][scored["final"]], "stages": list(scored["stages"]),
                 "filter": filtered["stages"].get("filter"), "filter_served": trained is None and "filter" in scored["stages"],
                 **({"nDCG@10 with its filter": float(np.mean(list(filtered["per_query"][filtered["final"]].values())))}
@@ -144,7 +145,9 @@ def main() -> None:
                                             "filter": s["stages"].get("filter")})
     elif "qrels-trained" not in store.runs:
         print(f"no qrels-trained pipeline to compare: {args.qrels_build}/pipeline.toml not found (make domain)", flush=True)
-    store.run(f"clicks-{args.click_model}", loop, show=("wall_seconds",))
+    record = store.run(f"clicks-{args.click_model}", loop, show=("wall_seconds",))
+    if "label_quality" not in record and (work / "round1.db").is_file():  # a record from before the diagnostic
+        store.keep(f"clicks-{args.click_model}", {**record, "label_quality": label_quality(work / "round1.db", collection, train, test)})
     write_report(store, args.out)
 
 
@@ -169,6 +172,8 @@ def write_report(store: ResultStore, out: Path) -> None:
                     "agrees with qrels": (r["interleaving"]["decision"].startswith("promote")
                                           == (row.get("Δ vs zero-shot", 0) > 0 and row.get("p vs zero-shot", 1) < 0.05)),
                     "build s": r["build_seconds"]}
+            if "label_quality" in r:
+                row |= {f"positives relevant ({rule})": q["relevant share"] for rule, q in r["label_quality"].items()}
         rows[key] = row
     cpu = next((r["cpu"] for r in runs.values() if "cpu" in r), machine()["cpu"])
     filters = {key: filter_row(r["filter"]) for key, r in runs.items() if r.get("filter")}
@@ -184,6 +189,38 @@ def write_report(store: ResultStore, out: Path) -> None:
     save(out, "loop", {"machine": machine(), "runs": rows, "filters": filters, "records": {k: {x: v for x, v in r.items() if x != "per_query"}
                                                                          for k, r in runs.items()}}, text)
     plot(mean, out / "loop.png")
+
+
+def label_quality(log: Path, collection: Path, train: Dataset, test: Dataset) -> dict[str, dict[str, Any]]:
+    """How the labels each click rule draws from ``log`` compare with the training qrels the simulated users
+    clicked by (a diagnostic of the simulation only; no build reads those qrels): the share of positives that
+    are relevant, the same weighted by their weights, and the share of the learned queries' relevant passages
+    that became positives."""
+    from retrieval.data import normalised_query
+    from training.clicks import LABEL_RULES, ClickLabels
+    from training.triplets import relevant_docs
+
+    corpus_ids = set(Dataset.corpus_only(collection).corpus["id"].to_list())
+    by_text = {normalised_query(t): q for q, t in train.queries.items()}
+    rules = {rule: ClickLabels.from_log(log, corpus_ids, exclude=set(test.queries.values()), rule=rule) for rule in LABEL_RULES}
+    # every query with a click (the ipw labels hold them all): its relevant passages, by the train qrels
+    relevant = {q: set(relevant_docs(train.qrels, by_text.get(normalised_query(t), ""))) for q, t in rules["ipw"].queries.items()}
+    relevant_total = sum(len(r) for r in relevant.values())
+    out: dict[str, dict[str, Any]] = {}
+    for rule, labels in rules.items():
+        hit = weight = weight_hit = 0.0
+        found = 0
+        for qid, docs in labels.positives.items():
+            found += len(relevant[qid] & set(docs))
+            hit += sum(d in relevant[qid] for d in docs)
+            weight += sum(docs.values())
+            weight_hit += sum(w for d, w in docs.items() if d in relevant[qid])
+        positives = labels.counts["positives"]
+        out[rule] = {"positives": positives, "relevant share": round(hit / max(positives, 1), 4),
+                     "relevant share, weighted": round(weight_hit / max(weight, 1e-12), 4),
+                     "relevant passages labelled positive": round(found / max(relevant_total, 1), 4),
+                     **{k: labels.propensity[k] for k in ("eps_plus", "eps_minus") if k in labels.propensity}}
+    return out
 
 
 def trained_filter(build: Path, report: dict[str, Any]) -> Path | None:

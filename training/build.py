@@ -104,7 +104,7 @@ class PipelineBuilder:
         if data.held_out:
             exclude = set(Dataset.load(corpus.root, qrels=data.held_out, with_corpus=False).queries.values())
         labels = ClickLabels.from_log(Path(data.events or ""), set(corpus.corpus["id"].to_list()), data.eta,
-                                      data.propensity_clip, exclude)
+                                      data.propensity_clip, exclude, data.click_labels)
         if judged is not None:
             labels = labels.with_judgments(judged)
         self._clicks = (labels, corpus.corpus_path)

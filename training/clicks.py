@@ -12,6 +12,13 @@ service swapped with a random rank ``k`` (``experiment.explore_swaps``) compare 
 top documents at rank ``k`` with their click rate at rank 1 (the swap intervention of Joachims et al.);
 ``log(theta_k / theta_1) = -eta log k`` is fitted by least squares weighted by the swapped searches.
 
+With ``rule = "posterior"`` a clicked hit is a positive only where the log makes it more likely relevant
+than not: a position-based click model with binary relevance (click = examined at ``theta(rank)`` and then
+clicked with ``eps+`` if relevant, ``eps-`` if not; the prior of relevance by the best rank a hit was shown
+at) is fitted to every search of the log by EM, the classical click-model estimation (Chuklin, Markov &
+de Rijke, *Click Models for Web Search*, 2015), and each positive weighs its posterior. A noisy click (one
+of five users clicking a hit at rank 1, where a relevant hit is clicked by nearly all) is then no positive.
+
 The labels are written as a BEIR folder (``queries.jsonl``, ``qrels/train.tsv`` with the weights beside it,
 the corpus linked), so every stage that trains on judgments trains on clicks unchanged.
 """
@@ -26,13 +33,15 @@ from collections import Counter, defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from retrieval.artifacts import atomic_dir
 from retrieval.data import CLICK_LABELS_FILE, Dataset, Qrels, normalised_query, relevant_grade, weights_path
 from retrieval.errors import SiftrankError
 
 TABLES = ("queries", "results", "feedback")
+LabelRule = Literal["ipw", "posterior"]
+LABEL_RULES: tuple[LabelRule, ...] = ("ipw", "posterior")
 SWAP_FLAG = re.compile(r"^swap:(\d+)$")
 
 
@@ -54,10 +63,12 @@ class ClickLabels:
 
     @classmethod
     def from_log(cls, path: Path, corpus_ids: set[str], eta: float | None = None, clip: float = 10.0,
-                 exclude: Collection[str] = ()) -> ClickLabels:
+                 exclude: Collection[str] = (), rule: LabelRule = "ipw") -> ClickLabels:
         """Read the event log at ``path``; ``corpus_ids``: the documents of the domain (a log of another corpus
         is refused); ``eta``: a known position bias (default: estimated from the log's swaps); ``exclude``:
-        query texts that must never be trained on (held-out evaluation queries), dropped and counted."""
+        query texts that must never be trained on (held-out evaluation queries), dropped and counted;
+        ``rule``: every clicked hit a positive weighing its inverse-propensity click rate (``ipw``), or only
+        those the fitted click model finds more likely relevant than not, weighing that probability."""
         searches = _read_log(Path(path))
         shown_ids = {d for s in searches.values() for d in s["shown"]}
         foreign = shown_ids - corpus_ids
@@ -69,7 +80,7 @@ class ClickLabels:
         if used is None:
             raise SiftrankError(f"{path}: the position bias cannot be estimated (no swapped search has a click at "
                                 "rank 1 and at a swapped rank): serve with experiment.explore_swaps > 0, or give eta")
-        propensity = {**propensity, "eta_used": used, "clip": clip}
+        propensity = {**propensity, "eta_used": used, "clip": clip, "rule": rule}
         excluded = {normalised_query(t) for t in exclude}
         by_query: dict[str, list[dict[str, Any]]] = defaultdict(list)
         texts: dict[str, str] = {}
@@ -81,6 +92,10 @@ class ClickLabels:
             qid = log_query_id(search["query"])
             texts.setdefault(qid, search["query"])
             by_query[qid].append(search)
+        posterior: dict[str, dict[str, float]] = {}
+        if rule == "posterior":
+            posterior, fit = relevance_posterior(by_query, used)
+            propensity |= fit
         positives: dict[str, dict[str, float]] = {}
         negatives: dict[str, set[str]] = {}
         for qid, group in by_query.items():
@@ -97,7 +112,10 @@ class ClickLabels:
                     else:
                         skipped.add(doc)
             if mass:
-                positives[qid] = {d: m / len(group) for d, m in mass.items() if d in corpus_ids}
+                if rule == "posterior":
+                    positives[qid] = {d: round(posterior[qid][d], 6) for d in mass if d in corpus_ids and posterior[qid][d] >= 0.5}
+                else:
+                    positives[qid] = {d: m / len(group) for d, m in mass.items() if d in corpus_ids}
                 negatives[qid] = {d for d in skipped - set(mass) if d in corpus_ids}
         positives = {q: docs for q, docs in positives.items() if docs}
         if not positives:
@@ -179,6 +197,55 @@ def _read_log(path: Path) -> dict[str, dict[str, Any]]:
         raise SiftrankError(f"{path}: {unknown} of {len(clicks)} clicks name a search or a hit the log does not hold "
                             "(clicks on unknown query ids): refusing to train on them")
     return searches
+
+
+def relevance_posterior(by_query: dict[str, list[dict[str, Any]]], eta: float, iterations: int = 30,
+                        max_rank: int = 10) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """P(relevant | the log) of every hit shown for every query, under a position-based model fitted by EM:
+    a search shows hit d at rank r, the user examines it with ``r^-eta`` and clicks it with ``eps+`` when it
+    is relevant, ``eps-`` when not; d's prior of relevance depends on the best rank it was shown at (ranks
+    past ``max_rank`` pooled). EM alternates the posteriors with the priors and the two click rates
+    (each the maximum of its expected log-likelihood on a grid). Returns ``{query: {doc: posterior}}`` and
+    the fitted ``eps_plus``, ``eps_minus`` and priors."""
+    import numpy as np
+
+    keys: dict[tuple[str, str], int] = {}
+    pair: list[int] = []
+    theta: list[float] = []
+    click: list[bool] = []
+    best: list[int] = []
+    for qid, group in by_query.items():
+        for search in group:
+            for rank, doc in enumerate(search["shown"], 1):
+                index = keys.setdefault((qid, doc), len(keys))
+                if index == len(best):
+                    best.append(rank)
+                best[index] = min(best[index], rank)
+                pair.append(index)
+                theta.append(float(rank) ** -eta)
+                click.append(doc in search["clicked"])
+    pairs, th, c = np.array(pair), np.clip(np.array(theta), 1e-6, 1.0), np.array(click, dtype=float)
+    bucket = np.minimum(np.array(best), max_rank) - 1
+    grid = np.linspace(0.01, 0.99, 99)
+    # log-likelihood of each pair's observations for each click rate on the grid: (grid, pairs)
+    loglik = np.stack([np.bincount(pairs, c * np.log(th * e) + (1 - c) * np.log1p(-th * e), minlength=len(keys)) for e in grid])
+    prior = np.full(max_rank, 0.3)
+    hi, lo = int(np.searchsorted(grid, 0.8)), int(np.searchsorted(grid, 0.2))
+    for _ in range(iterations):
+        p = prior[bucket]
+        post = 1.0 / (1.0 + np.exp(np.clip(loglik[lo] - loglik[hi], -50, 50)) * (1 - p) / p)
+        counts = np.bincount(bucket, minlength=max_rank)
+        prior = np.clip(np.bincount(bucket, post, minlength=max_rank) / np.maximum(counts, 1), 1e-3, 1 - 1e-3)
+        hi, lo = int(np.argmax(loglik @ post)), int(np.argmax(loglik @ (1 - post)))
+        if hi < lo:  # relevance is the state clicked more often
+            hi, lo = lo, hi
+    p = prior[bucket]
+    post = 1.0 / (1.0 + np.exp(np.clip(loglik[lo] - loglik[hi], -50, 50)) * (1 - p) / p)
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for (qid, doc), index in keys.items():
+        out[qid][doc] = float(post[index])
+    return dict(out), {"eps_plus": round(float(grid[hi]), 2), "eps_minus": round(float(grid[lo]), 2),
+                       "prior_by_rank": [round(float(x), 4) for x in prior]}
 
 
 def estimate_eta(searches: dict[str, dict[str, Any]]) -> dict[str, Any]:

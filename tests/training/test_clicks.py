@@ -11,7 +11,7 @@ from eval.clickmodel import ClickModel
 from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
 from serving.eventlog import EventLog
-from training.clicks import ClickLabels, estimate_eta, log_query_id
+from training.clicks import ClickLabels, estimate_eta, log_query_id, relevance_posterior
 
 CORPUS = {f"d{i}" for i in range(20)}
 
@@ -83,6 +83,39 @@ def test_eta_is_estimated_from_swaps_close_to_the_simulators() -> None:
         estimate = estimate_eta(searches)
         assert estimate["swapped_searches"] == 6000
         assert estimate["eta"] == pytest.approx(true_eta, abs=0.2)
+
+
+def test_the_posterior_rule_drops_noisy_clicks_and_recovers_the_click_rates() -> None:
+    """Five simulated users per query (default click model: eps+ 1.0, eps- 0.1): every clicked hit as a positive
+    is mostly noise; the EM-fitted click model finds the simulator's click rates and keeps mostly relevant hits."""
+    rng = random.Random(1)
+    model = ClickModel(eta=1.0, eps_plus=1.0, eps_minus=0.1)
+    by_query, relevant = {}, {}
+    for q in range(300):
+        docs = [f"q{q}-d{i}" for i in range(10)]
+        relevant[q] = {d: 1 for i, d in enumerate(docs) if rng.random() < 0.5 / (i + 1)}
+        by_query[str(q)] = [{"shown": docs, "clicked": {docs[r - 1] for r in model.clicks(docs, relevant[q], 1, rng)}}
+                            for _ in range(5)]
+    posterior, fit = relevance_posterior(by_query, eta=1.0)
+    assert fit["eps_plus"] == pytest.approx(1.0, abs=0.1) and fit["eps_minus"] == pytest.approx(0.1, abs=0.05)
+    clicked = [(q, d) for q, group in by_query.items() for d in set().union(*(s["clicked"] for s in group))]
+    kept = [(q, d) for q, d in clicked if posterior[q][d] >= 0.5]
+    precision = {name: sum(d in relevant[int(q)] for q, d in pairs) / len(pairs) for name, pairs in (("all", clicked), ("kept", kept))}
+    assert precision["kept"] > precision["all"] + 0.2 and precision["kept"] > 0.8
+    # most relevant hits that were clicked at all stay positives (a single click deep down stays ambiguous)
+    assert sum(1 for q, d in kept if d in relevant[int(q)]) > 2 / 3 * sum(1 for q, d in clicked if d in relevant[int(q)])
+
+
+def test_the_posterior_rule_in_labels_from_a_log(tmp_path: Path) -> None:
+    shown = ["d1", "d2", "d3"]
+    # d1 at rank 1 clicked once in eight searches: noise; d2 clicked in every search: relevant
+    searches = [{"query": "q", "shown": shown, "clicks": ["d2"] + (["d1"] if n == 0 else [])} for n in range(8)]
+    log = write_log(tmp_path / "events.db", searches)
+    labels = ClickLabels.from_log(log, CORPUS, eta=1.0, rule="posterior")
+    q = log_query_id("q")
+    assert set(labels.positives[q]) == {"d2"} and 0.5 <= labels.positives[q]["d2"] <= 1.0
+    assert labels.propensity["rule"] == "posterior" and "eps_plus" in labels.propensity
+    assert set(ClickLabels.from_log(log, CORPUS, eta=1.0).positives[q]) == {"d1", "d2"}  # ipw: every click
 
 
 def test_test_queries_never_enter_the_labels(tmp_path: Path) -> None:
