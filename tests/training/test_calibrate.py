@@ -14,12 +14,20 @@ from training.calibrate import CalibratorTrainer, CandidateSet, fit_intercept
 def synthetic(n_queries: int = 160, k: int = 40, shift: float = 0.3, seed: int = 0) -> CandidateSet:
     """Each query has its own cosine level (as real queries do); relevant candidates sit above it.
     Raw cosine pooled over queries mixes the levels; a query-aware map can undo them."""
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        level = rng.uniform(0.1, 0.6) if shift else 0.35
+        y = (rng.random(k) < 0.1).astype(np.float32)
+        return y, level + 0.12 * y + rng.normal(0, 0.04, k)
+
+    return candidate_set(draw, n_queries, k, seed)
+
+
+def candidate_set(draw, n_queries: int, k: int, seed: int) -> CandidateSet:
+    """``n_queries`` queries of ``k`` candidates, each query's labels and cosines from ``draw(rng)``, ranked by cosine."""
     rng = np.random.default_rng(seed)
     vectors, cosines, labels, ids = [], [], [], []
     for q in range(n_queries):
-        level = rng.uniform(0.1, 0.6) if shift else 0.35
-        y = (rng.random(k) < 0.1).astype(np.float32)
-        c = level + 0.12 * y + rng.normal(0, 0.04, k)
+        y, c = draw(rng)
         order = np.argsort(-c)
         cosines.append(c[order].astype(np.float32))
         labels.append(y[order])
@@ -123,21 +131,14 @@ def answered_and_unanswered(n_queries: int = 160, k: int = 40, seed: int = 0) ->
     """Queries with two relevant candidates above a level of their own, and queries with none at a low level:
     per-query normalisation undoes the levels but crowns the unanswered queries' best; raw cosine tells
     those apart but mixes the levels. Both signals are needed."""
-    rng = np.random.default_rng(seed)
-    vectors, cosines, labels, ids = [], [], [], []
-    for q in range(n_queries):
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         answered = rng.random() < 0.6
         y = np.zeros(k, dtype=np.float32)
         if answered:
             y[rng.choice(k, 2, replace=False)] = 1
-        c = (rng.uniform(0.3, 0.6) if answered else rng.uniform(0.0, 0.2)) + 0.15 * y + rng.normal(0, 0.04, k)
-        order = np.argsort(-c)
-        cosines.append(c[order].astype(np.float32))
-        labels.append(y[order])
-        ids.append([f"{q}-{i}" for i in order])
-        vectors.append(rng.normal(size=8))
-    v = np.array(vectors, dtype=np.float32)
-    return CandidateSet([f"q{i}" for i in range(n_queries)], v / np.linalg.norm(v, axis=1, keepdims=True), cosines, ids, labels, k)
+        return y, (rng.uniform(0.3, 0.6) if answered else rng.uniform(0.0, 0.2)) + 0.15 * y + rng.normal(0, 0.04, k)
+
+    return candidate_set(draw, n_queries, k, seed)
 
 
 def test_the_joint_input_mixes_raw_and_normalised_cosine_where_both_carry_signal(tmp_path: Path) -> None:
