@@ -174,11 +174,13 @@ filter-transfer: install
 	$(BIN)/python benchmarks/filter_transfer.py --data $(DATA)
 
 # The learning loop on SciFact (docs/loop.md): serve zero-shot, simulated users click (train queries only),
-# build from the event log alone, interleave against zero-shot, promote or keep, score on test. CLICKS=noisy too.
+# build from the event log alone, interleave against zero-shot, promote or keep, score on test. CLICKS=noisy too;
+# LABELS=posterior: click labels by the fitted click model ([data] click_labels).
 CLICKS ?= default
+LABELS ?= ipw
 loop-scifact: install
 	test -f artifacts/scifact-domain/pipeline.toml || grep -qs '"qrels-trained"' docs/loop/loop-records.json || $(MAKE) domain
-	$(BIN)/python benchmarks/click_loop.py --data $(DATA) --click-model $(CLICKS)
+	$(BIN)/python benchmarks/click_loop.py --data $(DATA) --click-model $(CLICKS) --labels $(LABELS)
 
 # The recipe on few judged queries: SciFact train subsampled to 20/60/200 queries (3 seeds), built on auto and
 # scored on SciFact test beside zero-shot dense/BM25/hybrid; DL19 as a domain in 5 folds (docs/small-data/).

@@ -35,6 +35,7 @@ from eval.clickmodel import ClickModel, traffic_split
 from eval.report import markdown_table
 from retrieval.data import Dataset
 from retrieval.measures import paired_test
+from training.clicks import LABEL_RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 SIFTRANK = str(Path(sys.executable).with_name("siftrank"))
@@ -83,6 +84,7 @@ def main() -> None:
                      qrels_build=(Path, ROOT / "artifacts" / "scifact-domain", "the qrels-trained build to compare (make domain)"),
                      seed=(int, 0, "seed of the query split and the users"),
                      dataset=(str, "scifact", "the collection under --data (train and test qrels; the recipe's dataset)"),
+                     labels=(str, "ipw", "the click-label rule of the build: ipw or posterior ([data] click_labels)"),
                      build_set=(str, "", "more recipe overrides for the build, ';'-separated (e.g. finetune.steps=4)"))
     args.out = args.out if args.out != ROOT / "docs" / "benchmarks" else ROOT / "docs" / "loop"
     model = ClickModel.preset(args.click_model)
@@ -93,7 +95,10 @@ def main() -> None:
     print(f"machine: {machine()['cpu']}; {len(learn)} train queries to learn from, {len(judge)} to interleave on, "
           f"{len(train.queries) - len(learn) - len(judge)} train queries left out (same text as a test query)", flush=True)
     store = ResultStore(args.out / "loop-records.json")
-    work = (args.work / args.click_model).resolve()
+    if args.labels not in LABEL_RULES:
+        raise SystemExit(f"error: --labels must be one of {', '.join(LABEL_RULES)}")
+    name = f"clicks-{args.click_model}" + ("" if args.labels == "ipw" else f", {args.labels} labels")
+    work = (args.work / (args.click_model + ("" if args.labels == "ipw" else f"-{args.labels}"))).resolve()
 
     def loop() -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
@@ -106,7 +111,7 @@ def main() -> None:
         begin = time.perf_counter()
         subprocess.run([SIFTRANK, "build", str(args.recipe), "--out", str(build), "--data", str(args.data.resolve()),
                         "--set", f'data.dataset="{collection}"', "--set", f'data.events="{log}"', "--set", "data.judgments=false",
-                        "--set", f'data.held_out="{collection / "qrels" / "test.tsv"}"',
+                        "--set", f'data.held_out="{collection / "qrels" / "test.tsv"}"', "--set", f'data.click_labels="{args.labels}"',
                         *[a for item in args.build_set.split(";") if item for a in ("--set", item)]], check=True)
         build_s = time.perf_counter() - begin
         ab_log = work / "interleave.db"
@@ -120,7 +125,7 @@ def main() -> None:
         quality = label_quality(log, collection, train, test)
         trained = trained_filter(build, report)  # a filter the build trained on the clicks but does not serve
         filtered = evaluate(trained, test, work / "eval-filter") if trained else scored
-        return {"click_model": args.click_model, "eta_true": model.eta, "eps_plus": model.eps_plus, "eps_minus": model.eps_minus,
+        return {"click_model": args.click_model, "label_rule": args.labels, "eta_true": model.eta, "eps_plus": model.eps_plus, "eps_minus": model.eps_minus,
                 "users_per_query": args.users, "learn_queries": len(learn), "judge_queries": len(judge),
                 "logged": logged, "labels": clicks_json, "label_quality": quality, "interleaving": verdict, "interleaving_traffic": judged,
                 "per_query": scored["per_query"][scored["final"]], "stages": list(scored["stages"]),
@@ -145,9 +150,9 @@ def main() -> None:
                                             "filter": s["stages"].get("filter")})
     elif "qrels-trained" not in store.runs:
         print(f"no qrels-trained pipeline to compare: {args.qrels_build}/pipeline.toml not found (make domain)", flush=True)
-    record = store.run(f"clicks-{args.click_model}", loop, show=("wall_seconds",))
+    record = store.run(name, loop, show=("wall_seconds",))
     if "label_quality" not in record and (work / "round1.db").is_file():  # a record from before the diagnostic
-        store.keep(f"clicks-{args.click_model}", {**record, "label_quality": label_quality(work / "round1.db", collection, train, test)})
+        store.keep(name, {**record, "label_quality": label_quality(work / "round1.db", collection, train, test)})
     write_report(store, args.out)
 
 
@@ -197,7 +202,7 @@ def label_quality(log: Path, collection: Path, train: Dataset, test: Dataset) ->
     are relevant, the same weighted by their weights, and the share of the learned queries' relevant passages
     that became positives."""
     from retrieval.data import normalised_query
-    from training.clicks import LABEL_RULES, ClickLabels
+    from training.clicks import ClickLabels
     from training.triplets import relevant_docs
 
     corpus_ids = set(Dataset.corpus_only(collection).corpus["id"].to_list())
