@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +124,12 @@ def main() -> None:
         scored = evaluate(build / "pipeline.toml", test, work / "eval")
         report = json.loads((build / "build.json").read_text())
         quality = label_quality(log, collection, train, test)
+        power = interleaving_power(ab_log, train, model)
         trained = trained_filter(build, report)  # a filter the build trained on the clicks but does not serve
         filtered = evaluate(trained, test, work / "eval-filter") if trained else scored
         return {"click_model": args.click_model, "label_rule": args.labels, "eta_true": model.eta, "eps_plus": model.eps_plus, "eps_minus": model.eps_minus,
                 "users_per_query": args.users, "learn_queries": len(learn), "judge_queries": len(judge),
-                "logged": logged, "labels": clicks_json, "label_quality": quality, "interleaving": verdict, "interleaving_traffic": judged,
+                "logged": logged, "labels": clicks_json, "label_quality": quality, "interleaving": verdict, "interleaving_power": power, "interleaving_traffic": judged,
                 "per_query": scored["per_query"][scored["final"]], "stages": list(scored["stages"]),
                 "filter": filtered["stages"].get("filter"), "filter_served": trained is None and "filter" in scored["stages"],
                 **({"nDCG@10 with its filter": float(np.mean(list(filtered["per_query"][filtered["final"]].values())))}
@@ -151,8 +153,9 @@ def main() -> None:
     elif "qrels-trained" not in store.runs:
         print(f"no qrels-trained pipeline to compare: {args.qrels_build}/pipeline.toml not found (make domain)", flush=True)
     record = store.run(name, loop, show=("wall_seconds",))
-    if "label_quality" not in record and (work / "round1.db").is_file():  # a record from before the diagnostic
-        store.keep(name, {**record, "label_quality": label_quality(work / "round1.db", collection, train, test)})
+    if "interleaving_power" not in record and (work / "interleave.db").is_file():  # a record from before the diagnostics
+        store.keep(name, {**record, "label_quality": label_quality(work / "round1.db", collection, train, test),
+                          "interleaving_power": interleaving_power(work / "interleave.db", train, model)})
     write_report(store, args.out)
 
 
@@ -177,6 +180,8 @@ def write_report(store: ResultStore, out: Path) -> None:
                     "agrees with qrels": (r["interleaving"]["decision"].startswith("promote")
                                           == (row.get("Δ vs zero-shot", 0) > 0 and row.get("p vs zero-shot", 1) < 0.05)),
                     "build s": r["build_seconds"]}
+            if "interleaving_power" in r:
+                row["interleaving clicks / needed"] = f"{r['interleaving_power']['clicks']} / {r['interleaving_power']['clicks needed']}"
             if "label_quality" in r:
                 row |= {f"positives relevant ({rule})": q["relevant share"] for rule, q in r["label_quality"].items()}
         rows[key] = row
@@ -226,6 +231,34 @@ def label_quality(log: Path, collection: Path, train: Dataset, test: Dataset) ->
                      "relevant passages labelled positive": round(found / max(relevant_total, 1), 4),
                      **{k: labels.propensity[k] for k in ("eps_plus", "eps_minus") if k in labels.propensity}}
     return out
+
+
+def interleaving_power(ab_log: Path, train: Dataset, model: ClickModel) -> dict[str, Any]:
+    """What the simulated users could tell the two teams apart by (a diagnostic of the simulation: it reads
+    the train qrels the users click by): each team's expected clicks over the interleaved lists that were
+    shown, the candidate's expected share of them, and how many clicks a binomial test of that share
+    would need to detect it (two-sided 5%, power 80%), beside the clicks the interleaving got."""
+    import math
+    import sqlite3
+
+    from retrieval.data import normalised_query
+
+    by_text = {normalised_query(t): q for q, t in train.queries.items()}
+    top = max((g for docs in train.qrels.values() for g in docs.values()), default=1)
+    expected: dict[str, float] = defaultdict(float)
+    with sqlite3.connect(f"file:{ab_log}?mode=ro", uri=True) as db:
+        texts = dict(db.execute("SELECT query_id, query FROM queries WHERE mode = 'interleave'").fetchall())
+        for qid, rank, doc, team in db.execute("SELECT query_id, rank, doc_id, team FROM results WHERE role = 'shown' "
+                                               "AND team IS NOT NULL"):
+            if qid in texts:
+                grade = train.qrels.get(by_text.get(normalised_query(texts[qid]), ""), {}).get(doc, 0)
+                expected[team] += model.examination(rank) * model.attractiveness(grade, top)
+        clicks = db.execute("SELECT COUNT(*) FROM feedback WHERE event = 'click'").fetchone()[0]
+    a, b = sorted(expected, key=lambda t: expected[t])  # b: the team users should click more
+    share = expected[b] / (expected[a] + expected[b])
+    needed = ((1.96 * 0.5 + 0.84 * math.sqrt(share * (1 - share))) / (share - 0.5)) ** 2 if share > 0.5 else math.inf
+    return {"expected clicks": {t: round(v, 1) for t, v in expected.items()}, "favoured": b,
+            "expected share": round(share, 4), "clicks needed": round(needed), "clicks": clicks}
 
 
 def trained_filter(build: Path, report: dict[str, Any]) -> Path | None:
