@@ -153,8 +153,12 @@ def main() -> None:
     elif "qrels-trained" not in store.runs:
         print(f"no qrels-trained pipeline to compare: {args.qrels_build}/pipeline.toml not found (make domain)", flush=True)
     record = store.run(name, loop, show=("wall_seconds",))
-    if "interleaving_power" not in record and (work / "interleave.db").is_file():  # a record from before the diagnostics
-        store.keep(name, {**record, "label_quality": label_quality(work / "round1.db", collection, train, test),
+    if "eta_ci" not in record["labels"]["propensity"] and (work / "interleave.db").is_file():  # a record from before the diagnostics
+        from training.clicks import estimate_eta, read_log
+
+        propensity = {**record["labels"]["propensity"], "eta_ci": estimate_eta(read_log(work / "round1.db"))["eta_ci"]}
+        store.keep(name, {**record, "labels": {**record["labels"], "propensity": propensity},
+                          "label_quality": label_quality(work / "round1.db", collection, train, test),
                           "interleaving_power": interleaving_power(work / "interleave.db", train, model)})
     write_report(store, args.out)
 
@@ -174,7 +178,9 @@ def write_report(store: ResultStore, out: Path) -> None:
         if "logged" in r:
             prop = r["labels"]["propensity"]
             row |= {"searches": r["logged"]["searches"], "clicks": r["logged"]["clicks"],
-                    "eta true / estimated": f"{r['eta_true']:g} / {prop['eta']:.2f}" if prop.get("eta") is not None else f"{r['eta_true']:g} / -",
+                    "eta true / estimated": (f"{r['eta_true']:g} / {prop['eta']:.2f}"
+                                             + (" [{:.2f}, {:.2f}]".format(*prop["eta_ci"]) if "eta_ci" in prop else "")
+                                             if prop.get("eta") is not None else f"{r['eta_true']:g} / -"),
                     "interleaving": f"{r['interleaving']['decision']} (p {r['interleaving']['p-value']:.2g})",
                     # the decision agrees with the qrels when it promotes exactly where test nDCG@10 is significantly higher
                     "agrees with qrels": (r["interleaving"]["decision"].startswith("promote")

@@ -69,7 +69,7 @@ class ClickLabels:
         query texts that must never be trained on (held-out evaluation queries), dropped and counted;
         ``rule``: every clicked hit a positive weighing its inverse-propensity click rate (``ipw``), or only
         those the fitted click model finds more likely relevant than not, weighing that probability."""
-        searches = _read_log(Path(path))
+        searches = read_log(Path(path))
         shown_ids = {d for s in searches.values() for d in s["shown"]}
         foreign = shown_ids - corpus_ids
         if len(foreign) > 0.05 * len(shown_ids):
@@ -161,7 +161,7 @@ class ClickLabels:
         return Path(folder)
 
 
-def _read_log(path: Path) -> dict[str, dict[str, Any]]:
+def read_log(path: Path) -> dict[str, dict[str, Any]]:
     """Every logged search: its text, flags, shown list (doc ids by rank) and clicked doc ids; refuses a file that
     is not an event log, an empty one, and clicks on searches the log does not hold."""
     if not path.is_file():
@@ -273,11 +273,20 @@ def estimate_eta(searches: dict[str, dict[str, Any]]) -> dict[str, Any]:
                            "click_rate_by_swapped_rank": {str(k): round(c / n, 4) for k, (c, n) in sorted(at.items())}}
     if not top_clicks or not at:
         return {**out, "eta": None}
-    base = min(top_clicks / top_shown, 1 - 1e-6)
     ks = np.array(sorted(at), dtype=float)
     clicks = np.array([at[int(k)][0] for k in ks], dtype=float)
     shown_n = np.array([at[int(k)][1] for k in ks], dtype=float)
-    grid = np.linspace(0.0, 5.0, 5001)
-    p = np.clip(base * ks[None, :] ** -grid[:, None], 1e-9, 1 - 1e-9)
-    likelihood = (clicks * np.log(p) + (shown_n - clicks) * np.log1p(-p)).sum(axis=1)
-    return {**out, "top_click_rate": round(base, 4), "eta": float(grid[int(np.argmax(likelihood))])}
+    grid = np.linspace(0.0, 5.0, 1001)
+
+    def fit(top: float, swapped: np.ndarray) -> float:
+        base = min(max(top, 1e-6) / top_shown, 1 - 1e-6)
+        p = np.clip(base * ks[None, :] ** -grid[:, None], 1e-9, 1 - 1e-9)
+        return float(grid[int(np.argmax((swapped * np.log(p) + (shown_n - swapped) * np.log1p(-p)).sum(axis=1)))])
+
+    # 95% interval: parametric bootstrap of the rank-1 and swapped click counts (seeded: the same log, the same interval)
+    rng = np.random.default_rng(0)
+    rates = clicks / shown_n
+    draws = sorted(fit(rng.binomial(top_shown, top_clicks / top_shown), rng.binomial(shown_n.astype(int), rates).astype(float))
+                   for _ in range(200))
+    return {**out, "top_click_rate": round(min(top_clicks / top_shown, 1 - 1e-6), 4), "eta": fit(top_clicks, clicks),
+            "eta_ci": [draws[4], draws[194]]}

@@ -83,6 +83,8 @@ def test_eta_is_estimated_from_swaps_close_to_the_simulators() -> None:
         estimate = estimate_eta(searches)
         assert estimate["swapped_searches"] == 6000
         assert estimate["eta"] == pytest.approx(true_eta, abs=0.2)
+        low, high = estimate["eta_ci"]
+        assert low <= true_eta <= high and low <= estimate["eta"] <= high and high - low < 0.6
 
 
 def test_the_posterior_rule_drops_noisy_clicks_and_recovers_the_click_rates() -> None:
