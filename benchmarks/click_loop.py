@@ -304,7 +304,7 @@ def plot(mean: dict[str, float], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
     names = list(mean)
     ax.barh(names, [mean[n] for n in names], color=["#888888" if n == "zero-shot" else "#2a6fb0" for n in names])
     for i, n in enumerate(names):
@@ -313,7 +313,7 @@ def plot(mean: dict[str, float], path: Path) -> None:
         for share, style in ((0.9, "--"), (0.75, ":")):
             goal = mean["zero-shot"] + share * (mean["qrels-trained"] - mean["zero-shot"])
             ax.axvline(goal, color="#c0392b", linestyle=style, linewidth=1, label=f"{share:.0%} of the qrels gain ({goal:.4f})")
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=7)
     ax.set_xlabel("SciFact test nDCG@10")
     ax.set_title("One round of the loop: trained from simulated clicks")
     ax.set_xlim(0, max(mean.values()) * 1.15)
