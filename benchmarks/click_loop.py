@@ -86,7 +86,8 @@ def main() -> None:
                      seed=(int, 0, "seed of the query split and the users"),
                      dataset=(str, "scifact", "the collection under --data (train and test qrels; the recipe's dataset)"),
                      labels=(str, "ipw", "the click-label rule of the build: ipw or posterior ([data] click_labels)"),
-                     build_set=(str, "", "more recipe overrides for the build, ';'-separated (e.g. finetune.steps=4)"))
+                     build_set=(str, "", "more recipe overrides for the build, ';'-separated (e.g. finetune.steps=4)"),
+                     tag=(str, "", "a name for a run with overrides (its record and work folder)"))
     args.out = args.out if args.out != ROOT / "docs" / "benchmarks" else ROOT / "docs" / "loop"
     model = ClickModel.preset(args.click_model)
     collection = (args.data / args.dataset).resolve()
@@ -98,8 +99,9 @@ def main() -> None:
     store = ResultStore(args.out / "loop-records.json")
     if args.labels not in LABEL_RULES:
         raise SystemExit(f"error: --labels must be one of {', '.join(LABEL_RULES)}")
-    name = f"clicks-{args.click_model}" + ("" if args.labels == "ipw" else f", {args.labels} labels")
-    work = (args.work / (args.click_model + ("" if args.labels == "ipw" else f"-{args.labels}"))).resolve()
+    name = f"clicks-{args.click_model}" + ("" if args.labels == "ipw" else f", {args.labels} labels") + (f", {args.tag}" if args.tag else "")
+    folder = args.click_model + ("" if args.labels == "ipw" else f"-{args.labels}") + (f"-{args.tag}" if args.tag else "")
+    work = (args.work / "".join(c if c.isalnum() or c in "-_" else "-" for c in folder)).resolve()
 
     def loop() -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
