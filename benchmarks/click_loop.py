@@ -276,6 +276,7 @@ def trained_filter(build: Path, report: dict[str, Any]) -> Path | None:
 
     import tomli_w
 
+    from retrieval.artifacts import write_text_atomic
     from training.stages.calibrate import TRAINED_DIR
 
     stage = next((s for s in report["stages"] if s["name"] == "calibrate" and s.get("path")), None)
@@ -284,7 +285,7 @@ def trained_filter(build: Path, report: dict[str, Any]) -> Path | None:
     config = tomllib.loads((build / "pipeline.toml").read_text())
     config["filter"] = {"kind": "cosine-adapter", "calibrator": str((Path(stage["path"]) / TRAINED_DIR).resolve())}
     path = build / "pipeline-with-filter.toml"
-    path.write_text(tomli_w.dumps(config))
+    write_text_atomic(path, tomli_w.dumps(config))
     return path
 
 

@@ -231,16 +231,19 @@ def relevance_posterior(by_query: dict[str, list[dict[str, Any]]], eta: float, i
     loglik = np.stack([np.bincount(pairs, c * np.log(th * e) + (1 - c) * np.log1p(-th * e), minlength=len(keys)) for e in grid])
     prior = np.full(max_rank, 0.3)
     hi, lo = int(np.searchsorted(grid, 0.8)), int(np.searchsorted(grid, 0.2))
-    for _ in range(iterations):
+
+    def posterior() -> Any:
         p = prior[bucket]
-        post = 1.0 / (1.0 + np.exp(np.clip(loglik[lo] - loglik[hi], -50, 50)) * (1 - p) / p)
+        return 1.0 / (1.0 + np.exp(np.clip(loglik[lo] - loglik[hi], -50, 50)) * (1 - p) / p)
+
+    for _ in range(iterations):
+        post = posterior()
         counts = np.bincount(bucket, minlength=max_rank)
         prior = np.clip(np.bincount(bucket, post, minlength=max_rank) / np.maximum(counts, 1), 1e-3, 1 - 1e-3)
         hi, lo = int(np.argmax(loglik @ post)), int(np.argmax(loglik @ (1 - post)))
         if hi < lo:  # relevance is the state clicked more often
             hi, lo = lo, hi
-    p = prior[bucket]
-    post = 1.0 / (1.0 + np.exp(np.clip(loglik[lo] - loglik[hi], -50, 50)) * (1 - p) / p)
+    post = posterior()
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for (qid, doc), index in keys.items():
         out[qid][doc] = float(post[index])

@@ -11,12 +11,13 @@ ignored. Each stage's section is its own ``Params`` model; optional stages can b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from retrieval.config import describe_errors, load_toml
 from retrieval.errors import SiftrankError
+from training.clicks import LabelRule
 from training.stages.registry import BUILD_STAGES, build_stage
 
 DATA_PREFIX = "data:"
@@ -36,7 +37,7 @@ class DataSection(_Section):
     events: str | None = None  # an event log (SQLite) of the search service: clicks become weighted labels
     eta: float | None = Field(None, ge=0.0)  # the log's position bias when known; default: estimated from its swaps
     propensity_clip: float = Field(10.0, ge=1.0)  # largest inverse-propensity weight of one click
-    click_labels: Literal["ipw", "posterior"] = "ipw"  # every click a positive, or only those a fitted click model finds relevant
+    click_labels: LabelRule = "ipw"  # every click a positive, or only those a fitted click model finds relevant
     judgments: bool = True  # with events: train on the dataset's training qrels too, where it has them
     held_out: str | None = None  # qrels of evaluation queries: their texts are dropped from the log, never trained on
 

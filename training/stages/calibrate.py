@@ -29,6 +29,7 @@ from retrieval.artifacts import Manifest, atomic_dir
 from training.stages.base import BuildStage, OptionalParams
 
 if TYPE_CHECKING:
+    from retrieval.calibration import Calibrator
     from training.stages.context import BuildContext
 
 
@@ -79,10 +80,8 @@ class CalibrateStage(BuildStage):
         if cal.enabled == "auto" and candidates.positives < cal.needed:
             decision = (f"filter: off, {candidates.positives} relevant passages in the top {cal.k} of {where}, fewer than "
                         f"the {cal.needed} needed to place a threshold for recall {cal.target_recall:g}")
-            with atomic_dir(target, overwrite=True) as tmp:
-                Manifest(kind="calibrate-decision", parameters={"enabled": False},
-                         metrics={"relevant": candidates.positives, "needed": cal.needed, "queries": len(candidates)}).write(tmp)
-            ctx.echo(f"      {decision}")
+            _switch_off(ctx, target, decision, {"enabled": False},
+                       {"relevant": candidates.positives, "needed": cal.needed, "queries": len(candidates)})
             return {"enabled": False, "decision": decision}
         trainer = CalibratorTrainer.named(cal.features, family=cal.family, seed=cal.seed, target_recall=cal.target_recall)
         calibrator = trainer.fit(candidates, ctx.encoder.identity())
@@ -97,12 +96,9 @@ class CalibrateStage(BuildStage):
             decision = (f"filter: off (trained, not served), the labels come from clicks: they judge only what users were "
                         f"shown, so the recall its threshold keeps over the top {cal.k} cannot be measured on them "
                         f"(enabled = true serves it); {decision}")
-            with atomic_dir(target, overwrite=True) as tmp:
-                calibrator.save(tmp / TRAINED_DIR)
-                Manifest(kind="calibrate-decision", parameters={"enabled": False, "reason": "click labels"},
-                         metrics={"relevant": candidates.positives, "queries": len(candidates),
-                                  "threshold": calibrator.threshold}).write(tmp)
-            ctx.echo(f"      {decision}")
+            _switch_off(ctx, target, decision, {"enabled": False, "reason": "click labels"},
+                       {"relevant": candidates.positives, "queries": len(candidates), "threshold": calibrator.threshold},
+                       trained=calibrator)
             return {"enabled": False, "threshold": calibrator.threshold, "chosen": chosen.get("features"), "decision": decision}
         calibrator.save(target, overwrite=True)
         return {"enabled": True, "threshold": calibrator.threshold, "chosen": chosen.get("features"), "decision": f"filter: {decision}"}
@@ -111,3 +107,13 @@ class CalibrateStage(BuildStage):
         if Manifest.read(path).kind == "calibrate-decision":
             return  # switched off by the build: no filter in the pipeline
         ctx.sections["filter"] = {"kind": "cosine-adapter", "calibrator": Path(path)}
+
+
+def _switch_off(ctx: BuildContext, target: Path, decision: str, parameters: dict[str, Any], metrics: dict[str, Any],
+               trained: Calibrator | None = None) -> None:
+    """Write the decision that switched the filter off (with the filter it ``trained``, kept unserved), and say it."""
+    with atomic_dir(target, overwrite=True) as tmp:
+        if trained is not None:
+            trained.save(tmp / TRAINED_DIR)
+        Manifest(kind="calibrate-decision", parameters=parameters, metrics=metrics).write(tmp)
+    ctx.echo(f"      {decision}")
