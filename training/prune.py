@@ -103,13 +103,7 @@ class Pruner:
     # ---- gradients ---------------------------------------------------------------------------------
     def loss(self, batch: Sequence[Triplet]):
         """InfoNCE over in-batch and hard negatives (temperature 0.05), as in the paper."""
-        import torch
-
-        queries, positives, negatives = zip(*batch)
-        embed = [self.model(self.model.preprocess(list(texts)))["sentence_embedding"] for texts in (queries, positives + negatives)]
-        q, d = (torch.nn.functional.normalize(e, dim=-1) for e in embed)
-        logits = q @ d.T / self.temperature
-        return torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
+        return info_nce(self.model, batch, self.temperature)
 
     def gradients(self, name: str, triplets: Sequence[Triplet]) -> None:
         """Fisher (mean squared batch gradient) and mean gradient of every target weight, in fp32."""
@@ -224,10 +218,7 @@ class Pruner:
     # ---- structured ----------------------------------------------------------------------------------
     def ffn_layers(self) -> list:
         """The model's BERT-style transformer layers (each with ``intermediate`` and ``output``), or an error."""
-        layers = getattr(getattr(self.model[0].auto_model, "encoder", None), "layer", None)
-        if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
-            raise SiftrankError(f"{self.source} has no BERT-style FFN layers (intermediate/output) to remove neurons from")
-        return list(layers)
+        return encoder_layers(self.model, str(self.source))
 
     def remove_neurons(self, scores: dict[str, Any] | list[Any], sparsity: float) -> dict[str, int]:
         """Remove the ``sparsity`` share of FFN neurons of every layer, ranked by summed score of the
@@ -324,6 +315,25 @@ def _slice(linear, keep, dim: int):
         if linear.bias is not None:
             out.bias.copy_(linear.bias.detach() if dim == 1 else linear.bias.detach()[keep])
     return out
+
+
+def encoder_layers(model, name: str = "the model") -> list:
+    """The BERT-style transformer layers (each with ``intermediate`` and ``output``) of a sentence-transformers
+    model, or an error."""
+    layers = getattr(getattr(model[0].auto_model, "encoder", None), "layer", None)
+    if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
+        raise SiftrankError(f"{name} has no BERT-style FFN layers (intermediate/output) to remove neurons from")
+    return list(layers)
+
+
+def info_nce(model, batch: Sequence[Triplet], temperature: float = 0.05):
+    """InfoNCE of (query, positive, hard negative) triplets over in-batch and hard negatives."""
+    import torch
+
+    queries, positives, negatives = zip(*batch)
+    q = torch.nn.functional.normalize(model(model.preprocess(list(queries)))["sentence_embedding"], dim=-1)
+    d = torch.nn.functional.normalize(model(model.preprocess(list(positives + negatives)))["sentence_embedding"], dim=-1)
+    return torch.nn.functional.cross_entropy(q @ d.T / temperature, torch.arange(len(batch)))
 
 
 def check_sparsity(sparsity: float) -> float:

@@ -231,7 +231,7 @@ def test_a_new_build_stage_is_one_module_and_one_registry_line() -> None:
         stage = build_stage(name)
         assert stage.name == name and stage.Params is not None
     recipe = Recipe.model_validate({"data": {"dataset": "x"}})
-    assert recipe.active() == ["prune", "finetune", "index", "first_stage", "calibrate"]  # rank is off by default
+    assert recipe.active() == ["prune", "finetune", "index", "first_stage", "calibrate"]  # compress and rank: off by default
 
 
 def test_an_auto_first_stage_is_chosen_by_the_one_standard_error_rule_and_reported(tmp_path: Path, cli) -> None:
@@ -300,3 +300,42 @@ def test_only_stages_that_decide_take_auto(tmp_path: Path, cli) -> None:
     recipe = write_recipe(tmp_path, prune={"enabled": "auto"})
     code, _, err = cli("build", recipe, "--out", tmp_path / "out")
     assert code != 0 and "prune.enabled: this stage does not decide for itself" in err
+
+
+COMPRESS = {"enabled": True, "score": "gaprune", "layers": 2, "ffn": 0.5, "batch_size": 4, "supervised": 0.5, "triplets": 3}
+
+
+def test_a_compress_stage_shrinks_the_fine_tuned_teacher_and_each_fold_model(tmp_path: Path, cli) -> None:
+    # three queries: the fine-tuning cross-fits, so each fold's model is compressed too
+    recipe = write_recipe(tmp_path, finetune_steps=2, prune={"enabled": False}, calibrate={"enabled": False}, compress=COMPRESS)
+    out = tmp_path / "out"
+    code, stdout, err = cli("build", recipe, "--out", out)
+    assert code == 0, err
+    assert statuses(out) == {"finetune": "built", "compress": "built", "index": "built", "first_stage": "built"}
+    config = json.loads((out / "compress" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and config["intermediate_size"] == 768
+    details = json.loads((out / "compress" / "manifest.json").read_text())["lineage"]["details"]
+    assert len(details["folds"]) == 3 and all((out / "compress" / f["path"] / "config.json").is_file() for f in details["folds"])
+    assert sorted(q for f in details["folds"] for q in f["qids"]) == sorted(QUERIES)  # every query scored out of fold
+    assert details["kept"] is True and details["evidence"]["queries"] == len(QUERIES)
+    assert "decision [compress]: encoder: compressed (gaprune: " in stdout
+    assert PipelineConfig.load(out / "pipeline.toml").encoder.model == str(out / "compress")
+    # lineage: the same recipe reuses it, another depth rebuilds it and what is built on it, not the fine-tuning
+    code, _, err = cli("build", recipe, "--out", out, "--set", "compress.layers=3")
+    assert code == 0, err
+    assert statuses(out) == {"finetune": "reused", "compress": "built", "index": "built", "first_stage": "built"}
+    assert json.loads((out / "compress" / "config.json").read_text())["num_hidden_layers"] == 3
+
+
+def test_auto_keeps_the_teacher_when_the_student_loses_and_holds_out_its_own_queries(tmp_path: Path, cli) -> None:
+    # no fine-tuning: the stage holds out its own validation queries; a learning rate that wrecks the student
+    recipe = write_recipe(tmp_path, prune={"enabled": False}, finetune={"enabled": False}, calibrate={"enabled": False},
+                          compress={**COMPRESS, "enabled": "auto", "learning_rate": 0.5, "tolerance": 0.0})
+    code, stdout, err = cli("build", recipe, "--out", tmp_path / "out")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "compress" / "manifest.json").read_text())
+    details = manifest["lineage"]["details"]
+    assert manifest["kind"] == "compress-decision" and details["kept"] is False and details["held_out"]
+    assert details["evidence"]["student"] < details["evidence"]["teacher"]
+    assert "decision [compress]: encoder: teacher kept" in stdout
+    assert PipelineConfig.load(tmp_path / "out" / "pipeline.toml").encoder.model == "bundled:all-MiniLM-L6-v2"

@@ -10,6 +10,7 @@ from typing import Any
 BUILD_STAGES = {
     "prune": "training.stages.prune:PruneStage",
     "finetune": "training.stages.finetune:FinetuneStage",
+    "compress": "training.stages.compress:CompressStage",
     "index": "training.stages.index:IndexStage",
     "first_stage": "training.stages.first_stage:FirstStageStage",
     "calibrate": "training.stages.calibrate:CalibrateStage",
