@@ -14,7 +14,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: compress-study filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 install: $(STAMP)
 
@@ -218,3 +218,9 @@ compare-dl19: install
 	$(BIN)/siftrank eval --compare $(RUNS)/run.BM25.trec $(RUNS)/run.BM25_RM3.trec $(RUNS)/run.D_BERT_KD_TASB.trec \
 		$(RUNS)/run.OPEN_AI_ADA2.trec $(RUNS)/run.SPLADE_P_P_ENSEMBLE_DISTIL.trec $(RUNS)/run.REP_LLAMA.trec \
 		--qrels $(DATA)/msmarco-dl19/qrels.test.tsv --ties docid --out docs/regressions/compare
+
+# Compressing the SciFact domain encoder (docs/compression.md): students of the recipe's compress stage over the
+# fine-tuned teacher of `make domain`, chosen on validation queries, then speed and quality in one run
+compress-study: install
+	test -f artifacts/scifact-domain/finetune/config.json || $(MAKE) domain
+	$(BIN)/python benchmarks/compress_study.py --data $(DATA)
