@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from common import ResultStore, arguments, dense_ndcg, dl19, machine, save, save_figure
 from encode_throughput import passages, timed
 
@@ -53,7 +54,7 @@ def build_student(recipe: Recipe, teacher: Path, work: Path, score: str, layers:
     details = manifest["lineage"]["details"]
     return {"path": str(folder / "compress"), "overrides": overrides, "evidence": details["evidence"],
             "metrics": {k: v for k, v in details["metrics"].items() if not k.endswith("_log")},
-            "build_seconds": stage["seconds"], "decision": stage["decision"]}
+            "seconds": stage["seconds"], "decision": stage["decision"]}
 
 
 def pick_structure(students: dict[str, dict[str, Any]], tolerance: float) -> str:
@@ -64,11 +65,19 @@ def pick_structure(students: dict[str, dict[str, Any]], tolerance: float) -> str
     return max(students, key=lambda k: students[k]["evidence"]["student"])
 
 
-def weight_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors"))
+def weights(folder: Path) -> tuple[int, int]:
+    """Parameters and bytes of the model's own weights (its top-level safetensors: not the fold models beside them)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    count = 0
+    for f in files:
+        with safe_open(str(f), framework="np") as handle:
+            count += sum(int(np.prod(handle.get_slice(k).get_shape())) for k in handle.keys())
+    return count, sum(f.stat().st_size for f in files)
 
 
-def measure(models: dict[str, Path], scifact: Dataset, dl19_data: Dataset, n: int, rounds: int) -> dict[str, Any]:
+def measure(models: dict[str, Path], scifact: Dataset, dl19_data: Dataset | None, n: int, rounds: int) -> dict[str, Any]:
     """Quality and speed of the teacher (fp32 and int8) and every student (int8), all in this process."""
     corpus, calibration, texts = passages(scifact, n)
     encoders: dict[str, Encoder] = {TEACHER_FP32: Encoder(str(models[TEACHER_INT8]), backend="torch", precision="fp32",
@@ -95,21 +104,21 @@ def measure(models: dict[str, Path], scifact: Dataset, dl19_data: Dataset, n: in
         ratios = [b / t for b, t in zip(base, seconds[name])]
         rows[name] = {"passages/s": len(texts) / statistics.median(seconds[name]), "× teacher int8": statistics.median(ratios),
                       "ratio min": min(ratios), "ratio max": max(ratios), "query ms (median)": statistics.median(latency),
-                      "parameters": sum(p.numel() for p in encoder.query_model.parameters()),
-                      "weights MB": weight_bytes(encoder.path) / 1e6}
+                      "parameters": weights(encoder.path)[0], "weights MB": weights(encoder.path)[1] / 1e6}
     per_query: dict[str, dict[str, float]] = {}
     for name, encoder in encoders.items():
         per_query[name] = dense_ndcg(scifact, encoder)
         rows[name]["SciFact nDCG@10"] = statistics.fmean(per_query[name].values())
-        dl = dense_ndcg(dl19_data, encoder)
-        rows[name]["DL19 nDCG@10"] = statistics.fmean(dl.values())
+        if dl19_data is not None:
+            rows[name]["DL19 nDCG@10"] = statistics.fmean(dense_ndcg(dl19_data, encoder).values())
         print(name, {k: round(v, 4) for k, v in rows[name].items()}, flush=True)
     for name in encoders:
         for teacher, label in ((TEACHER_INT8, "int8"), (TEACHER_FP32, "fp32")):
             if name != teacher:
                 test = paired_test(per_query[teacher], per_query[name])
                 rows[name][f"Δ vs teacher {label}"], rows[name][f"p vs teacher {label}"] = test["delta"], test["t_test_p"]
-    return {"rows": rows, "per_query": per_query, "passages": len(texts), "rounds": rounds, "machine": machine()}
+    return {"rows": rows, "per_query": per_query, "passages": len(texts), "rounds": rounds, "machine": machine(),
+            "test_queries": len(per_query[TEACHER_INT8])}
 
 
 def main() -> None:
@@ -120,7 +129,8 @@ def main() -> None:
                      supervised=(float, 0.5, "weight of the supervised loss tried at the chosen structure (0: none)"),
                      passages=(int, 8000, "corpus passages distilled on (compress.passages)"),
                      tolerance=(float, 0.01, "validation nDCG@10 a student may lose"),
-                     n=(int, 1500, "passages to time"), rounds=(int, 3, "interleaved timing rounds"))
+                     n=(int, 1500, "passages to time"), rounds=(int, 3, "interleaved timing rounds"),
+                     dl19=(int, 1, "1: DL19 nDCG@10 of every model too; 0: not"))
     out: Path = args.out if args.out != ROOT / "docs" / "benchmarks" else ROOT / "docs" / "compression"
     teacher = args.build / "finetune"
     if not (teacher / "config.json").is_file():
@@ -143,12 +153,14 @@ def main() -> None:
         same.append(student("gaprune", layers, ffn, args.supervised))
     pick = max(same, key=lambda k: store.runs[k]["evidence"]["student"])
     models = {TEACHER_INT8: teacher, **{name: Path(store.runs[name]["path"]) for name in store.runs if name != "measured"}}
-    if set(store.runs.get("measured", {}).get("rows", models)) != {*models, TEACHER_FP32}:
+    if "measured" in store.runs and set(store.runs["measured"]["rows"]) != {*models, TEACHER_FP32}:
         store.runs.pop("measured")  # a student was added since: every figure is measured again, in one run
     measured = store.run("measured", lambda: measure(models, Dataset.load(Path(recipe.data.dataset), split="test"),
-                                                     dl19(args.data), args.n, args.rounds))
+                                                     dl19(args.data) if args.dl19 else None, args.n, args.rounds))
+    scores_vs_gaprune = {name: paired_test(measured["per_query"][chosen], measured["per_query"][name])
+                         for name in same if name != chosen}  # the scores at one structure, on test
     payload = {"structure": chosen, "pick": pick, "same_structure": same, "students": {k: v for k, v in store.runs.items() if k != "measured"},
-               **{k: v for k, v in measured.items() if k != "per_query"}}
+               "scores_vs_gaprune": scores_vs_gaprune, **{k: v for k, v in measured.items() if k != "per_query"}}
     save(out, "study", payload, report(payload, args.tolerance))
     plot(measured["rows"], pick, str(measured["machine"]["cpu"]), out / "pareto.png")
 
@@ -158,7 +170,7 @@ def report(payload: dict[str, Any], tolerance: float) -> str:
 
     rows, students, pick = payload["rows"], payload["students"], payload["pick"]
     table = {name: {**row, **({"validation Δ": students[name]["evidence"]["student"] - students[name]["evidence"]["teacher"],
-                               "build s": students[name]["build_seconds"]} if name in students else {})}
+                               "compress stage s": students[name]["seconds"]} if name in students else {})}
              for name, row in rows.items()}
     best = rows[pick]
     met = best.get("Δ vs teacher int8", -1.0) >= -0.010 and best["× teacher int8"] >= 1.8
@@ -167,12 +179,14 @@ def report(payload: dict[str, Any], tolerance: float) -> str:
                f"**Goal not met** by the validation pick ({pick}): Δ {best.get('Δ vs teacher int8', float('nan')):+.4f} at "
                f"{best['× teacher int8']:.2f}x the teacher's passages/s (goal: ≥ −0.010 at ≥ 1.8x, both int8).")
     cpu = payload["machine"]["cpu"]
+    versus = "; ".join(f"{name}: Δ {t['delta']:+.4f} (p {t['t_test_p']:.3g})" for name, t in payload["scores_vs_gaprune"].items())
     return "\n".join([f"# Compressing the SciFact domain encoder ({cpu})", "", markdown_table(table, "encoder"), "", verdict, "",
                       f"Structure chosen on the fine-tuning's validation queries: {payload['structure']} (smallest within "
                       f"{tolerance} of the teacher). Pick among the scores at it: {pick}. Speed: {payload['passages']} "
                       f"shuffled SciFact passages, {payload['rounds']} interleaved rounds, ratio to the teacher's int8 within "
-                      "each round (median, min, max); query ms: one query at a time. Δ and p: paired t-tests over the 300 "
-                      "SciFact test queries.", "", "Reproduce: `make compress-study`", ""])
+                      "each round (median, min, max); query ms: one query at a time. Δ and p: paired t-tests over the "
+                      f"{payload['test_queries']} SciFact test queries.", "", f"At {payload['structure'].split(', ', 1)[1]}, against GAPrune's score on SciFact "
+                      f"test (paired): {versus or 'no other score built'}.", "", "Reproduce: `make compress-study`", ""])
 
 
 def plot(rows: dict[str, dict[str, Any]], pick: str, cpu: str, path: Path) -> None:
