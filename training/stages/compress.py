@@ -104,7 +104,7 @@ class CompressStage(BuildStage):
         shape = (f"{p.score}: {report['metrics']['kept_layers']} of the teacher's layers kept, FFN "
                  f"{report['metrics']['intermediate_size']} wide, {report['metrics']['parameters'] / 1e6:.1f}M parameters")
         versus = (f"dense nDCG@10 {evidence['student']:.4f} vs teacher {evidence['teacher']:.4f} (paired p {evidence['p']:.3g}) "
-                  f"on {evidence['queries']} {source}")
+                  f"on {evidence['queries']} queries ({source})")
         details = {"folds": folds, "held_out": own, "evidence": evidence, "kept": kept, "metrics": report["metrics"]}
         if kept:
             details["decision"] = f"encoder: compressed ({shape}); {versus}"
