@@ -141,6 +141,8 @@ def main() -> None:
 
     def student(score: str, layers: int, ffn: float, supervised: float = 0.0) -> str:
         name = student_name(score, layers, ffn, supervised)
+        if name in store.runs and not Path(store.runs[name]["path"]).is_dir():
+            store.runs.pop(name)  # a fresh machine: the model is gone, so it is built (and measured) again
         store.run(name, lambda: build_student(recipe, teacher, work, score, layers, ffn, supervised, args.passages))
         return name
 
