@@ -70,6 +70,7 @@ class Compressor:
         if epochs <= 0 or batch_size < 2 or learning_rate <= 0 or supervised < 0:
             raise SiftrankError("epochs and learning rate must be > 0, the batch size >= 2 and the supervised weight >= 0")
         self.pruner = Pruner(teacher, seed=seed, beta=beta)
+        self.pruner.artifact_kind = self.artifact_kind  # the pruner writes the folder and its manifest
         depth = len(self.pruner.ffn_layers())
         if layers is not None and not 1 <= layers <= depth:
             raise SiftrankError(f"compress: layers must be within 1..{depth} (the teacher's depth), not {layers}")
@@ -204,5 +205,4 @@ class Compressor:
 
     def save(self, path: Path, overwrite: bool = False) -> None:
         """A standard sentence-transformers folder plus manifest.json (the last run's report), written atomically."""
-        self.pruner.artifact_kind = self.artifact_kind
         self.pruner.save(path, overwrite=overwrite)

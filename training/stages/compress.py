@@ -66,6 +66,7 @@ class CompressStage(BuildStage):
     def run(self, ctx: BuildContext, target: Path) -> dict[str, Any]:
         """One student per teacher: the build's encoder, and each cross-fitted fold's model; each is scored
         against its teacher on the queries neither trained on."""
+        from training.distil import distillation_texts
         from training.triplets import general_triplets, judged_queries
 
         p = self.params
@@ -82,18 +83,21 @@ class CompressStage(BuildStage):
         folded = ctx.validation is not None and ctx.validation.mode != "split"
         folder = ctx.recipe.data.general
         general = general_triplets(Path(folder), p.triplets) if p.score == "gaprune" and folder else []
+        # read and ranked once for every student: the corpus sample and each query's first-stage candidates
+        passages = distillation_texts(ctx.dataset.doc_texts(), p.passages, p.seed)
+        ranked = ctx.ranked_ids(every, 30) if p.supervised or p.score == "gaprune" else None
         work = ctx.out / ".compress-folds.tmp"
         shutil.rmtree(work, ignore_errors=True)
         teacher_scores: dict[str, float] = {}
         student_scores: dict[str, float] = {}
         folds: list[dict[str, Any]] = []
         for number, (view, qids) in enumerate(views if folded else []):
-            report = self._compress(ctx, view.model, set(qids), every, general, work / str(number))
+            report = self._compress(ctx, view.model, set(qids), every, passages, ranked, general, work / str(number))
             folds.append({"qids": qids, "path": f"folds/{number}", "wall_seconds": report["metrics"]["wall_seconds"]})
             teacher_scores.update(view.dense_ndcg(qids))
             student_scores.update(ctx.with_encoder(str(work / str(number)), None).dense_ndcg(qids))
         held = set() if folded else {q for _, qids in views for q in qids}  # the final model's folds are its own
-        report = self._compress(ctx, ctx.model, held, every, general, target)
+        report = self._compress(ctx, ctx.model, held, every, passages, ranked, general, target)
         if work.is_dir():
             work.rename(target / "folds")
         if not folded:
@@ -115,19 +119,18 @@ class CompressStage(BuildStage):
         ctx.echo(f"      {details['decision']}")
         return details
 
-    def _compress(self, ctx: BuildContext, teacher: str, held: set[str], every: list[str], general: list[Triplet],
-                  out: Path) -> dict[str, Any]:
-        """Compress ``teacher`` into ``out``, distilling on the corpus and the training queries not in ``held``."""
+    def _compress(self, ctx: BuildContext, teacher: str, held: set[str], every: list[str], passages: list[str],
+                  ranked: dict[str, list[str]] | None, general: list[Triplet], out: Path) -> dict[str, Any]:
+        """Compress ``teacher`` into ``out``, distilling on ``passages`` and the training queries not in ``held``
+        (triplets, where needed, from ``ranked``: the first stage's candidates of every training query)."""
         from training.compress import Compressor
-        from training.distil import distillation_texts
         from training.triplets import training_examples
 
         p = self.params
         train = [q for q in every if q not in held]
-        texts = distillation_texts(ctx.dataset.doc_texts(), p.passages, p.seed) + [ctx.dataset.queries[q] for q in train]
-        needs_triplets = p.supervised or p.score == "gaprune"
-        domain = training_examples(ctx.dataset, ctx.ranked_ids(train, 30), train)[0] if needs_triplets and train else []
-        if needs_triplets and not domain:
+        texts = passages + [ctx.dataset.queries[q] for q in train]
+        domain = training_examples(ctx.dataset, ranked, train)[0] if ranked is not None and train else []
+        if ranked is not None and not domain:
             raise SiftrankError("compress: no training queries outside the validation ones to draw triplets from")
         compressor = Compressor(teacher, p.score, p.layers, p.ffn, p.epochs, p.batch_size, p.learning_rate,
                                 p.supervised, p.seed)
