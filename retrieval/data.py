@@ -18,13 +18,15 @@ from pathlib import Path
 
 import polars as pl
 
+from retrieval.corpus import CorpusReader
 from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
 
 Qrels = dict[str, dict[str, int]]
 CLICK_LABELS_FILE = "clicks.json"  # in a dataset folder: its qrels are labels from an event log (training.clicks)
 Run = dict[str, dict[str, float]]
-CORPUS_FILES = ("corpus.jsonl", "corpus.jsonl.gz", "collection.tsv", "collection.tsv.gz")
+CORPUS_FILES = ("corpus.jsonl", "corpus.jsonl.gz", "collection.tsv", "collection.tsv.gz", "corpus.parquet", "corpus.csv",
+                "corpus.csv.gz", "corpus.tsv", "corpus.tsv.gz")
 
 
 def _open_text(path: Path):
@@ -55,34 +57,10 @@ def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
         yield number, record
 
 
-def read_corpus(path: Path) -> pl.DataFrame:
-    """Corpus as a DataFrame ``id, title, text`` (string ids), from BEIR jsonl or MS MARCO tsv."""
-    path = Path(path)
-    ids: list[str] = []
-    titles: list[str] = []
-    texts: list[str] = []
-    seen: dict[str, int] = {}
-    if ".jsonl" in path.name:
-        rows = ((n, str(r["_id"]), str(r.get("title") or ""), str(r["text"])) for n, r in _jsonl(path, ("_id", "text")))
-    else:
-        rows = (_tsv_doc(path, n, line) for n, line in _lines(path))
-    for number, doc_id, title, text in rows:
-        if doc_id in seen:
-            raise SiftrankError(f"{path}:{number}: duplicate document id '{doc_id}' (first at line {seen[doc_id]})")
-        seen[doc_id] = number
-        ids.append(doc_id)
-        titles.append(title)
-        texts.append(text)
-    if not ids:
-        raise SiftrankError(f"{path}: the corpus is empty")
-    return pl.DataFrame({"id": ids, "title": titles, "text": texts}, schema={"id": pl.String, "title": pl.String, "text": pl.String})
-
-
-def _tsv_doc(path: Path, number: int, line: str) -> tuple[int, str, str, str]:
-    parts = line.split("\t")
-    if len(parts) < 2:
-        raise SiftrankError(f"{path}:{number}: expected 'id<TAB>text'")
-    return number, parts[0], "", parts[-1]
+def read_corpus(path: Path, reader: CorpusReader | None = None) -> pl.DataFrame:
+    """Corpus as a DataFrame ``id, title, text`` plus metadata columns (string ids), from BEIR jsonl, MS MARCO
+    tsv, or any JSONL/CSV/TSV/Parquet table (:class:`~retrieval.corpus.CorpusReader`)."""
+    return (reader or CorpusReader()).read(Path(path)).docs
 
 
 def read_queries(path: Path) -> dict[str, str]:
@@ -238,6 +216,10 @@ class Dataset:
     #: the labels judge only what users were shown (a folder of click labels, marked by ``clicks.json``):
     #: rankings are scored condensed to judged documents when choosing on them (``measures.per_query``)
     condensed: bool = False
+    #: how the corpus file was read (:attr:`CorpusReader.key`; empty for the defaults), part of its digest
+    corpus_options: str = ""
+    #: bad corpus rows left out (``on_error="skip"``), each "file:line: why"
+    corpus_skipped: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, root: Path, split: str = "test", qrels: str | Path | None = None, with_corpus: bool = True) -> Dataset:
@@ -270,8 +252,9 @@ class Dataset:
                    weights, (root / CLICK_LABELS_FILE).is_file())
 
     @classmethod
-    def corpus_only(cls, path: Path) -> Dataset:
-        """A dataset with just a corpus (a corpus file, or a dataset directory holding one), for indexing."""
+    def corpus_only(cls, path: Path, reader: CorpusReader | None = None) -> Dataset:
+        """A dataset with just a corpus (a corpus file, or a dataset directory holding one), for indexing;
+        ``reader`` says which fields hold id, text and title and what a bad row does."""
         path = Path(path)
         if path.is_dir():
             found = _first(path, list(CORPUS_FILES))
@@ -282,7 +265,9 @@ class Dataset:
             root = path.parent
         else:
             raise SiftrankError(f"{path}: corpus not found")
-        return cls(root, path, read_corpus(path), {}, {})
+        reader = reader or CorpusReader()
+        table = reader.read(path)
+        return cls(root, path, table.docs, {}, {}, corpus_options=reader.key, corpus_skipped=table.skipped)
 
     @staticmethod
     def qrels_file(root: Path, split: str) -> Path | None:
@@ -315,7 +300,8 @@ class Dataset:
         return self.store.all_texts()
 
     def corpus_digest(self) -> str:
-        return file_digest(self.corpus_path)
+        digest = file_digest(self.corpus_path)
+        return digest if not self.corpus_options else hashlib.sha256(f"{digest} {self.corpus_options}".encode()).hexdigest()
 
 
 def query_folds(qids: list[str], folds: int, seed: int = 0) -> list[list[str]]:

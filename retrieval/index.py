@@ -20,6 +20,7 @@ import polars as pl
 from retrieval.artifacts import Manifest, atomic_dir
 from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
+from retrieval.where import Masks, Where
 
 KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 FAISS_FILE, DOCS_FILE = "index.faiss", "docs.parquet"
@@ -80,6 +81,7 @@ class Index:
         self._search_index = None
         self._docs = docs
         self._id_array: np.ndarray | None = None
+        self._masks = Masks()
 
     # ---- building and persistence -------------------------------------------------------------
     @classmethod
@@ -107,7 +109,8 @@ class Index:
         manifest = Manifest(kind=cls.artifact_kind, source_model=str(encoder["model"]),
                             parameters={"index_kind": kind, **merged, "dim": vectors.shape[1], "count": len(vectors)},
                             data=data or {}, encoder=encoder)
-        return cls(manifest, None, index, docs.select("id", "title", "text"), device)
+        columns = ["id", "title", "text", *(c for c in docs.columns if c not in ("id", "title", "text"))]
+        return cls(manifest, None, index, docs.select(columns), device)
 
     def save(self, path: Path, overwrite: bool = False) -> None:
         """Write the index directory atomically (a crash leaves no partial index)."""
@@ -205,19 +208,57 @@ class Index:
         """Load vectors and documents now (for a service's readiness probe)."""
         _ = self.search_index, self.docs
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-``k`` inner products (cosine for normalised vectors) and doc ids for each query row."""
+    def search(self, queries: np.ndarray, k: int, where: Where | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` inner products (cosine for normalised vectors) and doc ids for each query row; with ``where``,
+        among the matching documents only, and ``min(k, matches)`` of them for every query."""
         if k < 1:
             raise SiftrankError(f"k must be at least 1, not {k}")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != int(self.manifest.parameters["dim"]):
             raise SiftrankError(f"query vectors have {queries.shape[1]} dimensions, the index {self.manifest.parameters['dim']}")
-        scores, positions = self.search_index.search(queries, min(k, len(self)))
         if self._id_array is None:
             self._id_array = self.docs["id"].to_numpy()
+        if where is None:
+            scores, positions = self.search_index.search(queries, min(k, len(self)))
+        else:
+            scores, positions = self._filtered(queries, k, self._masks.get(where, self.docs))
         ids = self._id_array
         out_ids = [[str(ids[p]) for p in row if p >= 0] for row in positions]
         return scores, out_ids
+
+    def _filtered(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Search restricted to ``allowed`` rows by a FAISS ID selector (on the CPU index: GPU indexes take none);
+        a query that an approximate index (IVF lists not probed, HNSW's graph cut off by the filter) answers with
+        fewer than ``min(k, matches)`` hits is answered exactly over the matching vectors instead."""
+        import faiss
+
+        matches = np.flatnonzero(allowed)
+        want = min(k, len(matches))
+        if want == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        bitmap = np.packbits(allowed, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        params = self.manifest.parameters
+        kind_options = {"ivf": ("SearchParametersIVF", {"nprobe": int(params.get("nprobe", 1))}),
+                        "hnsw": ("SearchParametersHNSW", {"efSearch": max(int(params.get("ef_search", 16)), want)}),
+                        "flat": ("SearchParameters", {})}[self.kind]
+        options = getattr(faiss, kind_options[0])(sel=selector, **kind_options[1])
+        scores, positions = self.cpu_index.search(queries, want, params=options)
+        short = np.flatnonzero((positions >= 0).sum(axis=1) < want)
+        if len(short):
+            vectors = self._vectors(matches)
+            exact = queries[short] @ vectors.T
+            top = np.argsort(-exact, axis=1, kind="stable")[:, :want]
+            scores[short] = np.take_along_axis(exact, top, axis=1)
+            positions[short] = matches[top]
+        return scores, positions
+
+    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``rows`` (an IVF index gets its direct map on first use)."""
+        index = self.cpu_index
+        if self.kind == "ivf" and index.direct_map.type == 0:
+            index.make_direct_map()
+        return index.reconstruct_batch(rows.astype(np.int64))
 
     @functools.cached_property
     def store(self) -> DocStore:

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from retrieval.errors import SiftrankError
+from retrieval.where import Masks, Where
 
 
 class BM25:
@@ -22,16 +23,18 @@ class BM25:
             raise SiftrankError("cannot build BM25 over an empty corpus")
         self._bm25s = bm25s
         self._stemmer = Stemmer.Stemmer("english")
-        self.ids = docs["id"].to_list()
+        self.ids, self.docs, self._masks = docs["id"].to_list(), docs, Masks()
         texts = [f"{t} {x}" if t else x for t, x in zip(docs["title"].to_list(), docs["text"].to_list())]
         tokens = bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, show_progress=False)
         self.retriever = bm25s.BM25(method="lucene", k1=k1, b=b)
         self.retriever.index(tokens, show_progress=False)
 
-    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-``k`` BM25 scores and doc ids for each query (documents with score 0 are dropped)."""
+    def search(self, queries: list[str], k: int, where: Where | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` BM25 scores and doc ids for each query (documents with score 0 are dropped); with ``where``,
+        documents it does not match score 0."""
         k = min(k, len(self.ids))
         tokens = self._bm25s.tokenize(queries, stopwords="en", stemmer=self._stemmer, show_progress=False)
-        positions, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
+        mask = None if where is None else self._masks.get(where, self.docs).astype(np.float32)
+        positions, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0, weight_mask=mask)
         ids = [[self.ids[p] for p, s in zip(row, srow) if s > 0] for row, srow in zip(positions, scores)]
         return scores, ids

@@ -24,6 +24,7 @@ from retrieval.errors import SiftrankError
 from retrieval.hits import Hit, renumber
 from retrieval.stages.base import Filter, FirstStage, QueryBatch, Reranker
 from retrieval.stages.context import StageContext
+from retrieval.where import Where
 
 StageHits = dict[str, list[Hit]]  # qid -> ranked hits
 DEFAULT_DEPTH = 1000
@@ -98,15 +99,28 @@ class Pipeline:
             raise SiftrankError(f"the filter was trained on top-{self.filter.depth} candidates, not {depth}")
         return depth
 
+    def where(self, spec: Mapping[str, Any] | Where | None) -> Where | None:
+        """A metadata filter checked against this pipeline's documents (see :mod:`retrieval.where`)."""
+        if spec is None or isinstance(spec, Where):
+            return spec
+        if not self.first_stage.filters:
+            raise SiftrankError(f"filter: the '{self.first_stage.kind}' first stage cannot filter by metadata "
+                                "(dense, bm25 and hybrid can)")
+        if self.store is None:
+            raise SiftrankError("filter: this pipeline has no documents table to filter on")
+        return Where(spec, self.store.docs.schema)
+
     def run(self, queries: Mapping[str, str], depth: int | None = None, batch_size: int = 128,
-            progress: bool = False) -> PipelineResult:
-        """Rankings of every stage for ``queries`` (qid -> text), the first stage at ``depth`` candidates."""
+            progress: bool = False, where: Mapping[str, Any] | Where | None = None) -> PipelineResult:
+        """Rankings of every stage for ``queries`` (qid -> text), the first stage at ``depth`` candidates, among the
+        documents that ``where`` (a metadata filter) matches."""
         depth = self.check_depth(depth) if depth is not None else self.depth
+        where = self.where(where)
         qids = list(queries)
         names = self.stages
         result = PipelineResult({name: {} for name in names}, names[-1], timings=dict.fromkeys(names, 0.0))
         for lo in tqdm(range(0, len(qids), batch_size), desc="queries", disable=not progress, unit="batch"):
-            batch = QueryBatch(qids[lo:lo + batch_size], [queries[q] for q in qids[lo:lo + batch_size]], self.encoder)
+            batch = QueryBatch(qids[lo:lo + batch_size], [queries[q] for q in qids[lo:lo + batch_size]], self.encoder, where)
             start = time.perf_counter()
             hits = self.first_stage.retrieve(batch, depth)
             result.timings[names[0]] += time.perf_counter() - start
@@ -129,11 +143,11 @@ class Pipeline:
         return result
 
     def search(self, query: str, k: int = 10, depth: int | None = None, with_text: bool = True,
-               min_relevance: float | None = None) -> list[Hit]:
-        """The final stage's top-``k`` hits for one query (optionally a stricter relevance cut)."""
+               min_relevance: float | None = None, where: Mapping[str, Any] | Where | None = None) -> list[Hit]:
+        """The final stage's top-``k`` hits for one query (optionally a stricter relevance cut, a metadata filter)."""
         if not query.strip():
             raise SiftrankError("the query is empty")
-        return self.finish(self.run({"q": query}, depth).hits["q"], k, with_text, min_relevance)
+        return self.finish(self.run({"q": query}, depth, where=where).hits["q"], k, with_text, min_relevance)
 
     def finish(self, hits: list[Hit], k: int = 10, with_text: bool = True, min_relevance: float | None = None) -> list[Hit]:
         """The top-``k`` of a final-stage ranking, after an optional stricter relevance cut, with texts."""

@@ -12,6 +12,7 @@ from retrieval.artifacts import MANIFEST, Manifest
 
 if TYPE_CHECKING:
     from retrieval.docstore import DocStore
+    from retrieval.where import Where
 
 
 class SearchIndex(Protocol):
@@ -29,7 +30,7 @@ class SearchIndex(Protocol):
 
     def warm(self) -> None: ...
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]: ...
+    def search(self, queries: np.ndarray, k: int, where: Where | None = None) -> tuple[np.ndarray, list[list[str]]]: ...
 
     @property
     def store(self) -> DocStore: ...

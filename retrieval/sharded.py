@@ -31,6 +31,7 @@ from retrieval.data import Dataset
 from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
 from retrieval.index import DOCS_FILE, SHARDED_KIND, Index
+from retrieval.where import Where
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +202,12 @@ class ShardedIndex:
 
         ray.get([a.ids.remote() for a in self.actors])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+    def search(self, queries: np.ndarray, k: int, where: Where | None = None) -> tuple[np.ndarray, list[list[str]]]:
         """Every shard's top-``k``, merged by score (descending; ties by shard order)."""
         import ray
 
+        if where is not None:
+            raise SiftrankError("metadata filters are not supported on a sharded (Ray) index yet: use a single index")
         if k < 1:
             raise SiftrankError(f"k must be at least 1, not {k}")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)

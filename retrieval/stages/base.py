@@ -21,13 +21,16 @@ if TYPE_CHECKING:
     from retrieval.docstore import DocStore
     from retrieval.encoder import Encoder
     from retrieval.stages.context import StageContext
+    from retrieval.where import Where
 
 
 class QueryBatch:
-    """Queries answered together; their vectors are encoded once, on first use, for every stage."""
+    """Queries answered together, under one metadata filter (``where``, or none); their vectors are encoded
+    once, on first use, for every stage."""
 
-    def __init__(self, qids: Sequence[str], texts: Sequence[str], encoder: Encoder | None = None) -> None:
-        self.qids, self.texts, self.encoder = list(qids), list(texts), encoder
+    def __init__(self, qids: Sequence[str], texts: Sequence[str], encoder: Encoder | None = None,
+                 where: Where | None = None) -> None:
+        self.qids, self.texts, self.encoder, self.where = list(qids), list(texts), encoder, where
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -60,6 +63,8 @@ class FirstStage(_Stage):
 
     #: the first stage fills ``Hit.cosine`` itself (a filter then needs no extra encoding)
     gives_cosine: ClassVar[bool] = False
+    #: the first stage applies a batch's metadata filter while searching (else a filtered search is refused)
+    filters: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

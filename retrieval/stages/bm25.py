@@ -20,6 +20,7 @@ class BM25Retriever(FirstStage):
 
     kind = "bm25"
     Params = BM25Params
+    filters = True
 
     def __init__(self, bm25: BM25) -> None:
         self.bm25 = bm25
@@ -29,5 +30,5 @@ class BM25Retriever(FirstStage):
         return cls(BM25(context.store.docs, k1=params.k1, b=params.b))
 
     def retrieve(self, queries: QueryBatch, depth: int) -> list[list[Hit]]:
-        scores, ids = self.bm25.search(queries.texts, depth)
+        scores, ids = self.bm25.search(queries.texts, depth, queries.where)
         return [[Hit(d, r, float(s)) for r, (d, s) in enumerate(zip(row, srow), 1)] for row, srow in zip(ids, scores)]

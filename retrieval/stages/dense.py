@@ -16,6 +16,7 @@ class DenseRetriever(FirstStage):
 
     kind = "dense"
     gives_cosine = True
+    filters = True
     encoder: Encoder
 
     def __init__(self, encoder: Encoder, index: SearchIndex) -> None:
@@ -30,7 +31,7 @@ class DenseRetriever(FirstStage):
         self.index.warm()
 
     def retrieve(self, queries: QueryBatch, depth: int) -> list[list[Hit]]:
-        scores, ids = self.index.search(queries.vectors, depth)
+        scores, ids = self.index.search(queries.vectors, depth, queries.where)
         return [[Hit(d, r, float(s), float(s)) for r, (d, s) in enumerate(zip(row, srow), 1)]
                 for row, srow in zip(ids, scores)]
 

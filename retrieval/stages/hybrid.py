@@ -27,6 +27,7 @@ class HybridRetriever(FirstStage):
     kind = "hybrid"
     Params = HybridParams
     gives_cosine = False  # BM25-only hits have none (a filter computes it)
+    filters = True  # both rankings it fuses apply the batch's filter
 
     def __init__(self, dense: FirstStage, lexical: FirstStage, params: HybridParams) -> None:
         self.dense, self.lexical, self.params = dense, lexical, params
