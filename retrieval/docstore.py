@@ -46,6 +46,19 @@ class DocStore:
             raise SiftrankError(f"{self.source}: {len(missing)} documents are not in the corpus (first: {missing[0]})")
         return [joined[rows[d]] for d in doc_ids]
 
+    @functools.cached_property
+    def _metadata_columns(self) -> list[str]:
+        return [c for c in self.docs.columns if c not in ("id", "title", "text")]
+
+    def metadata(self, doc_ids: list[str]) -> list[dict[str, object]]:
+        """Each document's metadata fields (missing values left out), in the order asked; {} without metadata."""
+        columns = self._metadata_columns
+        if not columns:
+            return [{} for _ in doc_ids]
+        rows, table = self._rows, self.docs.select(columns)
+        picked = table[[rows[d] for d in doc_ids]].to_dicts()
+        return [{k: v for k, v in row.items() if v is not None} for row in picked]
+
     def all_texts(self) -> list[str]:
         """Every document's text, in table order (what an encoder or BM25 indexes)."""
         return list(self._joined)

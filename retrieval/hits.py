@@ -20,6 +20,7 @@ class Hit:
     cosine: float | None = None
     relevance: float | None = None
     text: str | None = None
+    metadata: dict[str, object] | None = None  # the document's metadata fields, with its text (results)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -153,7 +153,9 @@ class Pipeline:
         """The top-``k`` of a final-stage ranking, after an optional stricter relevance cut, with texts."""
         hits = relevance_cut(hits, min_relevance, self.filter is not None)[:k]
         if with_text and self.store is not None and hits:
-            hits = [replace(h, text=t) for h, t in zip(hits, self.store.texts([h.id for h in hits]))]
+            ids = [h.id for h in hits]
+            hits = [replace(h, text=t, metadata=m or None)
+                    for h, t, m in zip(hits, self.store.texts(ids), self.store.metadata(ids))]
         return hits
 
 

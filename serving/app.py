@@ -100,7 +100,7 @@ class SearchService:
         latency_ms = 1000 * (time.perf_counter() - start)
         self._record(pool, request, query_id, mode, served, shown, flags, latency_ms, names, after)
         return SearchResponse(query_id=query_id, variant=served, mode=mode, flags=flags, latency_ms=latency_ms,
-                              hits=[HitOut(id=h.id, rank=h.rank, text=h.text, cosine=h.cosine, relevance=h.relevance,
+                              hits=[HitOut(id=h.id, rank=h.rank, text=h.text, metadata=h.metadata, cosine=h.cosine, relevance=h.relevance,
                                            score=h.score, variant=team) for h, team in shown])
 
     @staticmethod
@@ -163,7 +163,12 @@ class SearchService:
         """One variant's top-k (micro-batched), logged with its stage timings and threshold cut."""
         start = time.perf_counter()
         self.metrics.queue.labels(f"batch:{variant.name}").set(variant.batcher.depth)
-        answer = await variant.batcher.search(request.query)
+        try:
+            if request.filter is not None and variant.pipeline is not None:
+                variant.pipeline.where(request.filter)  # a bad filter is refused before it joins a batch
+            answer = await variant.batcher.search(request.query, request.filter)
+        except SiftrankError as exc:
+            raise HTTPException(422, f"variant '{variant.name}': {exc}") from None
         try:
             hits = variant.finish(answer.hits, request.k, request.min_relevance)
         except SiftrankError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,6 +23,9 @@ class SearchRequest(BaseModel):
     variant: str | None = Field(None, max_length=128)
     user_id: str | None = Field(None, max_length=256)
     session_id: str | None = Field(None, max_length=256)
+    filter: dict[str, Any] | None = Field(None, description="Only documents whose metadata match: equality "
+                                          '({"source": "pubmed"}), in ({"lang": {"in": ["en", "de"]}}), range '
+                                          '({"year": {"gte": 2020}}); all conditions must hold.')
 
     @field_validator("query")
     @classmethod
@@ -36,6 +39,7 @@ class HitOut(BaseModel):
     id: str
     rank: int
     text: str | None = None
+    metadata: dict[str, Any] | None = None
     cosine: float | None = None
     relevance: float | None = None
     score: float

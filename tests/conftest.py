@@ -41,6 +41,17 @@ def write_dataset(root: Path, docs=DOCS, queries=QUERIES, qrels=QRELS) -> Path:
     return root
 
 
+TOPICS = {"d1": "bio", "d2": "bio", "d3": "geo", "d4": "geo", "d5": "food", "d6": "food"}
+
+
+def add_metadata(root: Path) -> Path:
+    """Rewrite a tiny dataset's corpus with metadata: ``topic`` (bio, geo, food, other) and ``year`` (2000 + row)."""
+    rows = [{"_id": i, "title": t, "text": x, "topic": TOPICS.get(i, "other"), "year": 2000 + n}
+            for n, (i, (t, x)) in enumerate(DOCS.items())]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "tiny")

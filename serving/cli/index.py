@@ -27,7 +27,7 @@ app.add_typer(index_app, name="index")
 
 @index_app.command("build")
 def index_build(
-    corpus: Annotated[Path, typer.Option("--corpus", help="A corpus file (corpus.jsonl[.gz], collection.tsv) or a dataset directory holding one.")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="A corpus file (JSONL, CSV, TSV or Parquet, optionally .gz; BEIR corpus.jsonl and MS MARCO collection.tsv included) or a dataset directory holding one. Columns other than id, text and title are kept as metadata, for filters.")],
     out: Annotated[Path, typer.Option("--out", help="Index directory to write (written atomically).")],
     pipeline: PipelineOpt = None,
     model: ModelOpt = None,
@@ -37,18 +37,31 @@ def index_build(
     overwrite: OverwriteOpt = False,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Build a sharded index on Ray: a cluster address (HOST:PORT, ray://HOST:PORT, auto) or 'local'. A failed build resumes when run again.")] = None,
     shards: Annotated[int, typer.Option(min=1, help="With --ray: number of FAISS shards (one search actor each).")] = 2,
+    id_field: Annotated[Optional[str], typer.Option("--id-field", help="Column of document ids (default: the first of _id, id, docid, doc_id, pid).")] = None,
+    text_field: Annotated[Optional[str], typer.Option("--text-field", help="Column of document texts (default: the first of text, contents, body, passage).")] = None,
+    title_field: Annotated[str, typer.Option("--title-field", help="Column of titles (optional in every row; '' for none).")] = "title",
+    on_error: Annotated[str, typer.Option("--on-error", help="A bad row (no id or text, a duplicate id, a wrong type): fail (stop, nothing written) or skip (leave it out, list it).")] = "fail",
     verbose: Verbose = False,
 ) -> None:
     """Encode a corpus and write a FAISS index directory (index.faiss, docs.parquet, manifest.json), or with
     --ray a sharded one (encoded by Ray Data actors, one FAISS shard per partition)."""
+    from retrieval.corpus import CorpusReader
     from retrieval.data import Dataset
+    from retrieval.errors import SiftrankError
     from retrieval.indexer import Indexer
 
     setup_logging(verbose)
     config = load_config(pipeline, model=model, kind=kind, device=device, precision=precision)
     refuse_stages(config, "index build", first_stages=tuple(FIRST_STAGES))
     refuse_existing(out, overwrite)
-    dataset = Dataset.corpus_only(corpus)
+    if on_error not in ("fail", "skip"):
+        raise SiftrankError(f"--on-error must be fail or skip, not '{on_error}'")
+    reader = CorpusReader(id_field, text_field, title_field or None, on_error)  # type: ignore[arg-type]
+    dataset = Dataset.corpus_only(corpus, reader)
+    for line in dataset.corpus_skipped[:20]:
+        typer.echo(f"skipped {line}", err=True)
+    if dataset.corpus_skipped:
+        typer.echo(f"skipped {len(dataset.corpus_skipped)} bad rows of {dataset.corpus_path}", err=True)
     if ray is not None:
         from retrieval.sharded import ShardedIndex
 

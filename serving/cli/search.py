@@ -23,6 +23,7 @@ def search(
     model: ModelOpt = None,
     pipeline: PipelineOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON lines.")] = False,
+    where: Annotated[Optional[str], typer.Option("--filter", help='Only documents whose metadata match, as JSON: {"source": "pubmed", "year": {"gte": 2020}, "lang": {"in": ["en", "de"]}}.')] = None,
     verbose: Verbose = False,
 ) -> None:
     """Search with one query through every stage of the pipeline config (first stage, filter, ranker) and
@@ -40,6 +41,10 @@ def search(
     if (topics is None) != (output is None):
         raise SiftrankError("--topics and --output go together")
     queries = read_queries(topics) if topics is not None else {}
+    try:
+        spec = json.loads(where) if where is not None else None
+    except json.JSONDecodeError as exc:
+        raise SiftrankError(f"--filter is not JSON ({exc.msg})") from None
     if index is None and dataset is None:
         config = load_config(pipeline, model=model)
         if config.index.path is None:
@@ -54,13 +59,13 @@ def search(
     pipeline_ = Pipeline.from_config(config, data, progress=False)
     if output is not None:
         depth = None if pipeline_.filter is not None else hits  # a filter fixes its own K
-        result = pipeline_.run(queries, depth=depth, progress=True)
+        result = pipeline_.run(queries, depth=depth, progress=True, where=spec)
         run = {q: {h.id: h.score for h in ranked[:hits]} for q, ranked in result.hits.items()}
         write_text_atomic(output, format_run(run, f"siftrank-{result.final}"))
         typer.echo(f"wrote {output}: {len(run)} topics, {sum(map(len, run.values()))} hits ({result.final} stage)")
         return
     assert query is not None
-    for hit in pipeline_.search(query, k=k):
+    for hit in pipeline_.search(query, k=k, where=spec):
         if as_json:
             typer.echo(json.dumps(hit.to_dict()))
         else:

@@ -16,6 +16,7 @@ from retrieval.index import Index
 from retrieval.lexical import BM25
 from retrieval.pipeline import Pipeline
 from retrieval.where import Where
+from tests.conftest import add_metadata, write_dataset
 
 ENCODER = {"model": "test-model", "fingerprint": "abc", "dim": 16}
 SOURCES = ("pubmed", "arxiv", "web", "rare")
@@ -121,20 +122,9 @@ def test_bm25_scores_only_matching_documents() -> None:
     assert set(ids[0]) == {"doc-5", "doc-250", "doc-590"}
 
 
-def _metadata_dataset(root: Path) -> Path:
-    from tests.conftest import DOCS, write_dataset
-
-    write_dataset(root)
-    topics = {"d1": "bio", "d2": "bio", "d3": "geo", "d4": "geo", "d5": "food", "d6": "food"}
-    rows = [{"_id": i, "title": t, "text": x, "topic": topics.get(i, "other"), "year": 2000 + n}
-            for n, (i, (t, x)) in enumerate(DOCS.items())]
-    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
-
 @pytest.mark.parametrize("first_stage", ["dense", "bm25", "hybrid"])
 def test_pipeline_search_applies_the_filter_in_each_first_stage(first_stage: str, tmp_path: Path) -> None:
-    data = Dataset.load(_metadata_dataset(tmp_path / "meta"))
+    data = Dataset.load(add_metadata(write_dataset(tmp_path / "meta")))
     config = PipelineConfig.model_validate({"first_stage": {"kind": first_stage}})
     pipe = Pipeline.from_config(config, data, progress=False)
     hits = pipe.search("volcano eruptions, bread and plants", k=5, where={"topic": {"in": ["food", "bio"]}})

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from serving.experiment import ExperimentConfig
-from tests.conftest import write_dataset
+from tests.conftest import add_metadata, write_dataset
 
 EXPERIMENT = """
 [service]
@@ -33,7 +33,7 @@ shadows = [{{ variant = "bm25", sample_rate = 1.0, timeout_ms = 5000 }}]
 
 
 def write_experiment(folder: Path, share: float = 0.5) -> Path:
-    write_dataset(folder / "tiny")
+    add_metadata(write_dataset(folder / "tiny"))
     path = folder / "experiment.toml"
     path.write_text(EXPERIMENT.format(share=share))
     (folder / "bm25.toml").write_text('[first_stage]\nkind = "bm25"\n')

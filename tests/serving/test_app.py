@@ -279,3 +279,18 @@ def test_explore_swaps_move_the_top_hit_for_a_share_of_searches_and_say_so(built
     assert 8 <= swapped <= 32  # about half, and never the explicit-variant search
     logged = rows(db, "SELECT flags FROM queries WHERE flags LIKE '%swap:%'")
     assert len(logged) == swapped
+
+
+def test_filtered_search_returns_matching_documents_with_their_metadata(built, tmp_path: Path) -> None:
+    app, _ = make_app(built, tmp_path, ab={}, interleave=[], shadows=[])
+    with TestClient(app) as client:
+        for variant in ("dense", "bm25"):
+            body = client.post("/search", json={"query": "volcano eruptions, bread and plants", "k": 10, "variant": variant,
+                                                "filter": {"topic": {"in": ["food", "bio"]}, "year": {"lt": 2005}}}).json()
+            assert body["hits"] and {h["id"] for h in body["hits"]} <= {"d1", "d2", "d5"}
+            assert all(h["metadata"]["topic"] in ("food", "bio") and h["metadata"]["year"] < 2005 for h in body["hits"])
+        assert len(client.post("/search", json={"query": "volcano", "k": 5, "filter": {"topic": "geo"}}).json()["hits"]) == 2
+        for bad, message in [({"lang": "en"}, "unknown field 'lang'"), ({"year": {"near": 1}}, "unknown operator 'near'"),
+                             ({"year": "2001"}, "holds integer values"), ({}, "non-empty object")]:
+            response = client.post("/search", json={"query": "volcano", "filter": bad})
+            assert response.status_code == 422 and message in response.json()["detail"], response.json()

@@ -31,6 +31,29 @@ def test_index_build_search_and_eval_end_to_end(tiny: Path, tmp_path: Path, cli)
     assert len(run_lines) == 3 * 12 and run_lines[0].split()[3] == "1"
 
 
+def test_index_build_from_a_table_with_metadata_and_filtered_search(tmp_path: Path, cli) -> None:
+    import polars as pl
+
+    from tests.conftest import DOCS, TOPICS
+
+    table = pl.DataFrame({"key": list(DOCS), "heading": [t for t, _ in DOCS.values()], "abstract": [x for _, x in DOCS.values()],
+                          "topic": [TOPICS.get(d, "other") for d in DOCS], "year": [2000 + n for n in range(len(DOCS))]})
+    table.write_parquet(tmp_path / "docs.parquet")
+    args = ["--corpus", tmp_path / "docs.parquet", "--id-field", "key", "--text-field", "abstract", "--title-field", "heading"]
+    code, out, err = cli("index", "build", *args, "--out", tmp_path / "idx")
+    assert code == 0, err
+    code, out, err = cli("search", "why do volcanoes erupt", "--index", tmp_path / "idx", "-k", "5", "--json",
+                         "--filter", '{"topic": {"in": ["food", "bio"]}, "year": {"gte": 2001}}')
+    assert code == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    assert {h["id"] for h in hits} == {"d2", "d5", "d6"} and all(h["metadata"]["topic"] in ("food", "bio") for h in hits)
+    table.with_columns(pl.when(pl.col("key") == "d3").then(None).otherwise(pl.col("abstract")).alias("abstract")) \
+        .write_csv(tmp_path / "gap.csv")
+    code, out, err = cli("index", "build", "--corpus", tmp_path / "gap.csv", "--id-field", "key", "--text-field", "abstract",
+                         "--on-error", "skip", "--out", tmp_path / "idx2")
+    assert code == 0 and "11 passages" in out and "gap.csv:4: no text ('abstract') for document 'd3'" in err
+
+
 def test_eval_with_first_stage_run_and_score_run(tiny: Path, tmp_path: Path, cli) -> None:
     run = tmp_path / "given.trec"
     run.write_text("q1 Q0 d1 1 9.0 x\nq1 Q0 d5 2 8.0 x\nq2 Q0 d3 1 5.0 x\n")
@@ -54,6 +77,11 @@ BAD_INPUTS = [
     (["index", "build", "--corpus", "{tmp}/empty.jsonl", "--out", "{tmp}/idx"], "the corpus is empty"),
     (["index", "build", "--corpus", "{tmp}/bad.jsonl", "--out", "{tmp}/idx"], "bad.jsonl:2: malformed JSON"),
     (["index", "build", "--corpus", "{tmp}/dup.jsonl", "--out", "{tmp}/idx"], "duplicate document id 'a'"),
+    (["index", "build", "--corpus", "{tmp}/latin.csv", "--out", "{tmp}/idx"], "latin.csv:2: not UTF-8"),
+    (["index", "build", "--corpus", "{tmp}/notext.parquet", "--out", "{tmp}/idx"], "notext.parquet: no text field"),
+    (["index", "build", "--corpus", "{tiny}", "--out", "{tmp}/idx", "--on-error", "ignore"], "--on-error must be"),
+    (["search", "volcano", "--dataset", "{tiny}", "--filter", "{{oops"], "--filter is not JSON"),
+    (["search", "volcano", "--dataset", "{tiny}", "--filter", '{{"lang": "en"}}'], "unknown field 'lang'"),
     (["search", "x", "--index", "{tmp}/no-index"], "index directory not found"),
     # calibrate: the artifact would go to {tmp}/idx
     (["calibrate", "--dataset", "{tiny}", "--k", "5", "--out", "{tmp}/idx", "--features", "magic"], "--features must be one of"),
@@ -88,9 +116,13 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
 def test_bad_input_gives_one_clear_error(args: list[str], message: str, tiny: Path, tmp_path: Path, cli) -> None:
+    import polars as pl
+
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "bad.jsonl").write_text('{"_id": "a", "text": "ok"}\n{"_id": "b", "text": oops}\n')
     (tmp_path / "dup.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
+    (tmp_path / "latin.csv").write_bytes("id,text\n1,caf\xe9\n".encode("latin-1"))
+    pl.DataFrame({"id": ["a"], "abstract": ["x"]}).write_parquet(tmp_path / "notext.parquet")
     (tmp_path / "unjudged.tsv").write_text("q1\td1\t0\nq2\td3\t0\n")
     (tmp_path / "one.tsv").write_text("q1\td1\t1\n")
     (tmp_path / "empty").mkdir()
