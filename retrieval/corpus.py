@@ -64,6 +64,19 @@ def value_type(value: Any) -> str | None:
     raise ValueError(f"{type(value).__name__} values are not supported (strings, numbers, booleans, lists of strings)")
 
 
+def dtype_kind(dtype: pl.DataType) -> str:
+    """The metadata type a documents-table column holds (the names :func:`value_type` gives values)."""
+    if dtype == pl.Boolean:
+        return "boolean"
+    if dtype.is_integer():
+        return "integer"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.List(pl.String):
+        return "list of strings"
+    return "string"
+
+
 def _typed(text: str) -> Any:
     """A CSV cell as the value it spells: integer, float, boolean, else the string (empty: missing)."""
     if text == "":

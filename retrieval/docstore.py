@@ -20,7 +20,17 @@ class DocStore:
         missing = {"id", "text"} - set(docs.columns)
         if missing:
             raise SiftrankError(f"{source}: documents table lacks column(s) {', '.join(sorted(missing))}")
-        self.docs, self.source = docs, source
+        self._docs, self.source = docs, source
+
+    @property
+    def docs(self) -> pl.DataFrame:
+        """The documents table (id, title, text, metadata columns)."""
+        return self._docs
+
+    @property
+    def schema(self) -> dict[str, pl.DataType]:
+        """Column names and types of the documents table (what metadata filters are checked against)."""
+        return dict(self._docs.schema)
 
     def __len__(self) -> int:
         return self.docs.height

@@ -45,6 +45,11 @@ def default_params(kind: str, n: int) -> dict[str, Any]:
     return {}
 
 
+def _none(queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """No hits for each of ``queries``."""
+    return np.zeros((queries, 0), np.float32), np.zeros((queries, 0), np.int64)
+
+
 def _make_cpu_index(kind: str, dim: int, params: dict[str, Any]):
     import faiss
 
@@ -86,13 +91,16 @@ class Index:
     # ---- building and persistence -------------------------------------------------------------
     @classmethod
     def build(cls, vectors: np.ndarray, docs: pl.DataFrame, encoder: dict[str, Any], kind: str = "flat",
-              device: str = "auto", params: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> Index:
-        """Build an index over ``vectors`` (row i is ``docs[i]``) made by the encoder ``encoder``."""
+              device: str = "auto", params: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+              empty: bool = False) -> Index:
+        """Build an index over ``vectors`` (row i is ``docs[i]``) made by the encoder ``encoder``; ``empty``: no
+        vectors is allowed (a live corpus that documents will be written to; flat or HNSW)."""
         if kind not in KINDS:
             raise SiftrankError(f"index kind must be one of {', '.join(KINDS)}, not '{kind}'")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) == 0:
-            raise SiftrankError("cannot build an index from an empty corpus")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, int(encoder["dim"])) if empty else \
+            np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or (len(vectors) == 0 and not (empty and kind != "ivf")):
+            raise SiftrankError("cannot build an index from an empty corpus" + (" (an IVF index needs documents to train on)" if empty else ""))
         if len(vectors) != len(docs):
             raise SiftrankError(f"{len(vectors)} vectors for {len(docs)} documents")
         if docs["id"].n_unique() != len(docs):
@@ -216,15 +224,24 @@ class Index:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != int(self.manifest.parameters["dim"]):
             raise SiftrankError(f"query vectors have {queries.shape[1]} dimensions, the index {self.manifest.parameters['dim']}")
-        if self._id_array is None:
-            self._id_array = self.docs["id"].to_numpy()
         if where is None:
-            scores, positions = self.search_index.search(queries, min(k, len(self)))
+            scores, positions = self.search_index.search(queries, min(k, len(self))) if len(self) else _none(len(queries))
         else:
             scores, positions = self._filtered(queries, k, self._masks.get(where, self.docs))
+        return scores, self._ids(positions)
+
+    def search_rows(self, queries: np.ndarray, k: int, allowed: np.ndarray, where: Where | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """:meth:`search` among the rows where ``allowed`` (a live corpus's undeleted rows) and ``where`` match."""
+        if where is not None:
+            allowed = allowed & self._masks.get(where, self.docs)
+        scores, positions = self._filtered(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32), k, allowed)
+        return scores, self._ids(positions)
+
+    def _ids(self, positions: np.ndarray) -> list[list[str]]:
+        if self._id_array is None:
+            self._id_array = self.docs["id"].to_numpy()
         ids = self._id_array
-        out_ids = [[str(ids[p]) for p in row if p >= 0] for row in positions]
-        return scores, out_ids
+        return [[str(ids[p]) for p in row if p >= 0] for row in positions]
 
     def _filtered(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Search restricted to ``allowed`` rows by a FAISS ID selector (on the CPU index: GPU indexes take none);
@@ -235,7 +252,7 @@ class Index:
         matches = np.flatnonzero(allowed)
         want = min(k, len(matches))
         if want == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+            return _none(len(queries))
         bitmap = np.packbits(allowed, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
         params = self.manifest.parameters
@@ -246,14 +263,14 @@ class Index:
         scores, positions = self.cpu_index.search(queries, want, params=options)
         short = np.flatnonzero((positions >= 0).sum(axis=1) < want)
         if len(short):
-            vectors = self._vectors(matches)
+            vectors = self.vectors(matches)
             exact = queries[short] @ vectors.T
             top = np.argsort(-exact, axis=1, kind="stable")[:, :want]
             scores[short] = np.take_along_axis(exact, top, axis=1)
             positions[short] = matches[top]
         return scores, positions
 
-    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The stored vectors of ``rows`` (an IVF index gets its direct map on first use)."""
         index = self.cpu_index
         if self.kind == "ivf" and index.direct_map.type == 0:

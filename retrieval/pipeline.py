@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -22,6 +23,7 @@ from retrieval.docstore import DocStore
 from retrieval.encoder import Encoder
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit, renumber
+from retrieval.live import LiveCorpus
 from retrieval.stages.base import Filter, FirstStage, QueryBatch, Reranker
 from retrieval.stages.context import StageContext
 from retrieval.where import Where
@@ -66,6 +68,7 @@ class Pipeline:
         if any(e.identity() != encoder.identity() for e in encoders.values()):  # type: ignore[union-attr]
             raise SiftrankError("the stages of one pipeline must read the same encoder's query vectors")
         self.first_stage, self.filter, self.reranker, self.store, self.encoder = first_stage, filter, reranker, store, encoder
+        self.live: LiveCorpus | None = None  # set by go_live
         self.depth = self.check_depth(depth or DEFAULT_DEPTH)
 
     @classmethod
@@ -108,7 +111,22 @@ class Pipeline:
                                 "(dense, bm25 and hybrid can)")
         if self.store is None:
             raise SiftrankError("filter: this pipeline has no documents table to filter on")
-        return Where(spec, self.store.docs.schema)
+        return Where(spec, self.store.schema)
+
+    def go_live(self, snapshot: Path | None = None) -> LiveCorpus:
+        """Make the corpus writable: documents upserted or deleted through the returned corpus are searched
+        (every stage, metadata filters included) from the moment :meth:`LiveCorpus.apply` returns. With a
+        ``snapshot`` folder that holds one (:meth:`LiveCorpus.save`), its documents and indexes are the base."""
+        if self.store is None:
+            raise SiftrankError("a live corpus needs a documents table: give the pipeline a dataset or an [index].path")
+        restored = LiveCorpus.snapshot(snapshot) if snapshot is not None else None
+        corpus = LiveCorpus(restored[1], restored[0]) if restored else LiveCorpus(self.store.docs)
+        self.first_stage.go_live(corpus, snapshot if restored else None)
+        for stage in (self.filter, self.reranker):
+            if stage is not None:
+                stage.bind_store(corpus.store)
+        self.store, self.live = corpus.store, corpus
+        return corpus
 
     def run(self, queries: Mapping[str, str], depth: int | None = None, batch_size: int = 128,
             progress: bool = False, where: Mapping[str, Any] | Where | None = None) -> PipelineResult:

@@ -19,7 +19,8 @@ class SearchIndex(Protocol):
     """What the pipeline needs of an index: its kind and size, the encoder it was built with, warming up,
     top-k search by inner product (cosine on normalised vectors) and the passages it holds."""
 
-    manifest: Manifest
+    @property
+    def manifest(self) -> Manifest: ...
 
     @property
     def kind(self) -> str: ...

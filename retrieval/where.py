@@ -18,23 +18,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from retrieval.corpus import RESERVED, value_type
+from retrieval.corpus import RESERVED, dtype_kind, value_type
 from retrieval.errors import SiftrankError
 
 RANGE = {"gt": "__gt__", "gte": "__ge__", "lt": "__lt__", "lte": "__le__"}
 OPERATORS = ("eq", "in", *RANGE)
-
-
-def _column_type(dtype: pl.DataType) -> str:
-    if dtype == pl.Boolean:
-        return "boolean"
-    if dtype.is_integer():
-        return "integer"
-    if dtype.is_float():
-        return "float"
-    if dtype == pl.List(pl.String):
-        return "list of strings"
-    return "string"
 
 
 class Where:
@@ -44,7 +32,7 @@ class Where:
         """Check ``spec`` against ``schema`` (the documents table's columns); errors name the field and why."""
         if not isinstance(spec, Mapping) or not spec:
             raise SiftrankError("filter: expected a non-empty object of field conditions")
-        fields = {name: _column_type(dtype) for name, dtype in schema.items() if name not in RESERVED}
+        fields = {name: dtype_kind(dtype) for name, dtype in schema.items() if name not in RESERVED}
         self.spec = {str(k): v for k, v in spec.items()}
         self.key = json.dumps(self.spec, sort_keys=True, default=str)
         conditions = []

@@ -10,16 +10,19 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
 from retrieval.stages.params import StageParams
 
 if TYPE_CHECKING:
     from retrieval.docstore import DocStore
     from retrieval.encoder import Encoder
+    from retrieval.live import LiveCorpus
     from retrieval.stages.context import StageContext
     from retrieval.where import Where
 
@@ -57,6 +60,11 @@ class _Stage(ABC):
         """What produced a ranking (for metrics.json and /variants)."""
         return {"kind": self.kind}
 
+    def bind_store(self, store: DocStore) -> None:
+        """Read passage texts from ``store`` from now on (a filter's candidates without a cosine, a ranker's
+        passages; a live corpus's store once it goes live). A stage that reads none ignores it."""
+        return None
+
 
 class FirstStage(_Stage):
     """Candidates for each query from the whole collection (or a given run)."""
@@ -78,6 +86,11 @@ class FirstStage(_Stage):
     def retrieve(self, queries: QueryBatch, depth: int) -> list[list[Hit]]:
         """The top ``depth`` hits of each query, ranked 1..n."""
 
+    def go_live(self, corpus: LiveCorpus, snapshot: Path | None = None) -> None:
+        """Search ``corpus`` from now on, with its writes (see :mod:`retrieval.live`); ``snapshot``: the corpus was
+        restored from this snapshot folder, whose structures replace the stage's own."""
+        raise SiftrankError(f"the '{self.kind}' first stage cannot search a live corpus (dense, bm25 and hybrid can)")
+
 
 class Filter(_Stage):
     """Gives every candidate a relevance and keeps those at or over a threshold, order unchanged."""
@@ -85,9 +98,6 @@ class Filter(_Stage):
     name: ClassVar[str] = "filter"
     #: the first-stage depth the filter was trained for (None: any)
     depth: int | None = None
-
-    def bind_store(self, store: DocStore) -> None:
-        """Passage texts, for candidates that come without a cosine (BM25, hybrid, run files)."""
 
     @abstractmethod
     def filter(self, queries: QueryBatch, hits: list[list[Hit]], threshold: float | None = None) -> list[list[Hit]]:

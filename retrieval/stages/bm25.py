@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from retrieval.hits import Hit
 from retrieval.lexical import BM25
+from retrieval.live import LiveCorpus
+from retrieval.live_bm25 import LiveBM25
 from retrieval.stages.base import FirstStage, QueryBatch, StageParams
 from retrieval.stages.context import StageContext
 
@@ -23,7 +27,13 @@ class BM25Retriever(FirstStage):
     filters = True
 
     def __init__(self, bm25: BM25) -> None:
-        self.bm25 = bm25
+        self.bm25: BM25 | LiveBM25 = bm25
+
+    def go_live(self, corpus: LiveCorpus, snapshot: Path | None = None) -> None:
+        assert isinstance(self.bm25, BM25)
+        base = corpus.state.base
+        restored = (BM25(base, self.bm25.k1, self.bm25.b) if base.height else None) if snapshot is not None else self.bm25
+        self.bm25 = LiveBM25(restored, corpus, self.bm25.k1, self.bm25.b)
 
     @classmethod
     def from_config(cls, params: BM25Params, context: StageContext) -> BM25Retriever:

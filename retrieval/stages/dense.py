@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from retrieval.encoder import Encoder
+from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
+from retrieval.live import LiveCorpus
 from retrieval.searchable import SearchIndex
 from retrieval.stages.base import FirstStage, QueryBatch, StageParams
 from retrieval.stages.context import StageContext
@@ -29,6 +32,15 @@ class DenseRetriever(FirstStage):
 
     def warm(self) -> None:
         self.index.warm()
+
+    def go_live(self, corpus: LiveCorpus, snapshot: Path | None = None) -> None:
+        from retrieval.index import Index
+        from retrieval.live_index import LiveIndex
+
+        if not isinstance(self.index, Index):
+            raise SiftrankError(f"a live corpus needs a single FAISS index, not a {self.index.kind} one")
+        self.index = LiveIndex(LiveIndex.restore(snapshot, self.index, corpus.state.base, self.encoder)
+                               if snapshot is not None else self.index, corpus, self.encoder)
 
     def retrieve(self, queries: QueryBatch, depth: int) -> list[list[Hit]]:
         scores, ids = self.index.search(queries.vectors, depth, queries.where)

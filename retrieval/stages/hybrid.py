@@ -3,12 +3,14 @@ or by interpolating per-query min-max normalised scores. Built from the two regi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from retrieval.fusion import fuse_scores
 from retrieval.hits import Hit
+from retrieval.live import LiveCorpus
 from retrieval.stages.base import FirstStage, QueryBatch, StageParams
 from retrieval.stages.context import StageContext
 from retrieval.stages.registry import stage_class
@@ -40,6 +42,10 @@ class HybridRetriever(FirstStage):
 
     def warm(self) -> None:
         self.dense.warm()
+
+    def go_live(self, corpus: LiveCorpus, snapshot: Path | None = None) -> None:
+        self.dense.go_live(corpus, snapshot)
+        self.lexical.go_live(corpus, snapshot)
 
     def retrieve(self, queries: QueryBatch, depth: int) -> list[list[Hit]]:
         pool = self.params.pool or depth

@@ -91,6 +91,9 @@ class LLMReranker(Reranker):
     def from_config(cls, params: LLMParams, context: StageContext) -> LLMReranker:
         return cls(params.build(), context.store, params.depth, params.score_fusion())
 
+    def bind_store(self, store: DocStore) -> None:
+        self.store = store
+
     @property
     def off(self) -> bool:
         """Fusion weight 0: the stage passes its input on without calling the LLM."""
