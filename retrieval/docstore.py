@@ -48,6 +48,10 @@ class DocStore:
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._rows
 
+    def row(self, doc_id: str) -> int:
+        """The table row of a document (KeyError when it is not here)."""
+        return self._rows[doc_id]
+
     def texts(self, doc_ids: list[str]) -> list[str]:
         """Title and body of each document, in the order asked; an unknown id is an error."""
         rows, joined = self._rows, self._joined

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from retrieval.errors import SiftrankError
 SNAPSHOT_KIND, SNAPSHOT_DOCS = "live-corpus", "docs.parquet"
 
 
-def documents_frame(documents: list[Mapping[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+def documents_frame(documents: Sequence[Mapping[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
     """A documents table of written documents (``id``, ``text``, ``title``, ``metadata``), their metadata checked
     against the corpus's columns (a new field takes its value's type); a mismatch is an error naming the document."""
     kinds = {name: dtype_kind(dtype) for name, dtype in schema.items() if name not in RESERVED}
@@ -172,6 +172,16 @@ class LiveCorpus:
             delta = pl.concat([s.delta.filter(pl.Series(keep, dtype=pl.Boolean)), upserts], how="diagonal_relaxed")
             parts = {key: (base, self.consumers[key].extend(part, keep, upserts)) for key, (base, part) in s.parts.items()}
             self.state = CorpusState(version, s.base, s.deleted | in_base, delta, parts)
+
+    def document(self, doc_id: str) -> dict[str, Any] | None:
+        """One current document: id, title, text and its metadata (None when the corpus does not hold it)."""
+        s = self.state
+        if doc_id not in s:
+            return None
+        table = s.delta if doc_id in s.delta_rows else s.base
+        row = table.row(s.delta_rows[doc_id] if table is s.delta else s.base_store.row(doc_id), named=True)
+        metadata = {k: v for k, v in row.items() if k not in RESERVED and v is not None}
+        return {"id": row["id"], "title": row["title"], "text": row["text"], "metadata": metadata}
 
     def save(self, path: Path) -> int:
         """Write a snapshot of the last compacted state (documents and each consumer's base) atomically, replacing

@@ -45,6 +45,7 @@ class Where:
                 raise SiftrankError(f"filter: field '{name}' has no condition")
             conditions += [self._condition(name, fields[name], op, value) for op, value in ops.items()]
         self.expression: pl.Expr = functools.reduce(lambda a, b: a & b, conditions)
+        self.types = {name: schema[name] for name in self.spec}
 
     @staticmethod
     def _condition(name: str, kind: str, op: str, value: Any) -> pl.Expr:
@@ -80,7 +81,11 @@ class Where:
         raise SiftrankError(f"filter: unknown operator '{op}' on '{name}' (operators: {', '.join(OPERATORS)})")
 
     def mask(self, docs: pl.DataFrame) -> np.ndarray:
-        """Which rows of ``docs`` match (a boolean array in table order)."""
+        """Which rows of ``docs`` match (a boolean array in table order); a field the table lacks (a live corpus's
+        base, before documents with the field were written) is missing in every row."""
+        missing = [pl.lit(None, dtype).alias(name) for name, dtype in self.types.items() if name not in docs.columns]
+        if missing:
+            docs = docs.with_columns(missing)
         return docs.select(self.expression.alias("match"))["match"].to_numpy().astype(bool, copy=False)
 
     def __repr__(self) -> str:

@@ -6,7 +6,9 @@
     GET  /variants    what runs, and in which role
     GET  /healthz     the process is up;  GET /readyz: 503 until every variant is loaded and warmed
     GET  /metrics     Prometheus
-    POST /admin/reload, /admin/promote   behind the X-API-Key header (compared in constant time)
+    POST /documents, DELETE /documents/{id}   write the live corpus (with [service].documents_log; admin key)
+    GET  /documents/{id}   one document as the primary variant holds it
+    POST /admin/reload, /admin/promote, /admin/compact   behind the X-API-Key header (compared in constant time)
 
 CPU work runs on each variant's worker thread (micro-batched), never on the event loop. Shadows run
 after the response, through a bounded queue. Every request, result list, stage timing and feedback
@@ -38,11 +40,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
+from serving.documents import DocumentWriter
 from serving.eventlog import EventLog
 from serving.experiment import ExperimentConfig, ServiceSection, bucket
 from serving.interleave import TeamDraft
 from serving.metrics import ServiceMetrics
-from serving.schemas import FeedbackRequest, FeedbackResponse, HitOut, PromoteRequest, SearchRequest, SearchResponse
+from serving.schemas import (
+    DocumentsRequest,
+    DocumentsResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    HitOut,
+    PromoteRequest,
+    SearchRequest,
+    SearchResponse,
+)
 from serving.shadow import ShadowRunner
 from serving.variants import Variant, VariantPool
 
@@ -66,6 +78,8 @@ class SearchService:
                                     lambda v, reason: self.metrics.shadow_drops.labels(v, reason).inc())
         self.drafts: OrderedDict[str, TeamDraft] = OrderedDict()
         self.load_error: str | None = None
+        service = config.service
+        self.documents = DocumentWriter(service.documents_log, service.compact_after) if service.documents_log else None
 
     async def load(self) -> None:
         """Build and warm the pool off the event loop; /readyz turns 200 once it is in place."""
@@ -89,6 +103,9 @@ class SearchService:
         self._validate(request, pool.config.service)
         query_id = uuid.uuid4().hex
         mode, names = self._route(request, pool, request.user_id or request.session_id or query_id)
+        # the corpus version the answering variants held (the older one of an interleaved pair)
+        held = [pool[n].corpus_version for n in names]
+        version = min(v for v in held if v is not None) if None not in held else None
         flags = ["rerank_unavailable"] if request.rerank and any("rerank" not in pool[n].stages for n in names) else []
         answers = await asyncio.gather(*(self._run(pool[n], request, query_id, "served") for n in names))
         served, shown = self._merge(mode, names, answers, request.k, query_id)
@@ -98,7 +115,7 @@ class SearchService:
             shown[0], shown[swap - 1] = (replace(low, rank=1), team_low), (replace(top, rank=swap), team_top)
             flags.append(f"swap:{swap}")
         latency_ms = 1000 * (time.perf_counter() - start)
-        self._record(pool, request, query_id, mode, served, shown, flags, latency_ms, names, after)
+        self._record(pool, request, query_id, mode, served, shown, flags, latency_ms, names, after, version)
         return SearchResponse(query_id=query_id, variant=served, mode=mode, flags=flags, latency_ms=latency_ms,
                               hits=[HitOut(id=h.id, rank=h.rank, text=h.text, metadata=h.metadata, cosine=h.cosine, relevance=h.relevance,
                                            score=h.score, variant=team) for h, team in shown])
@@ -137,11 +154,11 @@ class SearchService:
 
     def _record(self, pool: VariantPool, request: SearchRequest, query_id: str, mode: str, served: str,
                 shown: list[tuple[Hit, str]], flags: list[str], latency_ms: float, names: list[str],
-                after: list[Callable[[], object]] | None) -> None:
+                after: list[Callable[[], object]] | None, version: int | None) -> None:
         """Log the query and what was shown, observe the latency, and offer the shadows their copy."""
         experiment = pool.config.experiment
         self.log.add("queries", query_id, time.time(), experiment.name, request.user_id, request.session_id,
-                     request.query, mode, served, request.k, latency_ms, json.dumps(flags))
+                     request.query, mode, served, request.k, latency_ms, json.dumps(flags), version)
         rows = [(query_id, served, "shown", h.rank, h.id, h.score, h.cosine, h.relevance, team) for h, team in shown]
         if mode == "interleave":  # committed now: the click may reach another worker process
             self.log.write_now("results", rows)
@@ -215,7 +232,11 @@ class SearchService:
             raise HTTPException(409, "this service was not started from an experiment file: nothing to reload")
         try:
             config = ExperimentConfig.load(self.source)
-            pool = await asyncio.to_thread(VariantPool.build, config)
+            if self.documents is not None:
+                async with self.documents.lock:  # no write lands between the new pool's replay and the swap
+                    pool = await asyncio.to_thread(VariantPool.build, config)
+            else:
+                pool = await asyncio.to_thread(VariantPool.build, config)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the serving pool untouched
             raise HTTPException(422, f"reload failed, the previous variants keep serving: {exc}") from None
         old, self.pool, self.config = self.pool, pool, config
@@ -224,6 +245,42 @@ class SearchService:
             self.owned.remove(old)
             asyncio.get_running_loop().create_task(_close_later(old, RETIRE_AFTER_S))
         return {"reloaded": list(pool.variants)}
+
+    # ---- documents --------------------------------------------------------------------------------------
+    def _writer(self) -> tuple[DocumentWriter, VariantPool]:
+        if self.documents is None:
+            raise HTTPException(409, "this service has no live corpus: set [service].documents_log to write documents")
+        if self.pool is None:
+            raise HTTPException(503, "variants are still loading")
+        return self.documents, self.pool
+
+    async def upsert(self, request: DocumentsRequest) -> DocumentsResponse:
+        writer, pool = self._writer()
+        docs = [d.model_dump(exclude_none=True) for d in request.documents]
+        version = await writer.write(pool, docs, [])
+        self.metrics.documents.labels("upsert").inc(len(docs))
+        return DocumentsResponse(version=version, upserted=len(docs))
+
+    async def delete(self, doc_id: str) -> DocumentsResponse:
+        writer, pool = self._writer()
+        if writer.primary(pool).document(doc_id) is None:
+            raise HTTPException(404, f"no document '{doc_id}'")
+        version = await writer.write(pool, [], [doc_id])
+        self.metrics.documents.labels("delete").inc()
+        return DocumentsResponse(version=version, deleted=1)
+
+    def document(self, doc_id: str) -> dict[str, Any]:
+        writer, pool = self._writer()
+        corpus = writer.primary(pool)
+        found = corpus.document(doc_id)
+        if found is None:
+            raise HTTPException(404, f"no document '{doc_id}'")
+        return {**found, "version": corpus.state.version}
+
+    async def compact(self) -> dict[str, Any]:
+        writer, pool = self._writer()
+        version = await writer.compact(pool)
+        return {"version": version, **writer.last_compaction}
 
     async def promote(self, name: str) -> dict[str, Any]:
         """Make a shadow the primary (it stops being a shadow); the swap is one assignment."""
@@ -268,11 +325,14 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
         for pool in service.owned:
             await pool.close()
         service.log.close()
+        if service.documents is not None:
+            service.documents.close()
 
     app = FastAPI(title="siftrank", version="0.1.0", lifespan=lifespan,
                   description="Dense retrieval with calibrated relevance, A/B tests, interleaving and shadow variants.")
     app.state.service = service
-    app.add_middleware(BodyLimit, limit=config.service.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=config.service.max_body_bytes,
+                       documents_limit=config.service.max_documents_bytes)
     app.add_middleware(WorkerHeader)
     from serving.ui import router as ui_router
 
@@ -345,6 +405,29 @@ def create_app(config: ExperimentConfig, source: Path | None = None, pool: Varia
         authorise(x_api_key)
         return await service.reload()
 
+    @app.post("/documents", response_model=DocumentsResponse, responses={401: {}, 403: {}, 409: {}, 413: {}, 422: {}})
+    async def upsert_documents(request: DocumentsRequest, x_api_key: str | None = Header(None)) -> DocumentsResponse:
+        """Add or replace documents (by id). Answered once the batch is durable and searchable in every variant."""
+        authorise(x_api_key)
+        return await service.upsert(request)
+
+    @app.delete("/documents/{doc_id}", response_model=DocumentsResponse, responses={401: {}, 403: {}, 404: {}, 409: {}})
+    async def delete_document(doc_id: str, x_api_key: str | None = Header(None)) -> DocumentsResponse:
+        """Delete a document: once answered, no search returns it again."""
+        authorise(x_api_key)
+        return await service.delete(doc_id)
+
+    @app.get("/documents/{doc_id}", responses={404: {}, 409: {}})
+    async def get_document(doc_id: str) -> dict[str, Any]:
+        """A document as the primary variant serves it, with the corpus version."""
+        return service.document(doc_id)
+
+    @app.post("/admin/compact", responses={401: {}, 403: {}, 409: {}})
+    async def compact(x_api_key: str | None = Header(None)) -> dict[str, Any]:
+        """Fold the written documents into new snapshots now (searches go on; writes wait) and truncate the log."""
+        authorise(x_api_key)
+        return await service.compact()
+
     @app.post("/admin/promote", responses={401: {}, 403: {}, 409: {}})
     async def promote(request: PromoteRequest, x_api_key: str | None = Header(None)) -> dict[str, Any]:
         """Promote a shadow variant to primary."""
@@ -377,18 +460,19 @@ class BodyLimit:
     """ASGI middleware: request bodies over ``limit`` bytes get 413 before any handler reads them.
     A declared Content-Length is checked up front; a body without one is read (up to the limit) first."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, documents_limit: int | None = None) -> None:
+        self.app, self.search_limit, self.documents_limit = app, limit, documents_limit or limit
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.documents_limit if scope.get("path", "").startswith("/documents") else self.search_limit
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 return await _reply(send, 400, "invalid Content-Length")
-            if int(declared) > self.limit:
-                return await _reply(send, 413, f"request body over {self.limit} bytes")
+            if int(declared) > limit:
+                return await _reply(send, 413, f"request body over {limit} bytes")
             return await self.app(scope, receive, send)
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
@@ -399,8 +483,8 @@ class BodyLimit:
                 return await self.app(scope, receive, send)  # disconnect: let the app see it
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.limit:
-                return await _reply(send, 413, f"request body over {self.limit} bytes")
+            if len(body) > limit:
+                return await _reply(send, 413, f"request body over {limit} bytes")
         replayed = False
 
         async def replay():

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (query_id TEXT PRIMARY KEY, ts REAL, experiment TEXT, user_id TEXT,
-    session_id TEXT, query TEXT, mode TEXT, variant TEXT, k INTEGER, latency_ms REAL, flags TEXT);
+    session_id TEXT, query TEXT, mode TEXT, variant TEXT, k INTEGER, latency_ms REAL, flags TEXT, corpus_version INTEGER);
 CREATE TABLE IF NOT EXISTS results (query_id TEXT, variant TEXT, role TEXT, rank INTEGER, doc_id TEXT,
     score REAL, cosine REAL, relevance REAL, team TEXT);
 CREATE TABLE IF NOT EXISTS stages (query_id TEXT, variant TEXT, role TEXT, stage TEXT, ms REAL, cut INTEGER);
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS feedback (ts REAL, query_id TEXT, user_id TEXT, doc_i
 CREATE INDEX IF NOT EXISTS results_query ON results (query_id);
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback (query_id);
 """
-COLUMNS = {"queries": 11, "results": 9, "stages": 6, "feedback": 6}
+COLUMNS = {"queries": 12, "results": 9, "stages": 6, "feedback": 6}
 
 
 class EventLog:
@@ -44,6 +44,8 @@ class EventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(SCHEMA)
+            if "corpus_version" not in {row[1] for row in db.execute("PRAGMA table_info(queries)")}:
+                db.execute("ALTER TABLE queries ADD COLUMN corpus_version INTEGER")  # a log from before live corpora
         self.batch, self.flush_s = batch, flush_ms / 1000
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | Future[None] | None] = queue.Queue()
         self._direct = self._connect()  # synchronous writes and reads that every worker must see at once

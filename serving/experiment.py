@@ -46,6 +46,10 @@ class ServiceSection(_Strict):
     shadow_nice: int = Field(19, ge=0, le=19)  # CPU priority of shadow-only variants' worker threads
     shadow_threads: int = Field(1, ge=1)  # torch threads of a shadow-only variant's worker
     shadow_process: bool = True  # shadow-only variants run in their own worker process (no shared GIL)
+    # live documents (POST/DELETE /documents): the durable write log; snapshots go beside it (<log>.snapshots/)
+    documents_log: Path | None = None
+    compact_after: int = Field(5000, ge=1)  # documents written since the last snapshot that start a compaction
+    max_documents_bytes: int = Field(4_000_000, ge=1024)  # body limit of POST /documents (search keeps max_body_bytes)
     event_batch: int = Field(256, ge=1)
     event_flush_ms: float = Field(50.0, gt=0.0)
 
@@ -114,6 +118,7 @@ class ExperimentConfig(_Strict):
         service = config.service
         service.event_log = _under(base, service.event_log)  # type: ignore[assignment]
         service.data = _under(base, service.data)  # type: ignore[assignment]  # None stays None
+        service.documents_log = _under(base, service.documents_log)  # type: ignore[assignment]
         for variant in config.variants.values():
             variant.pipeline, variant.data = _under(base, variant.pipeline), _under(base, variant.data)
             if variant.pipeline is not None and variant.pipeline.is_dir():

@@ -25,6 +25,8 @@ class ServiceMetrics:
                               registry=self.registry)
         self.cut = Counter("siftrank_threshold_cut_total", "Candidates removed by the relevance threshold",
                            ["variant"], registry=self.registry)
+        self.documents = Counter("siftrank_documents_written_total", "Documents upserted or deleted through the API",
+                                 ["op"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,6 +35,54 @@ class SearchRequest(BaseModel):
         return value
 
 
+MetadataValue = str | int | float | bool | list[str]
+DOCUMENT_CHARS = 1_000_000  # one document's text; longer ones are refused (split them into passages)
+
+
+class DocumentIn(BaseModel):
+    """One document to index: its id, text, optional title and metadata (filterable fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    text: str = Field(min_length=1, max_length=DOCUMENT_CHARS)
+    title: str | None = Field(None, max_length=10_000)
+    metadata: dict[str, MetadataValue] | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the text is empty or whitespace")
+        return value
+
+
+class DocumentsRequest(BaseModel):
+    """A batch of documents to add or replace (by id), applied together as one corpus version."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"documents": [{"id": "doc-1", "title": "Aspirin", "text": "Aspirin lowers the risk of ...",
+                        "metadata": {"source": "pubmed", "year": 2021, "lang": "en"}}]}]})
+
+    documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
+
+    @field_validator("documents")
+    @classmethod
+    def _unique_ids(cls, documents: list[DocumentIn]) -> list[DocumentIn]:
+        seen: set[str] = set()
+        for doc in documents:
+            if doc.id in seen:
+                raise ValueError(f"duplicate id '{doc.id}' in the batch")
+            seen.add(doc.id)
+        return documents
+
+
+class DocumentsResponse(BaseModel):
+    version: int  # the corpus version that holds the write (searches log the version that answered them)
+    upserted: int = 0
+    deleted: int = 0
+
+
 class HitOut(BaseModel):
     id: str
     rank: int

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from retrieval.config import PipelineConfig
 from retrieval.data import Dataset
+from retrieval.doclog import DocumentLog
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
+from retrieval.live import documents_frame
 from retrieval.pipeline import Pipeline, relevance_cut
 from serving.batcher import MicroBatcher, ProcessSpec
 from serving.experiment import ExperimentConfig
@@ -37,11 +39,37 @@ class Variant:
     def stages(self) -> list[str]:
         return self.pipeline.stages if self.pipeline is not None else self.config.stages()
 
+    @property
+    def corpus_version(self) -> int | None:
+        """The version of the live corpus this variant searches now (None: its corpus is not live)."""
+        live = self.pipeline.live if self.pipeline is not None else None
+        return live.state.version if live is not None else None
+
     def finish(self, hits: list[Hit], k: int, min_relevance: float | None) -> list[Hit]:
         """The top-``k`` with texts (a process-run shadow's are logged, never shown: no texts)."""
         if self.pipeline is not None:
             return self.pipeline.finish(hits, k, with_text=True, min_relevance=min_relevance)
         return relevance_cut(hits, min_relevance, self.config.filter is not None)[:k]
+
+
+def snapshot_folder(documents_log: Path, variant: str) -> Path:
+    """Where a variant's snapshot of the live corpus lies (beside the document log)."""
+    return Path(documents_log).with_name(Path(documents_log).name + ".snapshots") / variant
+
+
+def go_live(pipeline: Pipeline, documents_log: Path, name: str) -> None:
+    """Serve the variant's corpus live: its last snapshot (if any) plus every logged write after it."""
+    corpus = pipeline.go_live(snapshot_folder(documents_log, name))
+    doclog = DocumentLog(documents_log)
+    try:
+        replayed = 0
+        for version, upserts, deletes in doclog.since(corpus.state.version):
+            corpus.apply(version, documents_frame(upserts, corpus.store.schema), deletes)
+            replayed += 1
+    finally:
+        doclog.close()
+    log.info("variant %s: live corpus at version %d (%d documents, %d batches replayed)", name, corpus.state.version,
+             len(corpus.state), replayed)
 
 
 class VariantPool:
@@ -66,6 +94,9 @@ class VariantPool:
             # the API never returns more than max_k: a first stage without its own depth stops there
             depth = None if pipeline_config.first_stage.depth or pipeline_config.filter else service.max_k
             if name in shadow_only and service.shadow_process:
+                if service.documents_log is not None:
+                    raise SiftrankError(f"variant '{name}': a live corpus ([service].documents_log) needs every variant in "
+                                        "the serving process: set [service].shadow_process = false")
                 spec = ProcessSpec(section.pipeline, root, depth, os.environ.get("SIFTRANK_CACHE"))
                 batcher = MicroBatcher(None, name, service.batch_window_ms, service.max_batch, service.shadow_nice,
                                        service.shadow_threads, spec)
@@ -75,6 +106,8 @@ class VariantPool:
             if root is not None:
                 dataset = datasets.get(root) or datasets.setdefault(root, Dataset.corpus_only(root))
             pipeline = Pipeline.from_config(pipeline_config, dataset, progress)
+            if service.documents_log is not None:
+                go_live(pipeline, service.documents_log, name)
             if name in shadow_only:
                 batcher = MicroBatcher(pipeline, name, service.batch_window_ms, service.max_batch, service.shadow_nice,
                                        service.shadow_threads, depth=depth)
