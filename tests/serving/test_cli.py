@@ -329,3 +329,23 @@ def test_batch_search_writes_a_run_that_scores_like_eval(tiny: Path, tmp_path: P
                           (["--topics", topics], "--topics and --output go together")]:
         code, _, err = cli("search", *args, "--dataset", tiny)
         assert code == 2 and message in err, err
+
+
+def test_index_update_adds_replaces_and_deletes_without_a_rebuild(tiny: Path, tmp_path: Path, cli) -> None:
+    assert cli("index", "build", "--corpus", tiny, "--out", tmp_path / "idx", "--kind", "hnsw")[0] == 0
+    (tmp_path / "new.jsonl").write_text(json.dumps({"_id": "n1", "text": "Penguins live in Antarctica.", "year": 2020}) + "\n"
+                                        + json.dumps({"_id": "d1", "text": "Glaciers carve valleys into mountains."}) + "\n")
+    (tmp_path / "gone.txt").write_text("d3\n")
+    code, out, err = cli("index", "update", "--index", tmp_path / "idx", "--corpus", tmp_path / "new.jsonl",
+                         "--delete", tmp_path / "gone.txt")
+    assert code == 0, err
+    assert "1 added, 1 replaced, 1 deleted; 12 passages" in out
+    code, out, _ = cli("search", "penguins antarctica", "--index", tmp_path / "idx", "-k", "12", "--json")
+    hits = [json.loads(line) for line in out.splitlines()]
+    assert hits[0]["id"] == "n1" and hits[0]["metadata"] == {"year": 2020} and "d3" not in {h["id"] for h in hits}
+    code, out, _ = cli("search", "glaciers valleys", "--index", tmp_path / "idx", "-k", "1", "--json")
+    assert json.loads(out)["id"] == "d1" and "Glaciers" in json.loads(out)["text"]
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["parameters"]["index_kind"] == "hnsw"
+    (tmp_path / "bad.txt").write_text("nope\n")
+    code, _, err = cli("index", "update", "--index", tmp_path / "idx", "--delete", tmp_path / "bad.txt")
+    assert code == 2 and "1 ids are not in the index (first: nope)" in err
