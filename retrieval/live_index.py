@@ -87,11 +87,15 @@ class LiveIndex:
         rows = np.arange(len(delta_vectors)) if where is None else np.flatnonzero(where.mask(state.delta))
         exact = queries @ delta_vectors[rows].T
         delta_ids = state.delta["id"].to_numpy()[rows]
+        if exact.shape[1] > k:  # each query's k best of the delta, before merging with the base's
+            best = np.argpartition(-exact, k - 1, axis=1)[:, :k]
+        else:
+            best = np.tile(np.arange(exact.shape[1]), (len(queries), 1))
         merged_scores = np.full((len(queries), k), -np.inf, np.float32)
         merged_ids = []
         for q in range(len(queries)):
             pool = [(float(s), d) for s, d in zip(scores[q][:len(ids[q])], ids[q])] + \
-                   [(float(s), str(d)) for s, d in zip(exact[q], delta_ids)]
+                   [(float(exact[q, c]), str(delta_ids[c])) for c in best[q]]
             top = sorted(pool, key=lambda item: (-item[0], item[1]))[:k]
             merged_scores[q, :len(top)] = [s for s, _ in top]
             merged_ids.append([d for _, d in top])

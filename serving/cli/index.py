@@ -124,8 +124,8 @@ def index_update(
     dense = LiveIndex(base, live, config.encoder.build())
     for name, dtype in upserts.schema.items():
         held = base.docs.schema.get(name)
-        kinds = {dtype_kind(dtype), dtype_kind(held)} if held is not None else set()
-        if len(kinds) == 2 and kinds != {"integer", "float"}:
+        if held is not None and (kinds := {dtype_kind(dtype), dtype_kind(held)}) and len(kinds) == 2 \
+                and kinds != {"integer", "float"}:
             raise SiftrankError(f"{corpus}: column '{name}' holds {dtype_kind(dtype)} values, the index {dtype_kind(held)}")
     live.apply(1, upserts, deletes)
     live.compact()
