@@ -31,7 +31,7 @@ li.same{background:#fff4c2} .id{font-family:monospace;font-weight:bold} .pos{col
 .bar{position:relative;height:9px;background:#eee;width:16em;margin:2px 0;border-radius:2px}
 .bar>span{position:absolute;left:0;top:0;bottom:0;border-radius:2px} .cos>span{background:#8aa9cf}
 .rel>span{background:#2a6fb0} .thr{position:absolute;top:-3px;bottom:-3px;width:2px;background:#c0392b}
-.text{color:#444;font-size:12px} table{border-collapse:collapse;margin:.5em 0 1.5em} td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+.text{color:#444;font-size:12px} .meta{color:#2c6e9b;font-size:11px} table{border-collapse:collapse;margin:.5em 0 1.5em} td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left} .flag{color:#c0392b;font-weight:bold} .ok{color:#27ae60}
 """
 HOVER = """
@@ -58,8 +58,16 @@ def bar(kind: str, value: float | None, threshold: float | None = None) -> str:
     return f'<div class="bar {kind}" title="{kind} {value:.3f}"><span style="width:{width:.1f}%"></span>{line}</div>'
 
 
+def metadata(fields: dict[str, object] | None) -> str:
+    """A hit's metadata as one line of ``field: value`` pairs (nothing when it has none)."""
+    if not fields:
+        return ""
+    shown = " · ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in fields.items())
+    return f'<div class="meta">{html.escape(shown)}</div>'
+
+
 def hit_items(hits: list[Hit], positions: dict[str, dict[str, int]], threshold: float | None) -> str:
-    """One <li> per hit: id, its position in each stage, cosine and relevance bars, text."""
+    """One <li> per hit: id, its position in each stage, cosine and relevance bars, text, metadata."""
     items = []
     for h in hits:
         where = " → ".join(f"{stage} #{ranks[h.id]}" if h.id in ranks else f"{stage} –" for stage, ranks in positions.items())
@@ -68,7 +76,7 @@ def hit_items(hits: list[Hit], positions: dict[str, dict[str, int]], threshold: 
         items.append(f'<li data-doc="{html.escape(h.id)}"><span class="id">{html.escape(h.id)}</span> '
                      f'<span class="pos">{html.escape(where)} · {cosine}{relevance}</span>'
                      f'{bar("cos", h.cosine)}{bar("rel", h.relevance, threshold)}'
-                     f'<div class="text">{html.escape((h.text or "")[:220])}</div></li>')
+                     f'<div class="text">{html.escape((h.text or "")[:220])}</div>{metadata(h.metadata)}</li>')
     return "<ol>" + "".join(items) + "</ol>"
 
 

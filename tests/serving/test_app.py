@@ -294,3 +294,10 @@ def test_filtered_search_returns_matching_documents_with_their_metadata(built, t
                              ({"year": "2001"}, "holds integer values"), ({}, "non-empty object")]:
             response = client.post("/search", json={"query": "volcano", "filter": bad})
             assert response.status_code == 422 and message in response.json()["detail"], response.json()
+
+
+def test_ui_shows_each_hits_metadata(built, tmp_path: Path) -> None:
+    app, _ = make_app(built, tmp_path, ab={}, interleave=[], shadows=[])
+    with TestClient(app) as client:
+        page = client.get("/ui", params={"q": "why do volcanoes erupt", "k": 3}).text
+    assert '<div class="meta">topic: geo · year: 2002</div>' in page  # d3, the top hit
