@@ -67,6 +67,10 @@ class CorpusState:
     def base_store(self) -> DocStore:
         return DocStore(self.base, "live corpus")
 
+    @functools.cached_property
+    def delta_store(self) -> DocStore:
+        return DocStore(self.delta, "live corpus delta")
+
     def __len__(self) -> int:
         return self.base.height - len(self.deleted) + self.delta.height
 
@@ -129,8 +133,7 @@ class LiveStore(DocStore):
         missing = [d for d in doc_ids if d not in state]
         if missing:
             raise SiftrankError(f"live corpus: {len(missing)} documents are not in the corpus (first: {missing[0]})")
-        delta = DocStore(state.delta, "live corpus delta") if state.delta.height else None
-        return [read(delta, d) if d in state.delta_rows else read(state.base_store, d) for d in doc_ids]
+        return [read(state.delta_store, d) if d in state.delta_rows else read(state.base_store, d) for d in doc_ids]
 
     def texts(self, doc_ids: list[str]) -> list[str]:
         return self._split(doc_ids, lambda store, d: store.texts([d])[0])
