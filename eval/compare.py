@@ -52,14 +52,21 @@ class RunComparison:
 
 
 def measure_names(names: Sequence[str]) -> list[str]:
-    """Check ``-m`` names with ir_measures; an unknown one is one clear error."""
+    """``-m`` names in ir_measures' spelling: an ir_measures name (``nDCG@10``) or a trec_eval one (``ndcg_cut_10``,
+    ``map``, ``P_5``, ``recip_rank``; a family such as ``P`` gives trec_eval's cut-offs). An unknown one is one error."""
     import ir_measures
 
     from retrieval.errors import SiftrankError
 
+    out: list[str] = []
     for name in names:
         try:
-            ir_measures.parse_measure(name)
-        except (ValueError, NameError, TypeError, SyntaxError) as exc:
-            raise SiftrankError(f"-m {name}: not an ir_measures measure ({exc})") from None
-    return list(names)
+            parsed = [ir_measures.parse_measure(name)]
+        except (ValueError, NameError, TypeError, SyntaxError, KeyError):
+            try:
+                parsed = list(ir_measures.parse_trec_measure(name))
+            except (ValueError, NameError, TypeError, SyntaxError, KeyError, AttributeError) as exc:
+                raise SiftrankError(f"-m {name}: neither an ir_measures measure (nDCG@10, AP, P@5) nor a trec_eval one "
+                                    f"(ndcg_cut_10, map, P_5) ({exc})") from None
+        out += [str(m) for m in parsed if str(m) not in out]
+    return out

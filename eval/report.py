@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,6 +55,16 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], label: str = "run", co
 
 
 def print_table(rows: Mapping[str, Mapping[str, Any]], title: str = "", columns: Sequence[str] | None = None) -> None:
+    """A rich table on a terminal; plain tab-separated lines (a header, then one row each) when stdout is a pipe
+    or a file, for the next program (the title then goes to stderr)."""
+    if not sys.stdout.isatty():
+        if title:
+            print(f"# {title}", file=sys.stderr)  # what the table is, beside the data
+        names = _columns(rows, columns)
+        print("\t".join(["", *names]))
+        for label, values in rows.items():
+            print("\t".join([label, *(_cell(values.get(n)) for n in names)]))
+        return
     console = Console()
     if console.width < 120:  # pipes and CI logs: do not truncate measure names
         console = Console(width=120)

@@ -29,9 +29,10 @@ class EvalRunner:
     """Evaluates one pipeline on one dataset; ``run`` returns what it wrote to metrics.json."""
 
     def __init__(self, pipeline: Pipeline, dataset: Dataset, out: Path, progress: bool = True,
-                 measures: Sequence[str] = ()) -> None:
+                 measures: Sequence[str] = (), only: bool = False) -> None:
+        """``measures``: ir_measures names beside the defaults, or instead of them with ``only``."""
         self.pipeline, self.dataset, self.out, self.progress = pipeline, dataset, Path(out), progress
-        self.suite = MetricSuite(dataset.qrels, measures)
+        self.suite = MetricSuite(dataset.qrels, measures, only)
 
     def run(self, extra_timings: dict[str, float] | None = None) -> dict[str, Any]:
         start = time.perf_counter()

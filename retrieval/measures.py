@@ -19,11 +19,13 @@ from retrieval.data import Qrels, relevant_grade
 class MetricSuite:
     """The standard measures for one set of qrels: aggregate and per-query scores of runs."""
 
-    def __init__(self, qrels: Qrels, extra: Sequence[str] = ()) -> None:
+    def __init__(self, qrels: Qrels, extra: Sequence[str] = (), only: bool = False) -> None:
+        """``extra``: more ir_measures names after the five defaults, or with ``only`` instead of them (``-m``)."""
         self.qrels = qrels
         self.rel = relevant_grade(qrels)
         suffix = f"(rel={self.rel})" if self.rel != 1 else ""
-        self.names = ["nDCG@10", f"RR{suffix}@10", f"R{suffix}@100", f"R{suffix}@1000", f"AP{suffix}"]
+        defaults = ["nDCG@10", f"RR{suffix}@10", f"R{suffix}@100", f"R{suffix}@1000", f"AP{suffix}"]
+        self.names = [] if only and extra else defaults
         self.names += [name for name in extra if name not in self.names]  # any ir_measures name (``-m``)
         self.measures = [ir_measures.parse_measure(name) for name in self.names]
         self.keys = {str(m): name for m, name in zip(self.measures, self.names)}  # ir_measures' spelling → ours

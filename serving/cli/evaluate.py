@@ -13,6 +13,26 @@ from retrieval.errors import SiftrankError
 from serving.cli.common import DEFAULT_DATA, ModelOpt, PipelineOpt, Verbose, app, load_config, setup_logging
 
 
+def check_overlap(path: Path, run: dict, qrels: dict, qrels_path: Path | None) -> None:
+    """A run that ranks none of the judged queries is an error (every measure would print 0); some: a warning."""
+    shared = set(run) & set(qrels)
+    if not shared:
+        raise SiftrankError(f"{path}: none of its {len(run)} query ids is judged in {qrels_path} "
+                            f"(run ids like {sorted(run)[:3]}, qrels ids like {sorted(qrels)[:3]})")
+    if len(shared) < len(qrels) or len(shared) < len(run):
+        typer.echo(f"warning: {path.name}: ranks {len(shared)} of the {len(qrels)} judged queries (the other "
+                   f"{len(qrels) - len(shared)} score 0); {len(set(run) - shared)} of its queries are not judged (ignored)",
+                   err=True)
+
+
+def print_per_query(per_query: dict[str, dict[str, dict[str, float]]]) -> None:
+    """trec_eval -q lines: run, measure, query id, value (tab-separated)."""
+    for run, measures in per_query.items():
+        for measure, values in measures.items():
+            for qid, value in sorted(values.items()):
+                typer.echo(f"{run}\t{measure}\t{qid}\t{value:.4f}")
+
+
 @app.command("eval")
 def evaluate(
     dataset: Annotated[Path, typer.Option("--dataset", help="Dataset directory (BEIR layout or MS MARCO tsv).")] = DEFAULT_DATA / "msmarco-dl19",
@@ -28,7 +48,8 @@ def evaluate(
     score_run: Annotated[Optional[list[Path]], typer.Option("--score-run", "--run", help="Only score these TREC runs against the qrels (repeatable); no pipeline. With --qrels FILE no dataset is needed.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Compare the runs given as arguments: per-measure deltas against the first, paired t-test and randomisation test, Holm-corrected.")] = False,
     runs: Annotated[Optional[list[Path]], typer.Argument(help="Runs to compare (with --compare); the first is the baseline.", show_default=False)] = None,
-    measure: Annotated[Optional[list[str]], typer.Option("--measure", "-m", help="More ir_measures measures, repeatable (e.g. -m P@5 -m nDCG@20); the five defaults stay.")] = None,
+    measure: Annotated[Optional[list[str]], typer.Option("--measure", "-m", help="The measures to report, repeatable, in ir_measures or trec_eval spelling (-m nDCG@10 -m P@5, or -m ndcg_cut_10 -m map). Default: nDCG@10, RR@10, R@100, R@1000, AP.")] = None,
+    per_query: Annotated[bool, typer.Option("--per-query", "-q", help="Also print every query's value of every measure (trec_eval -q): run, measure, query id, value.")] = False,
     ties: Annotated[str, typer.Option(help="Tie-break for tied scores in --score-run files: trec_eval (descending docid), docid (ascending), rank (the file's rank column).")] = "trec_eval",
     verbose: Verbose = False,
 ) -> None:
@@ -59,10 +80,13 @@ def evaluate(
         for path in given:
             if not path.is_file():
                 raise SiftrankError(f"{path}: run file not found")
-        suite = MetricSuite(judged, extra)
+        suite = MetricSuite(judged, extra, only=True)
         loaded = {path.name: read_run(path, ties=ties) for path in given}
         if len(loaded) < len(given):
             raise SiftrankError("runs must have distinct file names (they label the table)")
+        for path in given:
+            check_overlap(path, loaded[path.name], judged, qrels_path)
+        typer.echo(f"qrels: {qrels_path} ({len(judged)} judged queries)", err=True)
         payload: dict = {"qrels": str(qrels_path)}
         columns = None
         if compare:
@@ -76,6 +100,9 @@ def evaluate(
             rows = {run: suite.evaluate(scored) for run, scored in loaded.items()}
             print_table(rows, title=f"{name} / {qrels_path}")
             payload["runs"] = rows
+        if per_query:
+            payload["per_query"] = {run: suite.per_query(scored) for run, scored in loaded.items()}
+            print_per_query(payload["per_query"])
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
@@ -92,7 +119,7 @@ def evaluate(
     data = Dataset.load(dataset, split=split, qrels=qrels)
     pipe = Pipeline.from_config(config, data)
     setup = time.perf_counter() - start
-    metrics = EvalRunner(pipe, data, out, measures=extra).run(extra_timings={"setup_seconds": round(setup, 3)})
+    metrics = EvalRunner(pipe, data, out, measures=extra, only=True).run(extra_timings={"setup_seconds": round(setup, 3)})
     stages = metrics["stages"]
     print_table(stages, title=f"{data.name} / {getattr(data.qrels_path, 'name', '-')} ({len(data.queries)} queries)",
                 columns=list(next(iter(stages.values()))))

@@ -179,7 +179,7 @@ def test_calibrate_then_evaluate_with_the_filter_stage(tiny: Path, tmp_path: Pat
     assert filt["baselines"]["raw_cosine"]["ECE"] is None and filt["baselines"]["platt"]["ECE"] is not None
     kept = (tmp_path / "ev" / "run.filter.trec").read_text().splitlines()
     assert len(kept) == round(filt["kept_per_query"] * 3)
-    assert "relevance filter" in out
+    assert "relevance filter" in err and "\nfilter\t" in out  # not a terminal: the title on stderr, TSV rows
 
 
 def test_calibrate_on_a_bm25_first_stage_then_filter_it(tiny: Path, tmp_path: Path, cli) -> None:
