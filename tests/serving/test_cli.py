@@ -81,6 +81,7 @@ BAD_INPUTS = [
     (["index", "build", "--corpus", "{tmp}/notext.parquet", "--out", "{tmp}/idx"], "notext.parquet: no text field"),
     (["index", "build", "--corpus", "{tiny}", "--out", "{tmp}/idx", "--on-error", "ignore"], "--on-error must be"),
     (["search", "volcano", "--dataset", "{tiny}", "--filter", "{{oops"], "--filter is not JSON"),
+    (["search", "volcano", "--dataset", "{tiny}", "--model", "org/some-model"], "hf download org/some-model --local-dir"),
     (["search", "volcano", "--dataset", "{tiny}", "--filter", '{{"lang": "en"}}'], "unknown field 'lang'"),
     (["search", "x", "--index", "{tmp}/no-index"], "index directory not found"),
     # calibrate: the artifact would go to {tmp}/idx
@@ -349,3 +350,8 @@ def test_index_update_adds_replaces_and_deletes_without_a_rebuild(tiny: Path, tm
     (tmp_path / "bad.txt").write_text("nope\n")
     code, _, err = cli("index", "update", "--index", tmp_path / "idx", "--delete", tmp_path / "bad.txt")
     assert code == 2 and "1 ids are not in the index (first: nope)" in err
+
+
+def test_version(cli) -> None:
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("siftrank ")
