@@ -72,8 +72,8 @@ def write_ab_log(path: Path, users_a: int, users_b: int, clicks_a: float = 0.5, 
         for arm, users, rate in (("a", users_a, clicks_a), ("b", users_b, clicks_b)):
             for u in range(users):
                 qid = f"{arm}{u}"
-                db.execute("INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                           (qid, 0.0, "x", f"{arm}-user{u}", None, "q", "ab", arm, 10, 5.0 + u % 7, ""))
+                db.execute("INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                           (qid, 0.0, "x", f"{arm}-user{u}", None, "q", "ab", arm, 10, 5.0 + u % 7, "", None))
                 if u < rate * users:
                     db.execute("INSERT INTO feedback VALUES (?,?,?,?,?,?)", (0.0, qid, f"{arm}-user{u}", "d1", 1, "click"))
     return path
@@ -100,7 +100,8 @@ def write_interleaved_log(path: Path, b_wins: int, a_wins: int) -> Path:
         db.executescript(SCHEMA)
         for n, team in enumerate(["b"] * b_wins + ["a"] * a_wins):
             qid = f"s{n}"
-            db.execute("INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)", (qid, 0.0, "x", f"u{n}", None, "q", "interleave", "a+b", 2, 1.0, ""))
+            db.execute("INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (qid, 0.0, "x", f"u{n}", None, "q", "interleave", "a+b", 2, 1.0, "", None))
             db.executemany("INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?)",
                            [(qid, "a+b", "shown", 1, "d1", 0.0, 0.0, None, "a"), (qid, "a+b", "shown", 2, "d2", 0.0, 0.0, None, "b")])
             db.execute("INSERT INTO feedback VALUES (?,?,?,?,?,?)", (0.0, qid, f"u{n}", "d1" if team == "a" else "d2", 1, "click"))

@@ -22,7 +22,7 @@ def write_log(path: Path, searches: list[dict]) -> Path:
     for n, s in enumerate(searches):
         qid = s.get("id", f"s{n}")
         log.write_now("queries", [(qid, 0.0, "exp", "u", None, s["query"], s.get("mode", "primary"), "v", 10, 1.0,
-                                   json.dumps(s.get("flags", [])))])
+                                   json.dumps(s.get("flags", [])), None)])
         log.write_now("results", [(qid, "v", "shown", r, d, 0.0, 0.0, None, s.get("teams", [None] * 99)[r - 1])
                                   for r, d in enumerate(s["shown"], 1)])
         log.write_now("feedback", [(0.0, s.get("click_id", qid), "u", d, s["shown"].index(d) + 1 if d in s["shown"] else 1,
