@@ -167,6 +167,14 @@ def main() -> None:
     plot(measured["rows"], pick, str(measured["machine"]["cpu"]), out / "pareto.png")
 
 
+def chosen_why(students: dict[str, dict[str, Any]], payload: dict[str, Any], tolerance: float) -> str:
+    """Why the structure was chosen: the smallest within tolerance, or (none within) the best on validation."""
+    evidence = students[payload["structure"]]["evidence"]
+    if evidence["student"] >= evidence["teacher"] - tolerance:
+        return f"the smallest within {tolerance} of the teacher"
+    return f"no GAPrune student of --structures was within {tolerance} of the teacher: the best of them on validation"
+
+
 def report(payload: dict[str, Any], tolerance: float) -> str:
     from eval.report import markdown_table
 
@@ -183,8 +191,8 @@ def report(payload: dict[str, Any], tolerance: float) -> str:
     cpu = payload["machine"]["cpu"]
     versus = "; ".join(f"{name}: Δ {t['delta']:+.4f} (p {t['t_test_p']:.3g})" for name, t in payload["scores_vs_gaprune"].items())
     return "\n".join([f"# Compressing the SciFact domain encoder ({cpu})", "", markdown_table(table, "encoder"), "", verdict, "",
-                      f"Structure chosen on the fine-tuning's validation queries: {payload['structure']} (smallest within "
-                      f"{tolerance} of the teacher). Pick among the scores at it: {pick}. Speed: {payload['passages']} "
+                      f"Structure chosen on the fine-tuning's validation queries: {payload['structure']} ({chosen_why(students, payload, tolerance)}). "
+                      f"Pick among the scores at it: {pick}. Speed: {payload['passages']} "
                       f"shuffled SciFact passages, {payload['rounds']} interleaved rounds, ratio to the teacher's int8 within "
                       "each round (median, min, max); query ms: one query at a time. Δ and p: paired t-tests over the "
                       f"{payload['test_queries']} SciFact test queries.", "", f"At {payload['structure'].split(', ', 1)[1]}, against GAPrune's score on SciFact "
