@@ -296,8 +296,11 @@ def report(p: dict[str, Any]) -> str:
         p99 = f"{row['p99 ms']:.1f}" if row["p99 ms"] is not None else "–"
         lines.append(f"| {phase} | {row['requests']} | {p50} | {p99} | {row['5xx']} | {row['other']} |")
     v = p["update_visible"]
-    lines += ["", f"Update latency, acknowledgment → in the top 3 of a search for it: p50 {v['p50 ms']} ms, p99 {v['p99 ms']} ms "
-              f"({v['samples']} probes). Compaction during load: {p['compaction']}.\n",
+    c = p["compaction"]
+    lines += ["", f"Update latency, acknowledgment → in the top 3 of a search for it: p50 {v['p50 ms']:.0f} ms, p99 {v['p99 ms']:.0f} ms "
+              f"({v['samples']} probes; the write is applied before it is acknowledged, so this is at least one "
+              f"search under the load of that phase). Compaction during load: version {c.get('version')}, "
+              f"{c.get('operations_dropped')} log operations dropped, {c.get('seconds')} s.\n",
               "## After kill -9 and a restart\n", *(f"- {k}: {val}" for k, val in dur.items()),
               f"- restart (snapshot + log replay, warm-up) took {p['restart_seconds']:.1f} s"]
     return "\n".join(lines) + "\n"
