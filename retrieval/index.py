@@ -148,6 +148,11 @@ class Index:
         return str(self.manifest.parameters["index_kind"])
 
     @property
+    def build_params(self) -> dict[str, Any]:
+        """The parameters it was built with (nlist, M, ...), to build another index of the same kind."""
+        return {k: v for k, v in self.manifest.parameters.items() if k not in ("index_kind", "dim", "count")}
+
+    @property
     def encoder(self) -> dict[str, Any]:
         return dict(getattr(self.manifest, "encoder", {}) or {})
 

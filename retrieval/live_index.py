@@ -43,8 +43,8 @@ class LiveIndex:
         if folder.is_dir():
             return Index.load(folder, device=index.device)
         vectors = encoder.encode_documents(DocStore(docs, str(snapshot)).all_texts()) if docs.height else np.zeros((0, index.manifest.parameters["dim"]))
-        params = {k: v for k, v in index.manifest.parameters.items() if k not in ("index_kind", "dim", "count")}
-        return Index.build(vectors, docs, index.encoder, kind=index.kind, device=index.device, params=params, empty=True)
+        return Index.build(vectors, docs, index.encoder, kind=index.kind, device=index.device, params=index.build_params,
+                           empty=True)
 
     # ---- the SearchIndex protocol -----------------------------------------------------------------
     @property
@@ -128,6 +128,5 @@ class LiveIndex:
         rows = np.arange(len(base)) if alive is None else np.flatnonzero(alive)
         vectors = np.vstack([base.vectors(rows) if len(rows) else self.empty(), delta_vectors])
         docs = pl.concat([base.docs[rows], state.delta], how="diagonal_relaxed")  # the vectors' order
-        params = {k: v for k, v in base.manifest.parameters.items() if k not in ("index_kind", "dim", "count")}
-        return Index.build(vectors, docs, base.encoder, kind=base.kind, device=base.device, params=params,
+        return Index.build(vectors, docs, base.encoder, kind=base.kind, device=base.device, params=base.build_params,
                            data={**base.manifest.data, "corpus_version": state.version}, empty=True)
