@@ -25,7 +25,7 @@ def main() -> None:
     siftrank = str(Path(sys.executable).with_name("siftrank"))
     experiment = work / "experiment.toml"
     text = (ROOT / "configs" / "dl19-experiment.toml").read_text()
-    experiment.write_text(text.replace('"../../shared/data/msmarco-dl19"', f'"{args.data / "msmarco-dl19"}"')
+    experiment.write_text(text.replace('"data:msmarco-dl19"', f'"{args.data / "msmarco-dl19"}"')
                           .replace('"../out/dl19-experiment.db"', f'"{work / "events.db"}"'))
     port = free_port()
     server = start([siftrank, "serve", "--experiment", str(experiment), "--port", str(port)], port, work / "server.log")
@@ -36,7 +36,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(60)
-    subprocess.run([siftrank, "ab-report", "--log", str(work / "events.db"), "--dataset", str(args.data / "msmarco-dl19"),
+    subprocess.run([siftrank, "ab-report", "--event-log", str(work / "events.db"), "--dataset", str(args.data / "msmarco-dl19"),
                     "--qrels", "qrels.test.in_corpus.tsv", "--out", str(args.out)], check=True)
 
 

@@ -12,13 +12,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.artifacts import write_text_atomic
+from retrieval.artifacts import data_home, write_text_atomic
 from retrieval.data import Dataset, read_run
 from retrieval.measures import MetricSuite
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_FILE = HERE / "regressions" / "msmarco-dl19.toml"
-DEFAULT_DATA = HERE.parents[1] / "shared" / "data"
 TOLERANCE = 5e-5
 
 
@@ -30,7 +29,8 @@ class RegressionCheck:
     measured: list[dict[str, float]]
 
     @classmethod
-    def run(cls, path: Path = DEFAULT_FILE, data_root: Path = DEFAULT_DATA) -> RegressionCheck:
+    def run(cls, path: Path = DEFAULT_FILE, data_root: Path | None = None) -> RegressionCheck:
+        data_root = data_root if data_root is not None else data_home()
         spec = tomllib.loads(Path(path).read_text())
         dataset = Dataset.load(Path(data_root) / spec["dataset"], qrels=spec["qrels"], with_corpus=False)
         suite = MetricSuite(dataset.qrels)
@@ -64,7 +64,7 @@ class RegressionCheck:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=None, help="data folder (default: $SIFTRANK_DATA, else ../shared/data)")
     parser.add_argument("--docs", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args()
     check = RegressionCheck.run(args.file, args.data)

@@ -114,6 +114,28 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+DATA_ENV = "SIFTRANK_DATA"
+DATA_DEFAULT = "../shared/data"  # relative to the working directory: the shared data beside a checkout
+DATA_PREFIX = "data:"
+
+
+def data_home() -> Path:
+    """The data folder every command reads by default: ``$SIFTRANK_DATA``, else ``../shared/data`` from the
+    working directory (never a path derived from where siftrank is installed)."""
+    return Path(os.environ.get(DATA_ENV) or DATA_DEFAULT).expanduser()
+
+
+def resolve_path(base: Path, path: Path | str, data_root: Path | None = None) -> Path:
+    """A path from a config file made usable wherever the command runs: ``data:NAME`` is NAME under the data
+    folder (``data_root``, else :func:`data_home`), an absolute path stays, anything else is under ``base``
+    (the config file's folder)."""
+    text = str(path)
+    if text.startswith(DATA_PREFIX):
+        return (Path(data_root) if data_root is not None else data_home()) / text[len(DATA_PREFIX):]
+    candidate = Path(text).expanduser()
+    return candidate if candidate.is_absolute() else Path(base) / candidate
+
+
 def cache_dir(sub: str = "") -> Path:
     """siftrank's cache: ``$SIFTRANK_CACHE`` or ``~/.cache/siftrank`` (indexes, converted models)."""
     root = Path(os.environ.get("SIFTRANK_CACHE") or Path.home() / ".cache" / "siftrank").expanduser()

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from retrieval.artifacts import resolve_path
 from retrieval.errors import SiftrankError
 from retrieval.stages.params import StageParams
 
@@ -114,20 +115,23 @@ class PipelineConfig(_Section):
 
     @classmethod
     def load(cls, path: Path | None) -> PipelineConfig:
-        """Read a TOML config (``None``: the defaults: bundled MiniLM, dense first stage, flat index)."""
+        """Read a TOML config, or a build folder's ``pipeline.toml`` (``None``: the defaults: bundled MiniLM,
+        dense first stage, flat index)."""
         if path is None:
             return cls()
         path = Path(path)
+        if path.is_dir():  # a build folder (what `siftrank build` writes)
+            path = path / "pipeline.toml"
         return load_toml(cls, path, "pipeline config").resolved(path.parent)
 
     def resolved(self, base: Path) -> PipelineConfig:
         """Artifact paths made relative to ``base`` (the config file's folder), wherever the command runs."""
         update: dict[str, Any] = {"first_stage": self.first_stage.resolved(base)}
         if self.index.path is not None:
-            update["index"] = self.index.model_copy(update={"path": _under(base, self.index.path)})
+            update["index"] = self.index.model_copy(update={"path": resolve_path(base, self.index.path)})
         encoder: dict[str, Any] = {}
         if self.encoder.adapter is not None:
-            encoder["adapter"] = _under(base, self.encoder.adapter)
+            encoder["adapter"] = resolve_path(base, self.encoder.adapter)
         if not self.encoder.model.startswith("bundled:") and not Path(self.encoder.model).expanduser().is_absolute():
             encoder["model"] = str(base / self.encoder.model)  # a model folder next to the config (a built pipeline)
         if encoder:
@@ -141,10 +145,6 @@ class PipelineConfig(_Section):
     def stages(self) -> list[str]:
         """Stage kinds in order, e.g. ``['dense', 'filter', 'rerank']``."""
         return [self.first_stage.kind] + [n for n in ("filter", "rerank") if getattr(self, n) is not None]
-
-
-def _under(base: Path, path: Path) -> Path:
-    return path if path.is_absolute() else base / path
 
 
 def describe_errors(exc: ValidationError, prefix: str = "") -> str:

@@ -1,8 +1,8 @@
 """The experiment config of the search service (TOML, validated): variants, primary, shadows, A/B, interleaving.
 
     [service]                       # optional; every key has a default
-    data = "../shared/data/msmarco-dl19"   # dataset a variant's index is built from (cached) without [index].path
-    event_log = "out/events.db"
+    data = "data:msmarco-dl19"      # dataset a variant's index is built from (cached) without [index].path
+    event_log = "out/events.db"     # data:NAME is NAME under $SIFTRANK_DATA (default ../shared/data)
 
     [variants.dense]                # each variant is a pipeline config (or the defaults: dense), or a folder
     [variants.bm25]                 # holding pipeline.toml (what `siftrank build` writes)
@@ -16,7 +16,8 @@
     interleave_share = 0.5                      # ... for this share of users (sticky); the others get A/B
     shadows = [{ variant = "bm25", sample_rate = 1.0, timeout_ms = 2000 }]
 
-Paths are relative to the config file. Unknown keys are errors, not silently ignored.
+Paths are relative to the config file (``data:NAME``: under the data folder). `siftrank serve --event-log` and
+$SIFTRANK_EVENT_LOG replace the event log. Unknown keys are errors, not silently ignored.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from retrieval.artifacts import resolve_path
 from retrieval.config import load_toml
 
 
@@ -156,4 +158,4 @@ def bucket(key: str) -> float:
 
 
 def _under(base: Path, path: Path | None) -> Path | None:
-    return path if path is None or path.is_absolute() else base / path
+    return None if path is None else resolve_path(base, path)

@@ -45,6 +45,16 @@ class Variant:
         live = self.pipeline.live if self.pipeline is not None else None
         return live.state.version if live is not None else None
 
+    @property
+    def encoder(self) -> str | None:
+        """How this variant encodes queries and passages, and why: with ``backend = "auto"`` the ways timed on
+        this CPU and the fastest faithful one kept (None: no encoder, or a variant in its own process)."""
+        encoder = self.pipeline.encoder if self.pipeline is not None else None
+        if encoder is None:
+            return None
+        chosen = f"{encoder.backend} {encoder.precision}, queries {encoder.query_precision}"
+        return f"{chosen} ({encoder.choice['reason']})"
+
     def finish(self, hits: list[Hit], k: int, min_relevance: float | None) -> list[Hit]:
         """The top-``k`` with texts (a process-run shadow's are logged, never shown: no texts)."""
         if self.pipeline is not None:
@@ -152,7 +162,7 @@ class VariantPool:
         return [{"name": name, "stages": v.stages, "primary": name == experiment.primary,
                  "ab_weight": experiment.ab.get(name), "interleaved": name in experiment.interleave,
                  "shadow_sample_rate": shadows[name].sample_rate if name in shadows else None,
-                 "own_process": v.pipeline is None}
+                 "own_process": v.pipeline is None, "encoder": v.encoder}
                 for name, v in self.variants.items()]
 
     async def close(self) -> None:

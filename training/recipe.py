@@ -2,8 +2,8 @@
 (``training.stages.registry``: prune → finetune → index → first_stage → calibrate → rank) with their
 parameters, validated before any work.
 
-Paths are relative to the recipe's folder; ``data:NAME`` means NAME under the data folder (``../shared/data``
-or ``--data``), so a recipe works from any checkout. Unknown sections or keys are errors, not silently
+Paths are relative to the recipe's folder; ``data:NAME`` means NAME under the data folder (``--data``, else
+``$SIFTRANK_DATA``, else ``../shared/data``), so a recipe works from any checkout. Unknown sections or keys are errors, not silently
 ignored. Each stage's section is its own ``Params`` model; optional stages can be switched off
 (``enabled = false``) or take a prebuilt ``artifact``, checked against the model it must have been built from.
 """
@@ -15,12 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from retrieval.artifacts import resolve_path
 from retrieval.config import describe_errors, load_toml
 from retrieval.errors import SiftrankError
 from training.clicks import LabelRule
 from training.stages.registry import BUILD_STAGES, build_stage
-
-DATA_PREFIX = "data:"
 
 
 class _Section(BaseModel):
@@ -97,10 +96,7 @@ class Recipe(BaseModel):
         def where(value: str | None) -> str | None:
             if value is None or value.startswith("bundled:"):
                 return value
-            if value.startswith(DATA_PREFIX):
-                return str((Path(data_root) / value[len(DATA_PREFIX):]).resolve())
-            candidate = Path(value).expanduser()
-            return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+            return str(resolve_path(base, value, data_root).resolve())
 
         raw = self.model_dump(mode="json")
         raw["data"].update(dataset=where(self.data.dataset), general=where(self.data.general), events=where(self.data.events),

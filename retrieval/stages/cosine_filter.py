@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from retrieval.artifacts import resolve_path
 from retrieval.calibration import Calibrator, check_threshold
 from retrieval.docstore import DocStore
 from retrieval.encoder import Encoder
@@ -37,7 +38,7 @@ class CosineFilterParams(StageParams):
     threshold: float | None = Field(None, ge=0.0, le=1.0)  # override the artifact's global threshold
 
     def resolve(self, base: Path) -> CosineFilterParams:
-        return self if self.calibrator.is_absolute() else self.model_copy(update={"calibrator": base / self.calibrator})
+        return self.model_copy(update={"calibrator": resolve_path(base, self.calibrator)})
 
 
 class CosineAdapterFilter(Filter):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from retrieval.artifacts import resolve_path
 from retrieval.docstore import DocStore
 from retrieval.errors import SiftrankError
 from retrieval.fusion import ScoreFusion
@@ -40,9 +41,7 @@ class LLMParams(StageParams):
     fusion_k: int = Field(60, ge=1)  # rrf: 1 / (k + rank)
 
     def resolve(self, base: Path) -> LLMParams:
-        if self.adapter is None or self.adapter.is_absolute():
-            return self
-        return self.model_copy(update={"adapter": base / self.adapter})
+        return self if self.adapter is None else self.model_copy(update={"adapter": resolve_path(base, self.adapter)})
 
     def build(self) -> ListwiseRanker:
         """The :class:`~retrieval.rerank.ListwiseRanker` these parameters describe (weights load lazily)."""

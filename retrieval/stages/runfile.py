@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from retrieval.artifacts import resolve_path
 from retrieval.data import read_run
 from retrieval.errors import SiftrankError
 from retrieval.hits import Hit
@@ -17,7 +18,7 @@ class RunParams(StageParams):
     path: Path  # a TREC run file
 
     def resolve(self, base: Path) -> RunParams:
-        return self if self.path.is_absolute() else self.model_copy(update={"path": base / self.path})
+        return self.model_copy(update={"path": resolve_path(base, self.path)})
 
 
 class RunFileRetriever(FirstStage):

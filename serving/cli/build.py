@@ -7,14 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from serving.cli.common import DEFAULT_DATA, Verbose, app, setup_logging
+from retrieval.artifacts import DATA_DEFAULT, DATA_ENV, data_home
+from serving.cli.common import Verbose, app, setup_logging
 
 
 @app.command()
 def build(
     recipe: Annotated[Path, typer.Argument(help="Recipe (TOML): data, base encoder and the build stages prune, finetune, index, first_stage, calibrate, rank.")],
-    out: Annotated[Path, typer.Option("--out", help="Build folder: one artifact per stage, then pipeline.toml (for eval, search and serve).")],
-    data: Annotated[Path, typer.Option(help="Where 'data:NAME' paths in the recipe point.")] = DEFAULT_DATA,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Build folder: one artifact per stage, then pipeline.toml (for eval, search and serve).")],
+    data: Annotated[Optional[Path], typer.Option(help=f"Where 'data:NAME' paths in the recipe point. Default: ${DATA_ENV} ({DATA_DEFAULT} unless set).", show_default=False)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value, repeatable: SECTION.KEY=VALUE (e.g. finetune.method=lora, prune.enabled=false).")] = None,
     verbose: Verbose = False,
 ) -> None:
@@ -26,6 +27,7 @@ def build(
     from training.recipe import Recipe
 
     setup_logging(verbose)
+    data = data if data is not None else data_home()
     loaded = Recipe.load(recipe, data)
     if set_:
         loaded = loaded.with_overrides(set_).resolved(recipe.parent, data)

@@ -4,26 +4,37 @@ refuse-to-overwrite check."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from pydantic import ValidationError
 
+from retrieval.artifacts import DATA_DEFAULT, DATA_ENV, data_home
 from retrieval.config import PipelineConfig, describe_errors
 from retrieval.errors import SiftrankError
 
+# Help is plain text: config sections such as [first_stage] must print as written, not as Rich markup.
 app = typer.Typer(name="siftrank", help="Dense retrieval, relevance calibration and LLM full ranking, measured end to end.\n\n"
-                  "Bad input ends with one 'error: ...' line on stderr and exit status 2, never a traceback.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  "Bad input ends with one 'error: ...' line on stderr and exit status 2, never a traceback. "
+                  f"Data: ${DATA_ENV} (default {DATA_DEFAULT}, from the working directory).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
 
-# The shared data folder beside the repository (../shared/data), or $SIFTRANK_DATA.
-DEFAULT_DATA = Path(os.environ.get("SIFTRANK_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+DEFAULT_DATASET = "msmarco-dl19"  # what eval, search, serve and replay read when no --dataset is given
+
+
+def dataset_or_default(dataset: Optional[Path]) -> Path:
+    """``--dataset`` as given, else DL19 under the data folder (``$SIFTRANK_DATA``, default ``../shared/data``)."""
+    return dataset if dataset is not None else data_home() / DEFAULT_DATASET
+
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens (cache hits, builds) to stderr.")]
 ModelOpt = Annotated[Optional[str], typer.Option(help="Encoder: 'bundled:all-MiniLM-L6-v2' or a local sentence-transformers folder. Default: the pipeline config's.")]
-PipelineOpt = Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline config (TOML): encoder, index, first stage and later stages. Default: bundled MiniLM, dense first stage, flat index.")]
+PipelineOpt = Annotated[Optional[Path], typer.Option("--pipeline", "-p", help="Pipeline config (TOML), or a build folder holding pipeline.toml: encoder, index, first stage and later stages. Default: bundled MiniLM, dense first stage, flat index.")]
+# Every command that reads a collection: the same flag; eval, search, serve and replay default to DL19
+DatasetOpt = Annotated[Optional[Path], typer.Option("--dataset", "-d", help=f"Dataset folder (BEIR layout or MS MARCO tsv). Default: ${DATA_ENV}/{DEFAULT_DATASET}.", show_default=False)]
+# Training commands need labels: no default collection
+TrainDatasetOpt = Annotated[Path, typer.Option("--dataset", "-d", help="Dataset folder with training qrels (BEIR layout), e.g. ../shared/data/scifact.", show_default=False)]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output (only once the new one is complete).")]
 
 

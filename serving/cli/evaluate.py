@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.errors import SiftrankError
-from serving.cli.common import DEFAULT_DATA, ModelOpt, PipelineOpt, Verbose, app, load_config, setup_logging
+from serving.cli.common import DatasetOpt, ModelOpt, PipelineOpt, Verbose, app, dataset_or_default, load_config, setup_logging
 
 
 def check_overlap(path: Path, run: dict, qrels: dict, qrels_path: Path | None) -> None:
@@ -35,8 +35,8 @@ def print_per_query(per_query: dict[str, dict[str, dict[str, float]]]) -> None:
 
 @app.command("eval")
 def evaluate(
-    dataset: Annotated[Path, typer.Option("--dataset", help="Dataset directory (BEIR layout or MS MARCO tsv).")] = DEFAULT_DATA / "msmarco-dl19",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory: metrics.json and run.<stage>.trec.")] = None,
+    dataset: DatasetOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory: metrics.json and run.<stage>.trec.")] = None,
     split: Annotated[str, typer.Option(help="Qrels split: qrels/<split>.tsv or qrels.<split>.tsv.")] = "test",
     qrels: Annotated[Optional[str], typer.Option(help="Qrels file, a path or a name in the dataset (e.g. qrels.test.in_corpus.tsv for retrieval over the closed DL19 corpus).")] = None,
     pipeline: PipelineOpt = None,
@@ -60,6 +60,7 @@ def evaluate(
     from retrieval.data import Dataset
 
     setup_logging(verbose)
+    dataset = dataset_or_default(dataset)
     extra = measure_names(measure or [])
     if runs and not compare:
         raise SiftrankError("runs as arguments are compared: add --compare (or score them with --run)")

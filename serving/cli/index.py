@@ -49,12 +49,12 @@ def _read(corpus: Path, id_field: str | None, text_field: str | None, title_fiel
 @index_app.command("build")
 def index_build(
     corpus: Annotated[Path, typer.Option("--corpus", help="A corpus file (JSONL, CSV, TSV or Parquet, optionally .gz; BEIR corpus.jsonl and MS MARCO collection.tsv included) or a dataset directory holding one. Columns other than id, text and title are kept as metadata, for filters.")],
-    out: Annotated[Path, typer.Option("--out", help="Index directory to write (written atomically).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write (written atomically).")],
     pipeline: PipelineOpt = None,
     model: ModelOpt = None,
     kind: Annotated[Optional[str], typer.Option(help="flat (exact), ivf (inverted lists) or hnsw (graph). Default: the config's (flat).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Index device: auto (GPU when FAISS sees one), cpu or gpu.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="Encoder precision: auto (fp16 GPU, bf16 on CPUs with native bf16, else fp32), fp32, bf16, fp16.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Encoder precision: auto (fp16 on a GPU; on a CPU fp32 and bf16 are timed on this machine and the faster kept), fp32, bf16, fp16.")] = None,
     overwrite: OverwriteOpt = False,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Build a sharded index on Ray: a cluster address (HOST:PORT, ray://HOST:PORT, auto) or 'local'. A failed build resumes when run again.")] = None,
     shards: Annotated[int, typer.Option(min=1, help="With --ray: number of FAISS shards (one search actor each).")] = 2,
@@ -93,7 +93,7 @@ def index_build(
 
 @index_app.command("update")
 def index_update(
-    index: Annotated[Path, typer.Option("--index", help="The index directory to update (replaced atomically when done).")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="The index directory to update (replaced atomically when done).")],
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Documents to add or replace (by id), in any format 'index build' reads.")] = None,
     delete: Annotated[Optional[Path], typer.Option("--delete", help="A file of document ids to delete, one per line.")] = None,
     id_field: IdFieldOpt = None,

@@ -14,12 +14,11 @@ from serving.cli.common import ModelOpt, PipelineOpt, Verbose, app, load_config,
 @app.command()
 def search(
     query: Annotated[Optional[str], typer.Argument(help="The query text (or --topics for a batch).", show_default=False)] = None,
-    topics: Annotated[Optional[Path], typer.Option("--topics", help="Batch mode: a topics file, jsonl ({\"_id\", \"text\"}) or TSV (qid<TAB>text); every topic's ranking goes to --output as a TREC run, no qrels needed.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="The TREC run to write in batch mode (atomically).")] = None,
-    hits: Annotated[int, typer.Option("--hits", min=1, help="Batch mode: hits per topic in the run.")] = 1000,
-    index: Annotated[Optional[Path], typer.Option("--index", help="Index directory from 'siftrank index build' (overrides [index].path).")] = None,
-    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Or a dataset (corpus) folder: its cached index, and BM25 over its corpus.")] = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="How many hits to show.")] = 10,
+    topics: Annotated[Optional[Path], typer.Option("--topics", help="Batch mode: a topics file, jsonl ({\"_id\", \"text\"}) or TSV (qid<TAB>text); every topic's ranking goes to --out as a TREC run, no qrels needed.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The TREC run to write in batch mode (atomically).")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, help="Hits to show (default 10), or per topic in batch mode (default 1000).", show_default=False)] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Index directory from 'siftrank index build' (overrides [index].path).")] = None,
+    dataset: Annotated[Optional[Path], typer.Option("--dataset", "-d", help="Or a dataset (corpus) folder: its cached index, and BM25 over its corpus.")] = None,
     model: ModelOpt = None,
     pipeline: PipelineOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON lines.")] = False,
@@ -37,9 +36,9 @@ def search(
 
     setup_logging(verbose)
     if (query is None) == (topics is None):
-        raise SiftrankError("give a query, or --topics FILE --output RUN for a batch")
-    if (topics is None) != (output is None):
-        raise SiftrankError("--topics and --output go together")
+        raise SiftrankError("give a query, or --topics FILE --out RUN for a batch")
+    if (topics is None) != (out is None):
+        raise SiftrankError("--topics and --out go together")
     queries = read_queries(topics) if topics is not None else {}
     try:
         spec = json.loads(where) if where is not None else None
@@ -57,15 +56,16 @@ def search(
         config = load_config(pipeline, index=index, model=source)
     data = Dataset.corpus_only(dataset) if dataset is not None else None
     pipeline_ = Pipeline.from_config(config, data, progress=False)
-    if output is not None:
+    if out is not None:
+        hits = k or 1000
         depth = None if pipeline_.filter is not None else hits  # a filter fixes its own K
         result = pipeline_.run(queries, depth=depth, progress=True, where=spec)
         run = {q: {h.id: h.score for h in ranked[:hits]} for q, ranked in result.hits.items()}
-        write_text_atomic(output, format_run(run, f"siftrank-{result.final}"))
-        typer.echo(f"wrote {output}: {len(run)} topics, {sum(map(len, run.values()))} hits ({result.final} stage)")
+        write_text_atomic(out, format_run(run, f"siftrank-{result.final}"))
+        typer.echo(f"wrote {out}: {len(run)} topics, {sum(map(len, run.values()))} hits ({result.final} stage)")
         return
     assert query is not None
-    for hit in pipeline_.search(query, k=k, where=spec):
+    for hit in pipeline_.search(query, k=k or 10, where=spec):
         if as_json:
             typer.echo(json.dumps(hit.to_dict()))
         else:

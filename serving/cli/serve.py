@@ -10,17 +10,17 @@ from typing import Annotated, Optional
 import typer
 
 from retrieval.errors import SiftrankError
-from serving.cli.common import DEFAULT_DATA, PipelineOpt, Verbose, app, setup_logging
+from serving.cli.common import DatasetOpt, PipelineOpt, Verbose, app, dataset_or_default, setup_logging
 
 
 @app.command()
 def serve(
     experiment: Annotated[Optional[Path], typer.Option(help="Experiment config (TOML): variants, primary, shadows, A/B, interleaving. Default: one variant serving --pipeline over --dataset.")] = None,
-    dataset: Annotated[Optional[Path], typer.Option(help="Corpus to serve (a dataset folder or corpus file); its index is built once and cached. Ignored with --experiment.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option("--dataset", "-d", help="Corpus to serve (a dataset folder or corpus file); its index is built once and cached. Default: $SIFTRANK_DATA/msmarco-dl19. With --experiment: the experiment's [service] data.", show_default=False)] = None,
     pipeline: PipelineOpt = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
-    event_log: Annotated[Optional[Path], typer.Option(help="SQLite event log (WAL). Default: the experiment's, or out/events.db.")] = None,
+    event_log: Annotated[Optional[Path], typer.Option("--event-log", envvar="SIFTRANK_EVENT_LOG", help="SQLite event log (WAL). Default: the experiment's, or out/events.db.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (uvicorn); more than one needs --experiment. They share the event log, interleaving credit included.")] = 1,
     verbose: Verbose = False,
 ) -> None:
@@ -36,12 +36,17 @@ def serve(
         config = ExperimentConfig.load(experiment)
         if event_log is not None:
             config.service.event_log = event_log
+        if dataset is not None:
+            config.service.data = dataset
     else:
-        config = ExperimentConfig.single(dataset or DEFAULT_DATA / "msmarco-dl19", pipeline, event_log)
+        config = ExperimentConfig.single(dataset_or_default(dataset), pipeline, event_log)
     if workers > 1 and experiment is None:
         raise SiftrankError("--workers above 1 needs --experiment (each worker reads the experiment file)")
     # Load and warm before listening, so a bad config or corpus fails here with one error line.
     pool = VariantPool.build(config, progress=True)
+    for name, variant in pool.variants.items():  # what backend = "auto" measured and kept, and why
+        if variant.encoder is not None:
+            typer.echo(f"variant {name}: encoder {variant.encoder}", err=True)
     typer.echo(f"serving {', '.join(pool.variants)} on http://{host}:{port} with {workers} worker(s) (docs: /docs)", err=True)
     level = "info" if verbose else "warning"
     if workers == 1:
@@ -60,9 +65,9 @@ def serve(
 
 @app.command("ab-report")
 def ab_report(
-    log: Annotated[Path, typer.Option("--log", help="The service's SQLite event log.")],
-    out: Annotated[Optional[Path], typer.Option(help="Folder for report.md, report.json and report.png.")] = None,
-    dataset: Annotated[Optional[Path], typer.Option(help="Dataset with queries and qrels: adds nDCG@10 per variant on judged queries.")] = None,
+    log: Annotated[Path, typer.Option("--event-log", envvar="SIFTRANK_EVENT_LOG", help="The service's SQLite event log.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.md, report.json and report.png.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option("--dataset", "-d", help="Dataset with queries and qrels: adds nDCG@10 per variant on judged queries.")] = None,
     qrels: Annotated[Optional[str], typer.Option(help="Qrels file (a name in the dataset or a path); default: the split's.")] = None,
     experiment: Annotated[Optional[Path], typer.Option(help="The experiment config: its A/B split is what the sample-ratio check expects (default: equal shares).")] = None,
 ) -> None:
@@ -102,10 +107,10 @@ def ab_report(
 
 @app.command()
 def replay(
-    dataset: Annotated[Path, typer.Option(help="Dataset whose queries are replayed and whose qrels drive the simulated clicks.")] = DEFAULT_DATA / "msmarco-dl19",
+    dataset: DatasetOpt = None,
     url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8000",
     users: Annotated[int, typer.Option(min=1, help="Simulated users; each issues every query once.")] = 10,
-    k: Annotated[int, typer.Option(min=1, max=100, help="Hits per search.")] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=100, help="Hits per search.")] = 10,
     qrels: Annotated[Optional[str], typer.Option(help="Qrels file (a name in the dataset or a path).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the click simulation and query order.")] = 0,
     click_model: Annotated[str, typer.Option(help="Position-based click model: default (eta 1, eps+ 1.0, eps- 0.1) "
@@ -119,7 +124,7 @@ def replay(
     from serving.replay import Replayer
 
     model = ClickModel.preset(click_model)
-    data = Dataset.load(dataset, qrels=qrels, with_corpus=False)
+    data = Dataset.load(dataset_or_default(dataset), qrels=qrels, with_corpus=False)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             counts = Replayer(client, data.queries, data.qrels, k=k, click_model=model, seed=seed).run(users)

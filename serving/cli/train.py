@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from retrieval.artifacts import data_home
 from retrieval.errors import SiftrankError
 from serving.cli.common import (
-    DEFAULT_DATA,
     OverwriteOpt,
     PipelineOpt,
+    TrainDatasetOpt,
     Verbose,
     app,
     load_config,
@@ -24,12 +25,12 @@ from serving.cli.common import (
 
 @app.command()
 def calibrate(
-    out: Annotated[Path, typer.Option("--out", help="Calibrator artifact directory to write (atomically).")],
-    dataset: Annotated[Path, typer.Option("--dataset", help="Training dataset directory.")] = DEFAULT_DATA / "scifact",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Calibrator artifact directory to write (atomically).")],
+    dataset: TrainDatasetOpt,
     split: Annotated[str, typer.Option(help="Qrels split to train on.")] = "train",
     qrels: Annotated[Optional[str], typer.Option(help="Qrels file (path or name in the dataset) instead of --split.")] = None,
     pipeline: PipelineOpt = None,
-    k: Annotated[int, typer.Option("--k", min=1, help="Candidates per query (the first-stage depth the filter will see).")] = 100,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Candidates per query (the first-stage depth the filter will see).")] = 100,
     family: Annotated[str, typer.Option(help="Monotone map: linear, sqrt, quadratic or power.")] = "power",
     features: Annotated[str, typer.Option(help="Query features: auto (choose by cross-validation among all), global (no learned query part), embedding, stats, embedding+stats.")] = "auto",
     target_recall: Annotated[Optional[float], typer.Option(help="Choose the global threshold for this recall on the out-of-fold scores of the training queries (default 0.95).")] = None,
@@ -92,7 +93,8 @@ def calibrate(
 
 @app.command()
 def prune(
-    out: Annotated[Path, typer.Option("--out", help="Pruned sentence-transformers folder to write (atomically).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pruned sentence-transformers folder to write (atomically).")],
+    dataset: TrainDatasetOpt,
     model: Annotated[str, typer.Option(help="Model to prune: bundled:all-MiniLM-L6-v2 or a local sentence-transformers folder.")] = "bundled:all-MiniLM-L6-v2",
     method: Annotated[str, typer.Option(help="gaprune (DAI), magnitude, random, fisher-domain or fisher-general.")] = "gaprune",
     sparsity: Annotated[float, typer.Option(help="Share of the target weights (or FFN neurons with --structured) to remove, in (0, 1).")] = 0.5,
@@ -100,9 +102,8 @@ def prune(
     scope: Annotated[str, typer.Option(help="Budget: global (one threshold over all targets) or matrix (the same share of every matrix).")] = "global",
     structured: Annotated[bool, typer.Option(help="Remove whole FFN neurons (summed scores), giving smaller dense matrices.")] = False,
     retrain_steps: Annotated[int, typer.Option(min=0, help="InfoNCE steps on the domain triplets afterwards, masks kept.")] = 0,
-    domain: Annotated[Path, typer.Option(help="Domain dataset (its training qrels give the triplets).")] = DEFAULT_DATA / "scifact",
-    domain_split: Annotated[str, typer.Option(help="Qrels split of the domain dataset.")] = "train",
-    general: Annotated[Path, typer.Option(help="Folder with the general MS MARCO training samples.")] = DEFAULT_DATA / "msmarco-train-toy",
+    split: Annotated[str, typer.Option(help="Qrels split of the domain dataset (its training qrels give the triplets).")] = "train",
+    general: Annotated[Optional[Path], typer.Option(help="Folder with the general MS MARCO training samples. Default: $SIFTRANK_DATA/msmarco-train-toy.", show_default=False)] = None,
     triplets: Annotated[int, typer.Option(min=1, help="Calibration triplets per set.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed for random pruning and retraining batches.")] = 0,
     beta: Annotated[Optional[float], typer.Option(help="DAI weight of the general Fisher term (paper: 1; default chosen on held-out SciFact-train queries, docs/pruning.md).")] = None,
@@ -121,7 +122,8 @@ def prune(
         raise SiftrankError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
     pruner = Pruner(model, target=target, seed=seed, beta=DEFAULT_BETA if beta is None else beta,
                     normalise=normalise or DEFAULT_NORMALISE)
-    report = pruner.build(out, BuildContext.plain(model, domain, domain_split), method, sparsity, triplets, general, scope,
+    general = general if general is not None else data_home() / "msmarco-train-toy"
+    report = pruner.build(out, BuildContext.plain(model, dataset, split), method, sparsity, triplets, general, scope,
                           structured, retrain_steps, overwrite=overwrite)
     typer.echo(f"wrote {out}: {method} {sparsity:.0%}{' structured' if structured else ''}, "
                f"{report['metrics']['parameters']:,} parameters")
@@ -129,8 +131,8 @@ def prune(
 
 @app.command()
 def distil(
-    out: Annotated[Path, typer.Option("--out", help="Smaller sentence-transformers folder to write (atomically).")],
-    corpus: Annotated[Path, typer.Option("--corpus", help="The corpus the model will encode: a corpus file or a dataset directory holding one (only its passages are read).")] = DEFAULT_DATA / "msmarco-dl19",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Smaller sentence-transformers folder to write (atomically).")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="The corpus the model will encode: a corpus file or a dataset directory holding one (only its passages are read).", show_default=False)],
     model: Annotated[str, typer.Option(help="Model to shrink: bundled:all-MiniLM-L6-v2 or a local BERT-style sentence-transformers folder.")] = "bundled:all-MiniLM-L6-v2",
     sparsity: Annotated[float, typer.Option(help="Share of every layer's FFN neurons to remove, in (0, 1).")] = 0.5,
     loss: Annotated[str, typer.Option(help="layers (the vector and every layer's token states) or cosine (the vector only).")] = "layers",
@@ -161,10 +163,10 @@ def distil(
 
 @app.command()
 def finetune(
-    out: Annotated[Path, typer.Option("--out", help="Output: an adapter artifact (connected, lora) or a sentence-transformers folder (full, bitfit); written atomically.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output: an adapter artifact (connected, lora) or a sentence-transformers folder (full, bitfit); written atomically.")],
+    dataset: TrainDatasetOpt,
     method: Annotated[str, typer.Option(help="A method of the fine-tuning registry (training.adapters.METHODS, docs/finetuning.md), e.g. connected (inside LoRA + aside pathway), lora (peft, every linear layer), ia3, bitfit (biases) or full.")] = "connected",
     model: Annotated[str, typer.Option(help="Base model: bundled:all-MiniLM-L6-v2, a local sentence-transformers folder, or a pruned one (its masks are kept).")] = "bundled:all-MiniLM-L6-v2",
-    dataset: Annotated[Path, typer.Option(help="Dataset whose training qrels give the (query, positive, hard negative) triplets.")] = DEFAULT_DATA / "scifact",
     split: Annotated[str, typer.Option(help="Qrels split to train on (a share of its queries is held out for validation).")] = "train",
     epochs: Annotated[float, typer.Option(min=0.01, help="Epochs over the training triplets.")] = 4,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many steps (overrides --epochs).")] = None,
@@ -195,8 +197,8 @@ def finetune(
 
 @app.command("train-ranker")
 def train_ranker(
-    out: Annotated[Path, typer.Option("--out", help="Output: a ranker-adapter artifact (LoRA weights + manifest), written atomically.")],
-    dataset: Annotated[Path, typer.Option(help="Dataset whose qrels give the listwise labels.")] = DEFAULT_DATA / "scifact",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output: a ranker-adapter artifact (LoRA weights + manifest), written atomically.")],
+    dataset: TrainDatasetOpt,
     split: Annotated[str, typer.Option(help="Qrels split.")] = "train",
     qrels: Annotated[Optional[str], typer.Option(help="Qrels file, a path or a name in the dataset.")] = None,
     first_stage_run: Annotated[Optional[Path], typer.Option(help="Candidates from this TREC run, the first stage the ranker will rerank (default: BM25 over the corpus).")] = None,

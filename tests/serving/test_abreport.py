@@ -46,7 +46,7 @@ def test_replay_then_report(built, tmp_path: Path, cli) -> None:
     ndcg = report.ndcg(data.queries, data.qrels)
     assert set(ndcg) == {"dense", "bm25"} and all(0 < r["nDCG@10"] <= 1 for r in ndcg.values())
 
-    code, out, err = cli("ab-report", "--log", tmp_path / "events.db", "--dataset", path.parent / "tiny", "--out", tmp_path / "report")
+    code, out, err = cli("ab-report", "--event-log", tmp_path / "events.db", "--dataset", path.parent / "tiny", "--out", tmp_path / "report")
     assert code == 0, err
     assert "Team-draft interleaving" in out and "nDCG@10" in out
     assert (tmp_path / "report" / "report.png").stat().st_size > 1000
@@ -57,7 +57,7 @@ def test_report_bad_input(tmp_path: Path, cli) -> None:
     with pytest.raises(SiftrankError, match="event log not found"):
         ABReport(tmp_path / "missing.db")
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 10)
-    code, _, err = cli("ab-report", "--log", tmp_path / "junk.db")
+    code, _, err = cli("ab-report", "--event-log", tmp_path / "junk.db")
     assert code == 2 and "not a siftrank event log" in err
 
 

@@ -186,7 +186,10 @@ def test_admin_reload_and_promote(built, tmp_path: Path, monkeypatch: pytest.Mon
         promoted = client.post("/admin/promote", json={"variant": "bm25"}, headers={"X-API-Key": "s3cret"})
         assert promoted.status_code == 200
         assert client.post("/search", json={"query": "bread"}).json()["variant"] == "bm25"
-        assert client.get("/variants").json()["primary"] == "bm25"
+        listed = client.get("/variants").json()
+        assert listed["primary"] == "bm25"
+        encoders = {v["name"]: v["encoder"] for v in listed["variants"]}
+        assert encoders["dense"].startswith("torch ") and encoders["bm25"] is None  # how each variant encodes, and why
 
 
 def test_experiment_config_errors(tmp_path: Path) -> None:

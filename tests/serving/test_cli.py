@@ -95,12 +95,12 @@ BAD_INPUTS = [
     (["calibrate", "--dataset", "{tiny}", "--k", "5", "--out", "{tmp}/idx", "--qrels", "{tmp}/one.tsv"],
      "calibration needs at least 2 training queries, got 1"),
     # prune: the folder would go to {tmp}/idx
-    (["prune", "--domain", "{tiny}", "--domain-split", "test", "--out", "{tmp}/idx", "--sparsity", "1.0"], "sparsity must be within (0, 1)"),
-    (["prune", "--domain", "{tiny}", "--domain-split", "test", "--out", "{tmp}/idx", "--sparsity", "0"], "sparsity must be within (0, 1)"),
-    (["prune", "--domain", "{tiny}", "--domain-split", "test", "--out", "{tmp}/idx", "--method", "lottery"], "--method must be one of"),
-    (["prune", "--domain", "{tiny}", "--domain-split", "test", "--out", "{tmp}/idx", "--target", r"no\.such\.module"],
+    (["prune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--sparsity", "1.0"], "sparsity must be within (0, 1)"),
+    (["prune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--sparsity", "0"], "sparsity must be within (0, 1)"),
+    (["prune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--method", "lottery"], "--method must be one of"),
+    (["prune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--target", r"no\.such\.module"],
      "match no weight matrix"),
-    (["prune", "--domain", "{tiny}", "--domain-split", "test", "--out", "{tmp}/idx", "--general", "{tmp}/empty"],
+    (["prune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--general", "{tmp}/empty"],
      "no general calibration triplets"),
     # finetune: the output would go to {tmp}/idx
     (["finetune", "--dataset", "{tiny}", "--split", "test", "--out", "{tmp}/idx", "--method", "prompt"], "method must be one of"),
@@ -111,7 +111,7 @@ BAD_INPUTS = [
      "calibrate uses only the config's [encoder], [index] and first stage (dense or bm25 or hybrid); it does not run [rerank]"),
     (["index", "build", "--corpus", "{tiny}", "--out", "{tmp}/idx", "--pipeline", "{tmp}/rerank.toml"], "it does not run [rerank]"),
     (["serve", "--experiment", "{tmp}/nope.toml"], "experiment config not found"),
-    (["ab-report", "--log", "{tmp}/nope.db"], "event log not found"),
+    (["ab-report", "--event-log", "{tmp}/nope.db"], "event log not found"),
 ]
 
 
@@ -217,7 +217,7 @@ def test_prune_writes_a_loadable_sentence_transformers_folder(tiny: Path, tmp_pa
     (general / "splade_toy_triples_100.tsv").write_text(
         "how long is a football match\tA football match lasts ninety minutes.\tLava flows are hazards.\n"
         "what is python\tPython is a programming language.\tSourdough uses a starter.\n")
-    code, out, err = cli("prune", "--domain", tiny, "--domain-split", "test", "--general", general, "--sparsity", "0.3",
+    code, out, err = cli("prune", "--dataset", tiny, "--split", "test", "--general", general, "--sparsity", "0.3",
                          "--retrain-steps", "1", "--out", tmp_path / "pruned")
     assert code == 0, err
     manifest = json.loads((tmp_path / "pruned" / "manifest.json").read_text())
@@ -316,7 +316,7 @@ def test_batch_search_writes_a_run_that_scores_like_eval(tiny: Path, tmp_path: P
 
     topics = tmp_path / "topics.tsv"
     topics.write_text("".join(f"{q}\t{text}\n" for q, text in QUERIES.items()))
-    code, out, err = cli("search", "--topics", topics, "--dataset", tiny, "--output", tmp_path / "run.trec", "--hits", "5")
+    code, out, err = cli("search", "--topics", topics, "--dataset", tiny, "--out", tmp_path / "run.trec", "-k", "5")
     assert code == 0, err
     lines = (tmp_path / "run.trec").read_text().splitlines()
     assert len(lines) == 5 * len(QUERIES) and {line.split()[0] for line in lines} == set(QUERIES)
@@ -326,8 +326,8 @@ def test_batch_search_writes_a_run_that_scores_like_eval(tiny: Path, tmp_path: P
     assert code == 0, err
     scored = json.loads((tmp_path / "s" / "metrics.json").read_text())["runs"]["run.trec"]["nDCG@10"]
     assert scored == pytest.approx(json.loads((tmp_path / "e" / "metrics.json").read_text())["stages"]["dense"]["nDCG@10"])
-    for args, message in [(["why", "--topics", topics, "--output", tmp_path / "r"], "give a query, or --topics"),
-                          (["--topics", topics], "--topics and --output go together")]:
+    for args, message in [(["why", "--topics", topics, "--out", tmp_path / "r"], "give a query, or --topics"),
+                          (["--topics", topics], "--topics and --out go together")]:
         code, _, err = cli("search", *args, "--dataset", tiny)
         assert code == 2 and message in err, err
 
@@ -355,3 +355,58 @@ def test_index_update_adds_replaces_and_deletes_without_a_rebuild(tiny: Path, tm
 def test_version(cli) -> None:
     code, out, _ = cli("--version")
     assert code == 0 and out.startswith("siftrank ")
+
+
+def test_flags_follow_one_convention() -> None:
+    """The same flag for the same thing in every command (docs/cli.md)."""
+    from serving.cli.reference import flags
+
+    expected = {"--out": "-o", "--dataset": "-d", "--pipeline": "-p", "--k": "-k", "--index": "-i", "--verbose": "-v"}
+    seen = set()
+    for command, options in flags().items():
+        for option in options:
+            names = option.split()
+            for long, short in expected.items():
+                if long in names:
+                    seen.add(long)
+                    assert short in names, f"{command}: {long} without {short}"
+            assert not {"--output", "--hits", "--domain", "--log"} & set(names), f"{command}: old spelling {option}"
+    assert seen == set(expected)
+
+
+def test_cli_reference_in_the_docs_is_current() -> None:
+    from serving.cli.reference import markdown
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    assert markdown() in docs, "docs/cli.md is stale: regenerate its last table with `python -m serving.cli.reference`"
+
+
+def test_help_is_plain_and_names_no_checkout_path(cli) -> None:
+    checkout = str(Path(__file__).resolve().parents[2].parent)
+    for command in (["eval"], ["search"], ["serve"], ["build"], ["index", "build"], ["prune"], ["replay"]):
+        code, out, _ = cli(*command, "--help")
+        assert code == 0 and checkout not in out, command
+    _, out, _ = cli("eval", "--help")
+    assert "[first_stage]" in out and "$SIFTRANK_DATA/msmarco-dl19" in out
+    _, out, _ = cli("index", "build", "--help")
+    assert "timed on this machine" in " ".join(out.split())
+
+
+def test_data_folder_comes_from_the_environment(tiny: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$SIFTRANK_DATA is the one default: for --dataset, data:NAME in experiment and pipeline configs, and build."""
+    from serving.experiment import ExperimentConfig
+
+    monkeypatch.setenv("SIFTRANK_DATA", str(tmp_path / "nowhere"))
+    code, _, err = cli("replay", "--url", "http://127.0.0.1:9")
+    assert code == 2 and str(tmp_path / "nowhere" / "msmarco-dl19") in err
+    monkeypatch.setenv("SIFTRANK_DATA", str(tiny.parent))
+    experiment = tmp_path / "exp.toml"
+    experiment.write_text(f'[service]\ndata = "data:{tiny.name}"\n[variants.a]\n[experiment]\nprimary = "a"\n')
+    assert ExperimentConfig.load(experiment).service.data == tiny
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(f'[first_stage]\nkind = "run"\npath = "data:{tiny.name}/given.trec"\n')
+    from retrieval.config import PipelineConfig
+
+    assert PipelineConfig.load(pipeline).first_stage.params.path == tiny / "given.trec"  # type: ignore[attr-defined]
+    code, _, err = cli("calibrate", "--out", tmp_path / "cal")
+    assert code == 2 and "--dataset" in err  # the training commands take no default collection
