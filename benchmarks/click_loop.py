@@ -11,7 +11,7 @@
 5. Score zero-shot, the click-trained pipeline and (with ``--qrels-build``) the qrels-trained recipe on
    SciFact test with its qrels: nDCG@10 with paired t-tests.
 
-Records per click model in ``docs/loop/loop-records.json`` (resumable); table, plot: ``docs/loop/``.
+Records per click model in ``benchmarks/records/loop-loop-records.json`` (resumable); table, plot: ``docs/loop/``.
 Reproduce: ``make loop-scifact CLICKS=default`` (and ``CLICKS=noisy``).
 """
 

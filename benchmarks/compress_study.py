@@ -10,7 +10,7 @@ is the study's pick. Then, in this one process on the CPU at hand: SciFact test 
 t-tests against the teacher in int8 and in fp32), DL19 nDCG@10 (43 queries), passages/s over ``--rounds``
 interleaved rounds of ``--n`` shuffled SciFact passages (OpenVINO NNCF int8 of every model, and the teacher in
 torch fp32; ratios taken within a round), query latency (one query at a time), parameters, bytes on disk, and
-the compress stage's build time. Records are resumable (docs/compression/records.json); results in
+the compress stage's build time. Records are resumable (benchmarks/records/compression-records.json); results in
 docs/compression/study.{md,json} and pareto.png.
 """
 

@@ -7,7 +7,7 @@ instead of the recipe's method (each reusing the "with prune" build's pruned mod
 Every pipeline runs on SciFact test through the eval runner; "no filter" is the default pipeline's dense
 stage and "no rank" its last stage before the ranker. Paired differences over the 300 test queries
 (t-test and randomisation), DL19 nDCG@10 of every encoder, index bytes, encoder parameters and bytes, ms per
-query. Records are kept in ``domain-records.json`` (resumable); results in docs/domain/study.{md,json} and
+query. Records are kept in ``benchmarks/records/domain-domain-records.json`` (resumable); results in docs/domain/study.{md,json} and
 ablation.png.
 """
 

@@ -17,7 +17,7 @@
 5. **Cost**: tokens and seconds per query at depth 20 and 50 for first-token, generate and the sliding
    window (DL19 BM25 candidates, ``--cost-queries`` queries).
 
-Every record is kept in docs/ranking/study-records.json as it is measured, so an interrupted study resumes.
+Every record is kept in benchmarks/records/ranking-study-records.json as it is measured, so an interrupted study resumes.
 Writes docs/ranking/study.{md,json} and training.png, fusion.png. Reproduce: `make rerank-study`.
 """
 

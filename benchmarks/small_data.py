@@ -9,7 +9,7 @@ Each sample is a dataset folder under ``--work`` whose corpus and queries are li
 copies) and whose ``qrels/train.tsv`` holds the sampled queries. Per run: test nDCG@10 per query of the built
 pipeline, the paired test against the best zero-shot first stage, the filter's recall at its threshold with
 its query-bootstrap interval, the build's wall time and the decisions it printed. Records are kept one run at a
-time in ``small-data-records.json`` (resumable: ``--sizes`` / ``--seeds`` / ``--dl19-folds`` pick what runs).
+time in ``benchmarks/records/small-data-small-data-records.json`` (resumable: ``--sizes`` / ``--seeds`` / ``--dl19-folds`` pick what runs).
 """
 
 from __future__ import annotations
