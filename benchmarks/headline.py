@@ -27,7 +27,7 @@ from retrieval.pipeline import Pipeline
 MEASURES = ("nDCG@10", "R@100")
 
 
-def rows(data: Path) -> list[tuple[str, str, Path | None, dict[str, Any]]]:
+def rows() -> list[tuple[str, str, Path | None, dict[str, Any]]]:
     """(collection, label, pipeline config, overrides) of every headline row."""
     configs = ROOT / "configs"
     domain = ROOT / "artifacts" / "scifact-domain" / "pipeline.toml"
@@ -62,7 +62,7 @@ def main() -> None:
     per_query: dict[str, dict[str, float]] = {}
     baseline: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as work:
-        for collection, label, path, overrides in rows(args.data):
+        for collection, label, path, overrides in rows():
             data = collections[collection]
             config = load(path, overrides)
             pipeline = Pipeline.from_config(config, data)
