@@ -113,3 +113,14 @@ def test_public_api_names_resolve() -> None:
     import siftrank
 
     assert {name: getattr(siftrank, name).__name__ for name in siftrank.__all__} == {n: n for n in siftrank.__all__}
+
+
+def test_readme_figures_are_the_results_page() -> None:
+    """The README's table of what each stage earns is the one in docs/results.md, figure for figure."""
+    root = Path(__file__).resolve().parents[1]
+
+    def stage_table(text: str) -> str:
+        start = text.index("| stage (published method) |")
+        return text[start : text.index("\n\n", start)]
+
+    assert stage_table((root / "README.md").read_text()) == stage_table((root / "docs" / "results.md").read_text())
