@@ -21,8 +21,9 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     SIFTRANK_DATA=/data SIFTRANK_CACHE=/cache SIFTRANK_EVENT_LOG=/var/lib/siftrank/events.db
 
-RUN (command -v apt-get >/dev/null && apt-get update -qq \
-        && apt-get install -y -qq --no-install-recommends libgomp1 >/dev/null && rm -rf /var/lib/apt/lists/*) \
+# libgomp (faiss and torch's OpenMP) where the base is Debian-like; a base without apt-get must bring it
+RUN if command -v apt-get >/dev/null; then apt-get update -qq \
+        && apt-get install -y -qq --no-install-recommends libgomp1 >/dev/null && rm -rf /var/lib/apt/lists/*; fi \
     && useradd --create-home --uid 1000 siftrank && python3 -m venv /opt/venv
 
 WORKDIR /app

@@ -98,7 +98,7 @@ def main() -> None:
     learn, judge = traffic_split(train.queries, test.queries, args.interleave_share, args.seed)
     print(f"machine: {machine()['cpu']}; {len(learn)} train queries to learn from, {len(judge)} to interleave on, "
           f"{len(train.queries) - len(learn) - len(judge)} train queries left out (same text as a test query)", flush=True)
-    store = ResultStore(args.out / "loop-records.json")
+    store = ResultStore("loop-loop-records")
     if args.labels not in LABEL_RULES:
         raise SystemExit(f"error: --labels must be one of {', '.join(LABEL_RULES)}")
     name = (f"qrels of the clicked queries ({args.click_model} users)" if args.oracle else

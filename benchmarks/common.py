@@ -86,10 +86,10 @@ class ResultStore:
     """Results of a long study, kept one record at a time in ``path`` (JSON, written atomically), so that
     the study can be stopped and resumed: ``run(key, fn)`` computes a record only when it is missing."""
 
-    def __init__(self, path: Path) -> None:
-        """``path``: where the study's report goes (``docs/<topic>/<name>.json``); the raw records are kept out
-        of the user docs, in ``benchmarks/records/<topic>-<name>.json``."""
-        path = ROOT / "benchmarks" / "records" / f"{Path(path).parent.name}-{Path(path).name}"
+    def __init__(self, name: str, folder: Path = ROOT / "benchmarks" / "records") -> None:
+        """The records ``folder/name.json``: raw and resumable, so kept out of the user docs, where each study
+        writes only its report."""
+        path = folder / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.data: dict = json.loads(path.read_text()) if path.is_file() else {"runs": {}}

@@ -136,7 +136,7 @@ def main() -> None:
     if not (teacher / "config.json").is_file():
         raise SystemExit(f"error: {teacher} holds no fine-tuned encoder: run `make domain` first")
     recipe = Recipe.load(args.recipe, args.data)
-    store = ResultStore(out / "records.json")
+    store = ResultStore("compression-records")
     work = args.build.with_name(args.build.name + ".compress")
 
     def student(score: str, layers: int, ffn: float, supervised: float = 0.0) -> str:

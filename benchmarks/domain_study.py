@@ -106,7 +106,7 @@ def main() -> None:
                      dl19=(str, "all", "DL19 nDCG@10 of: all (every encoder), main (the build's, base, with prune), none"))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(out / "domain-records.json")
+    store = ResultStore("domain-domain-records")
     recipe = Recipe.load(args.recipe, args.data)
     build: Path = args.build
     if not (build / "pipeline.toml").is_file():

@@ -59,7 +59,7 @@ def main() -> None:
                      chain=(int, 1, "1: also GAPrune 50% -> connected (seed 0)"))
     args.out = args.out.parent / "finetuning" if args.out.name == "benchmarks" else args.out
     args.out.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(args.out / "results.json")
+    store = ResultStore("finetuning-results")
     train = Dataset.load(args.data / "scifact", split="train")
     test = Dataset.load(args.data / "scifact", split="test")
     work = Path(tempfile.mkdtemp(prefix="siftrank-finetune-study-"))

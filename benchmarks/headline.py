@@ -19,7 +19,7 @@ from common import ROOT, arguments, bar_chart, dl19, machine, save
 
 from eval.report import markdown_table
 from eval.runner import EvalRunner
-from retrieval.config import PipelineConfig
+from retrieval.config import PipelineConfig, with_overrides
 from retrieval.data import Dataset, read_run
 from retrieval.measures import MetricSuite, paired_test
 from retrieval.pipeline import Pipeline
@@ -27,28 +27,20 @@ from retrieval.pipeline import Pipeline
 MEASURES = ("nDCG@10", "R@100")
 
 
-def rows() -> list[tuple[str, str, Path | None, dict[str, Any]]]:
-    """(collection, label, pipeline config, overrides) of every headline row."""
+def rows() -> list[tuple[str, str, Path | None, list[str]]]:
+    """(collection, label, pipeline config, ``SECTION.KEY=VALUE`` overrides) of every headline row."""
     configs = ROOT / "configs"
     domain = ROOT / "artifacts" / "scifact-domain" / "pipeline.toml"
-    fp32 = {"encoder": {"backend": "torch", "precision": "fp32", "query_precision": "fp32"}}
+    fp32 = ['encoder.backend="torch"', 'encoder.precision="fp32"', 'encoder.query_precision="fp32"']
     table = []
     for collection in ("dl19", "scifact"):
         table += [(collection, "dense, torch fp32", None, fp32),
-                  (collection, "dense, as served (make serve)", configs / "serve.toml", {}),
-                  (collection, "BM25", configs / "bm25.toml", {}),
-                  (collection, "hybrid dense + BM25, zero-shot", configs / "hybrid.toml", {})]
+                  (collection, "dense, as served (make serve)", configs / "serve.toml", []),
+                  (collection, "BM25", configs / "bm25.toml", []),
+                  (collection, "hybrid dense + BM25, zero-shot", configs / "hybrid.toml", [])]
     if domain.is_file():
-        table.append(("scifact", "domain pipeline (make domain)", domain, {}))
+        table.append(("scifact", "domain pipeline (make domain)", domain, []))
     return table
-
-
-def load(path: Path | None, overrides: dict[str, Any]) -> PipelineConfig:
-    config = PipelineConfig.load(path)
-    raw = config.model_dump(mode="json", exclude_none=True)
-    for section, values in overrides.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return PipelineConfig.model_validate(raw)
 
 
 def main() -> None:
@@ -64,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for collection, label, path, overrides in rows():
             data = collections[collection]
-            config = load(path, overrides)
+            config = with_overrides(PipelineConfig.load(path), overrides)
             pipeline = Pipeline.from_config(config, data)
             runs = Path(work) / f"{collection}-{len(report['rows'])}"
             metrics = EvalRunner(pipeline, data, runs, progress=False).run()

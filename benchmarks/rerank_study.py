@@ -123,7 +123,7 @@ def main() -> None:
                      thresholds=(str, "artifact,0.3", "filter thresholds of the adaptive-depth rows"),
                      queries=(int, 0, "smoke runs: only the first N queries of each set"))
     out = args.out.parent / "ranking" if args.out.name == "benchmarks" else args.out
-    store = ResultStore(out / "study-records.json")  # the records; the report is study.{md,json}
+    store = ResultStore("ranking-study-records")  # the records; the report is study.{md,json}
     store.data["settings"] = {k: str(v) for k, v in vars(args).items() if k not in ("data", "out")}
     train = Dataset.load(args.data / "scifact", split="train")
     test = Dataset.load(args.data / "scifact", split="test")

@@ -99,7 +99,7 @@ def main() -> None:
                      dl19_folds=(str, "0,1,2,3,4", "DL19 folds to run (of 5); empty: none"),
                      recipe=(Path, ROOT / "configs" / "recipes" / "scifact.toml", "the recipe"))
     args.out = args.out if args.out != ROOT / "docs" / "benchmarks" else ROOT / "docs" / "small-data"
-    store = ResultStore(args.out / "small-data-records.json")
+    store = ResultStore("small-data-small-data-records")
     recipe = Recipe.load(args.recipe, args.data)
     print(f"machine: {machine()['cpu']}", flush=True)
 

@@ -170,3 +170,25 @@ def load_toml(model: type[M], path: Path, what: str) -> M:
     except ValidationError as exc:
         problems = describe_errors(exc)
         raise SiftrankError(f"{path}: {problems}") from None
+
+
+def with_overrides(config: M, overrides: list[str]) -> M:
+    """A copy of ``config`` with ``SECTION.KEY=VALUE`` settings applied (TOML values, else a bare string) and
+    validated again: ``--set`` of recipes, and any config a script varies. A section the config leaves out
+    starts empty."""
+    raw = config.model_dump(mode="json")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.strip().partition(".")
+        absent = section in type(config).model_fields and raw.get(section) is None  # an optional section left out
+        if not sep or not dot or not (absent or isinstance(raw.get(section), dict)):
+            raise SiftrankError(f"--set '{item}': expected SECTION.KEY=VALUE with a section of {type(config).__name__}")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()
+        raw[section] = {**(raw.get(section) or {}), field: parsed}
+    try:
+        return type(config).model_validate(raw)
+    except ValidationError as exc:
+        raise SiftrankError(f"--set: {describe_errors(exc)}") from None

@@ -31,6 +31,7 @@ class LiveBM25:
         """``bm25``: the base index (None for an empty base)."""
         self.corpus, self.k1, self.b, self.key = corpus, k1, b, f"bm25:{id(self)}"
         self._alive: tuple[int, int, np.ndarray | None] = (-1, -1, None)
+        self._stats: tuple[tuple[int, int, int], Any] = ((-1, -1, -1), None)  # one corpus version's statistics
         corpus.attach(self, bm25)
 
     def search(self, queries: list[str], k: int, where: Where | None = None) -> tuple[list[list[float]], list[list[str]]]:
@@ -47,7 +48,9 @@ class LiveBM25:
             return [[s for s, _ in hits] for hits in base_hits], [[d for _, d in hits] for hits in base_hits]
         rows = range(len(counts)) if where is None else np.flatnonzero(where.mask(state.delta))
         delta_ids = state.delta["id"].to_list()
-        n, avgdl, df = self._statistics(base, counts, lengths)
+        if self._stats[0] != (state.version, id(base), id(counts)):  # counted once per version, not per search
+            self._stats = ((state.version, id(base), id(counts)), self._statistics(base, counts, lengths))
+        n, avgdl, df = self._stats[1]
         out_scores, out_ids = [], []
         for query, hits in zip(terms(queries), base_hits):
             weights = [(t, math.log(1 + (n - df(t) + 0.5) / (df(t) + 0.5))) for t in set(query)]

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from retrieval.artifacts import resolve_path
-from retrieval.config import describe_errors, load_toml
+from retrieval.config import describe_errors, load_toml, with_overrides
 from retrieval.errors import SiftrankError
 from training.clicks import LabelRule
 from training.stages.registry import BUILD_STAGES, build_stage
@@ -109,22 +109,7 @@ class Recipe(BaseModel):
 
     def with_overrides(self, overrides: list[str]) -> Recipe:
         """A copy with ``section.key=value`` settings applied (TOML values), validated again."""
-        import tomllib
-
-        raw = self.model_dump(mode="json")
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            section, dot, field = key.strip().partition(".")
-            if not sep or not dot or section not in raw or not isinstance(raw[section], dict):
-                raise SiftrankError(f"--set '{item}': expected SECTION.KEY=VALUE with a recipe section")
-            try:
-                raw[section][field] = tomllib.loads(f"v = {value.strip()}")["v"]
-            except tomllib.TOMLDecodeError:
-                raw[section][field] = value.strip()  # a bare string
-        try:
-            return Recipe.model_validate(raw)
-        except ValidationError as exc:
-            raise SiftrankError(f"--set: {describe_errors(exc)}") from None
+        return with_overrides(self, overrides)
 
     def active(self) -> list[str]:
         """The stages this recipe runs, in order."""

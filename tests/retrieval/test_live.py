@@ -150,3 +150,22 @@ def test_documents_frame_checks_metadata_types() -> None:
         documents_frame([{"id": "x", "text": "t", "metadata": {"year": "2001"}}], schema)
     with pytest.raises(SiftrankError, match="metadata field 'text' is reserved"):
         documents_frame([{"id": "x", "text": "t", "metadata": {"text": "y"}}], schema)
+
+
+def test_bm25_statistics_follow_every_write(tmp_path: Path) -> None:
+    """BM25 over the delta counts its collection statistics once per corpus version, never stale: a corpus
+    searched between writes scores exactly as one that took the same writes unsearched."""
+    data = Dataset.load(add_metadata(write_dataset(tmp_path / "tiny")))
+    config = PipelineConfig.model_validate({"first_stage": {"kind": "bm25"}})
+    writes = [[{"id": "n1", "text": "Penguins live in Antarctica.", "metadata": {}}],
+              [{"id": "n2", "text": "Penguins and more penguins swim in cold seas.", "metadata": {}}]]
+    searched, quiet = (Pipeline.from_config(config, data, progress=False) for _ in range(2))
+    for pipe in (searched, quiet):
+        corpus = pipe.go_live()
+        for version, docs in enumerate(writes, start=1):
+            corpus.apply(version, documents_frame(docs, pipe.store.schema), [])
+            if pipe is searched and version == 1:
+                first = {h.id: h.score for h in pipe.search("penguins antarctica", k=3)}
+    final = {h.id: h.score for h in searched.search("penguins antarctica", k=3)}
+    assert final == {h.id: h.score for h in quiet.search("penguins antarctica", k=3)}
+    assert final["n1"] < first["n1"]  # n2 made "penguins" commoner: n1's score fell with the new statistics
