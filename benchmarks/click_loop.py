@@ -65,7 +65,8 @@ def traffic(config: Path, work: Path, queries: dict[str, str], qrels: dict[str, 
     from serving.replay import Replayer
 
     port = free_port()
-    server = start([SIFTRANK, "serve", "--experiment", str(config), "--port", str(port)], port, work / f"{config.stem}.log")
+    # a fresh cache encodes the corpus before /readyz: SciFact's 5,183 abstracts take over 10 minutes on 2 cores
+    server = start([SIFTRANK, "serve", "--experiment", str(config), "--port", str(port)], port, work / f"{config.stem}.log", 3600)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             counts = Replayer(client, queries, qrels, k=10, click_model=model, seed=seed).run(users)

@@ -55,12 +55,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
-    """Start a server process and wait until /readyz answers 200."""
+def start(command: list[str], port: int, log: Path, timeout: float = 600) -> subprocess.Popen:
+    """Start a server process and wait until /readyz answers 200 (``timeout`` seconds at most)."""
     import httpx
 
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.time() + 600
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
