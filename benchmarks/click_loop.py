@@ -213,6 +213,10 @@ def write_report(store: ResultStore, out: Path) -> None:
             if base in runs and base != key:
                 t = paired_test(runs[base]["per_query"], r["per_query"])
                 row[f"Δ vs {base}"], row[f"p vs {base}"] = t["delta"], t["t_test_p"]
+        if "clicked_queries" in r:  # the upper bound: complete qrels of the queries that got a click
+            row |= {"searches": r["searched"]["searches"], "clicks": r["searched"]["clicks"],
+                    "queries trained on": r["clicked_queries"], "relevant passages trained on": r["relevant_passages"],
+                    "build s": r["build_seconds"]}
         if "logged" in r:
             prop = r["labels"]["propensity"]
             row |= {"searches": r["logged"]["searches"], "clicks": r["logged"]["clicks"],
