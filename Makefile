@@ -208,7 +208,7 @@ filter-transfer: install
 
 # The learning loop on SciFact (docs/loop.md): serve zero-shot, simulated users click (train queries only),
 # build from the event log alone, interleave against zero-shot, promote or keep, score on test. CLICKS=noisy too;
-# LABELS=posterior: click labels by the fitted click model ([data] click_labels).
+# LABELS=posterior: click labels by the fitted click model ([data] click_labels); LABELS=soft: weighted, no 0.5 cut.
 CLICKS ?= default
 LABELS ?= ipw
 loop-scifact: install

@@ -86,7 +86,7 @@ def main() -> None:
                      qrels_build=(Path, ROOT / "artifacts" / "scifact-domain", "the qrels-trained build to compare (make domain)"),
                      seed=(int, 0, "seed of the query split and the users"),
                      dataset=(str, "scifact", "the collection under --data (train and test qrels; the recipe's dataset)"),
-                     labels=(str, "ipw", "the click-label rule of the build: ipw or posterior ([data] click_labels)"),
+                     labels=(str, "ipw", "the click-label rule of the build: ipw, posterior or soft ([data] click_labels)"),
                      build_set=(str, "", "more recipe overrides for the build, ';'-separated (e.g. finetune.steps=4)"),
                      tag=(str, "", "a name for a run with overrides (its record and work folder)"),
                      oracle=(int, 0, "1: the upper bound instead: build on the full train qrels of exactly the queries "

@@ -13,7 +13,7 @@ top documents at rank ``k`` with their click rate at rank 1 (the swap interventi
 ``log(theta_k / theta_1) = -eta log k`` is fitted by least squares weighted by the swapped searches.
 
 With ``rule = "posterior"`` a clicked hit is a positive only where the log makes it more likely relevant
-than not: a position-based click model with binary relevance (click = examined at ``theta(rank)`` and then
+than not (``rule = "soft"``: wherever its posterior is above 0.05, each weighing it): a position-based click model with binary relevance (click = examined at ``theta(rank)`` and then
 clicked with ``eps+`` if relevant, ``eps-`` if not; the prior of relevance by the best rank a hit was shown
 at) is fitted to every search of the log by EM, the classical click-model estimation (Chuklin, Markov &
 de Rijke, *Click Models for Web Search*, 2015), and each positive weighs its posterior. A noisy click (one
@@ -40,8 +40,11 @@ from retrieval.data import CLICK_LABELS_FILE, Dataset, Qrels, normalised_query, 
 from retrieval.errors import SiftrankError
 
 TABLES = ("queries", "results", "feedback")
-LabelRule = Literal["ipw", "posterior"]
-LABEL_RULES: tuple[LabelRule, ...] = ("ipw", "posterior")
+LabelRule = Literal["ipw", "posterior", "soft"]
+LABEL_RULES: tuple[LabelRule, ...] = ("ipw", "posterior", "soft")
+#: the posterior a clicked hit needs to be a positive: ``posterior`` keeps the likely relevant, ``soft`` every click
+#: that is not almost surely noise, each weighing its posterior (more queries and passages, noise at low weight)
+POSTERIOR_FLOOR: dict[str, float] = {"posterior": 0.5, "soft": 0.05}
 SWAP_FLAG = re.compile(r"^swap:(\d+)$")
 
 
@@ -93,7 +96,7 @@ class ClickLabels:
             texts.setdefault(qid, search["query"])
             by_query[qid].append(search)
         posterior: dict[str, dict[str, float]] = {}
-        if rule == "posterior":
+        if rule in POSTERIOR_FLOOR:
             posterior, fit = relevance_posterior(by_query, used)
             propensity |= fit
         positives: dict[str, dict[str, float]] = {}
@@ -112,8 +115,9 @@ class ClickLabels:
                     else:
                         skipped.add(doc)
             if mass:
-                if rule == "posterior":
-                    positives[qid] = {d: round(posterior[qid][d], 6) for d in mass if d in corpus_ids and posterior[qid][d] >= 0.5}
+                if rule in POSTERIOR_FLOOR:
+                    positives[qid] = {d: round(posterior[qid][d], 6) for d in mass
+                                      if d in corpus_ids and posterior[qid][d] >= POSTERIOR_FLOOR[rule]}
                 else:
                     positives[qid] = {d: m / len(group) for d, m in mass.items() if d in corpus_ids}
                 negatives[qid] = {d for d in skipped - set(mass) if d in corpus_ids}

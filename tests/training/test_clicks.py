@@ -11,7 +11,7 @@ from eval.clickmodel import ClickModel
 from retrieval.data import Dataset
 from retrieval.errors import SiftrankError
 from serving.eventlog import EventLog
-from training.clicks import ClickLabels, estimate_eta, log_query_id, relevance_posterior
+from training.clicks import POSTERIOR_FLOOR, ClickLabels, estimate_eta, log_query_id, relevance_posterior
 
 CORPUS = {f"d{i}" for i in range(20)}
 
@@ -106,6 +106,10 @@ def test_the_posterior_rule_drops_noisy_clicks_and_recovers_the_click_rates() ->
     assert precision["kept"] > precision["all"] + 0.2 and precision["kept"] > 0.8
     # most relevant hits that were clicked at all stay positives (a single click deep down stays ambiguous)
     assert sum(1 for q, d in kept if d in relevant[int(q)]) > 2 / 3 * sum(1 for q, d in clicked if d in relevant[int(q)])
+    # the soft rule keeps more of the relevant clicked hits, the noise among them at low weight
+    soft = [(q, d) for q, d in clicked if posterior[q][d] >= POSTERIOR_FLOOR["soft"]]
+    assert sum(d in relevant[int(q)] for q, d in soft) > sum(d in relevant[int(q)] for q, d in kept)
+    assert sum(posterior[q][d] for q, d in soft if d in relevant[int(q)]) / sum(posterior[q][d] for q, d in soft) > precision["all"] + 0.2
 
 
 def test_the_posterior_rule_in_labels_from_a_log(tmp_path: Path) -> None:
@@ -118,6 +122,7 @@ def test_the_posterior_rule_in_labels_from_a_log(tmp_path: Path) -> None:
     assert set(labels.positives[q]) == {"d2"} and 0.5 <= labels.positives[q]["d2"] <= 1.0
     assert labels.propensity["rule"] == "posterior" and "eps_plus" in labels.propensity
     assert set(ClickLabels.from_log(log, CORPUS, eta=1.0).positives[q]) == {"d1", "d2"}  # ipw: every click
+    assert ClickLabels.from_log(log, CORPUS, eta=1.0, rule="soft").positives[q] == labels.positives[q]  # d1: near-certain noise
 
 
 def test_test_queries_never_enter_the_labels(tmp_path: Path) -> None:
