@@ -211,15 +211,17 @@ filter-transfer: install
 # LABELS=posterior: click labels by the fitted click model ([data] click_labels); LABELS=soft: weighted, no 0.5 cut.
 CLICKS ?= default
 LABELS ?= ipw
+# the qrels-trained build the loop compares with, unless its score is already on record
+QRELS_BUILD = test -f artifacts/scifact-domain/pipeline.toml || grep -qs '"qrels-trained"' benchmarks/records/loop-loop-records.json || $(MAKE) domain
 loop-scifact: install
-	test -f artifacts/scifact-domain/pipeline.toml || grep -qs '"qrels-trained"' benchmarks/records/loop-loop-records.json || $(MAKE) domain
+	$(QRELS_BUILD)
 	$(BIN)/python benchmarks/click_loop.py --data $(DATA) --click-model $(CLICKS) --labels $(LABELS)
 
 # Its upper bound: the same users' log, then the recipe built on the complete train qrels of exactly the queries that got
 # a click, in the shape the click build chose (fine-tuned encoder on all of them, RRF hybrid, no filter served)
 UPPER_BOUND_SET = finetune.enabled=true;finetune.validation_share=0.01;finetune.min_held_out=1;compress.enabled=false;calibrate.enabled=false;first_stage.kind="hybrid";first_stage.fusion="rrf"
 loop-upper-bound: install
-	test -f artifacts/scifact-domain/pipeline.toml || grep -qs '"qrels-trained"' benchmarks/records/loop-loop-records.json || $(MAKE) domain
+	$(QRELS_BUILD)
 	$(BIN)/python benchmarks/click_loop.py --data $(DATA) --click-model $(CLICKS) --oracle 1 --build-set '$(UPPER_BOUND_SET)'
 
 # The recipe on few judged queries: SciFact train subsampled to 20/60/200 queries (3 seeds), built on auto and

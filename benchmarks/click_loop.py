@@ -169,9 +169,10 @@ def main() -> None:
         start_time = time.perf_counter()
         log, logged = first_round()
         corpus_ids = set(Dataset.corpus_only(collection).corpus["id"].to_list())
-        clicked = set(ClickLabels.from_log(log, corpus_ids, exclude=set(test.queries.values())).queries.values())
-        qids = sorted(q for q, text in train.queries.items() if normalised_query(text) in {normalised_query(t) for t in clicked})
-        folder = restricted_dataset(collection, work / "data", set(qids))
+        labels = ClickLabels.from_log(log, corpus_ids, exclude=set(test.queries.values()))  # every clicked query
+        clicked = {normalised_query(t) for t in labels.queries.values()}
+        qids = {q for q, text in train.queries.items() if normalised_query(text) in clicked}
+        folder = restricted_dataset(collection, work / "data", qids)
         build, build_s = build_recipe(f'data.dataset="{folder}"')
         scored = evaluate(build / "pipeline.toml", test, work / "eval")
         report = json.loads((build / "build.json").read_text())

@@ -72,7 +72,7 @@ def main() -> None:
                    "config": str(path.relative_to(ROOT)) if path else "defaults + fp32"}
             if collection not in baseline:  # the first row of each collection: dense, torch fp32
                 baseline[collection] = key
-            elif collection in baseline:
+            else:
                 test = paired_test(per_query[baseline[collection]], scores)
                 p = test["randomisation_p"]  # 10,000 sign flips: 0 means below 1e-4
                 row["vs dense fp32"] = f"{test['delta']:+.4f} (p {p:.2g})" if p > 0 else f"{test['delta']:+.4f} (p < 1e-4)"
@@ -96,6 +96,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     save(out, "headline", report, "# Headline figures\n\n" + header + table + "\n![nDCG@10 per pipeline](headline.png)\n")
     bar_chart(out / "headline.png", list(report["rows"]), [r["nDCG@10"] for r in report["rows"].values()],
               "nDCG@10", f"nDCG@10 per pipeline ({report['machine']['cpu']})")
+
 
 if __name__ == "__main__":
     main()

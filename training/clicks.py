@@ -13,9 +13,9 @@ top documents at rank ``k`` with their click rate at rank 1 (the swap interventi
 ``log(theta_k / theta_1) = -eta log k`` is fitted by least squares weighted by the swapped searches.
 
 With ``rule = "posterior"`` a clicked hit is a positive only where the log makes it more likely relevant
-than not (``rule = "soft"``: wherever its posterior is above 0.05, each weighing it): a position-based click model with binary relevance (click = examined at ``theta(rank)`` and then
-clicked with ``eps+`` if relevant, ``eps-`` if not; the prior of relevance by the best rank a hit was shown
-at) is fitted to every search of the log by EM, the classical click-model estimation (Chuklin, Markov &
+than not (``rule = "soft"``: wherever its posterior is at least 0.05, each weighing it): a position-based
+click model with binary relevance (click = examined at ``theta(rank)`` and then clicked with ``eps+`` if
+relevant, ``eps-`` if not; the prior of relevance by the best rank a hit was shown at) is fitted to every search of the log by EM, the classical click-model estimation (Chuklin, Markov &
 de Rijke, *Click Models for Web Search*, 2015), and each positive weighs its posterior. A noisy click (one
 of five users clicking a hit at rank 1, where a relevant hit is clicked by nearly all) is then no positive.
 
